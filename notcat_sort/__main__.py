@@ -1,0 +1,3 @@
+from notcat_sort.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""Decode an image into the small upright RGB array the model wants, doing as little work as possible.
+
+Big JPEGs are decoded at reduced scale by the DCT itself (draft mode); other formats are shrunk
+with `reduce()` before a final resize; the EXIF rotation is applied after shrinking, where it is
+cheap. Every way a file can fail becomes a `DecodeError` whose message a person can act on.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+try:  # HEIC/HEIF/AVIF from phones: optional, see the `heif` extra.
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - depends on the install
+    pillow_heif = None
+
+DEFAULT_MAX_PIXELS = 200_000_000
+
+# Pillow's own bomb check is global state and only warns below 2x its limit; we check ourselves.
+Image.MAX_IMAGE_PIXELS = None
+
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+class DecodeError(Exception):
+    """The file could not be turned into model input; the message says why."""
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """EXIF orientation 1-8; 1 when absent or unreadable (malformed EXIF must not fail a photo)."""
+    try:
+        value = int(image.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - any EXIF parser failure means "no usable orientation"
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def upright(image: Image.Image, orientation: int) -> Image.Image:
+    transpose = _TRANSPOSE_FOR_ORIENTATION.get(orientation)
+    return image.transpose(transpose) if transpose is not None else image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB with transparent areas over white, as a photo viewer would show them."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Return a (size, size, 3) uint8 RGB array of the whole image, upright, squashed to square."""
+    if isinstance(source, bytes) and not source:
+        raise DecodeError("empty file")
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": not a reason to fail
+            with Image.open(stream) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise DecodeError(
+                        f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
+                        f"{max_pixels / 1e6:.0f} MP cap; raise it with --max-pixels"
+                    )
+                orientation = exif_orientation(image)
+                if image.format == "JPEG":
+                    image.draft("RGB", (size, size))
+                image.seek(0)  # first frame of animations
+                image.load()
+                factor = min(image.width, image.height) // (2 * size)
+                if factor >= 2:
+                    image = image.reduce(factor)
+                rgb = _to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
+                return np.asarray(upright(rgb, orientation))
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("not an image that can be read (unknown or unsupported format)") from None
+    except Image.DecompressionBombError as error:
+        raise DecodeError(f"decompression bomb: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as error:
+        message = str(error) or type(error).__name__
+        if "truncated" in message:
+            message = "truncated image data (the file is incomplete)"
+        raise DecodeError(f"cannot decode image: {message}") from None

@@ -1,0 +1,84 @@
+"""The classifier: an int8 ONNX model and the model card that says how to feed it.
+
+The graph takes uint8 RGB images, NHWC, already resized to the card's square input size, and
+does its own normalisation; it returns class probabilities in the card's label order. Keeping
+normalisation inside the graph means the runtime and training cannot disagree about it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MODEL_FILE = "notcat-lite0.onnx"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the runtime needs from a model's card (`<model>.json` beside `<model>.onnx`)."""
+
+    path: Path
+    name: str
+    version: str
+    input_size: int
+    labels: tuple[str, ...]
+    threshold: float
+    sha256: str
+
+    @property
+    def cat_index(self) -> int:
+        return self.labels.index("cat")
+
+
+def card_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the wheel, or `models/` when running from a checkout."""
+    packaged = Path(__file__).parent / "_model" / DEFAULT_MODEL_FILE
+    if packaged.exists():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_FILE
+
+
+def load_card(model_path: Path) -> ModelCard:
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f"model not found: {model_path}")
+    raw = json.loads(card_path(model_path).read_text(encoding="utf-8"))
+    return ModelCard(
+        path=model_path,
+        name=raw["name"],
+        version=raw["version"],
+        input_size=int(raw["input"]["size"]),
+        labels=tuple(raw["output"]["labels"]),
+        threshold=float(raw["threshold"]),
+        sha256=raw["sha256"],
+    )
+
+
+class Classifier:
+    """One onnxruntime session. Parallelism comes from worker processes, so one thread each."""
+
+    def __init__(self, card: ModelCard, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.card = card
+        self._session = ort.InferenceSession(
+            str(card.path), options, providers=["CPUExecutionProvider"]
+        )
+        self._input = self._session.get_inputs()[0].name
+
+    def p_cat(self, images: np.ndarray) -> np.ndarray:
+        """Cat probability for each image of a (N, S, S, 3) uint8 batch."""
+        probabilities = self._session.run(None, {self._input: images})[0]
+        return probabilities[:, self.card.cat_index].astype(np.float64)
