@@ -1,0 +1,87 @@
+"""A small SQLite cache of predictions, keyed by file content and model.
+
+Re-running over a library classifies nothing twice. A file is known by the sha256 of its bytes.
+A second table remembers which content sits at which (device, inode, size, mtime), so an
+unchanged file, or one that was only moved or renamed on the same filesystem, is recognised
+without reading it at all.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    model TEXT NOT NULL, digest TEXT NOT NULL, p_cat REAL NOT NULL,
+    PRIMARY KEY (model, digest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+    device INTEGER NOT NULL, inode INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (device, inode)) WITHOUT ROWID;
+"""
+
+
+def default_cache_path() -> Path:
+    return Path(user_cache_dir("notcat-sort")) / "predictions.sqlite3"
+
+
+@dataclass(frozen=True)
+class FileKey:
+    """What identifies an unchanged file without reading it."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, stat: os.stat_result) -> FileKey:
+        return cls(stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+class PredictionCache:
+    def __init__(self, path: Path, model_sha256: str, readonly: bool = False) -> None:
+        self.model = model_sha256
+        if readonly:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    def lookup_file(self, key: FileKey) -> tuple[str, float] | None:
+        """(digest, p_cat) for an unchanged file this model has seen."""
+        return self._db.execute(
+            "SELECT f.digest, p.p_cat FROM files f JOIN predictions p"
+            " ON p.digest = f.digest AND p.model = ?"
+            " WHERE f.device = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ?",
+            (self.model, key.device, key.inode, key.size, key.mtime_ns),
+        ).fetchone()
+
+    def lookup_digest(self, digest: str) -> float | None:
+        row = self._db.execute(
+            "SELECT p_cat FROM predictions WHERE model = ? AND digest = ?", (self.model, digest)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def store(self, entries: Iterable[tuple[FileKey, str, float]]) -> None:
+        with self._db:
+            for key, digest, p_cat in entries:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?)", (self.model, digest, p_cat)
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
+                    (key.device, key.inode, key.size, key.mtime_ns, digest),
+                )
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,137 @@
+"""The `notcat-sort` command: parse options, build the pipeline, pick a view, set the exit status."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from notcat_sort import __version__
+from notcat_sort.actions import OnConflict
+from notcat_sort.cache import default_cache_path
+from notcat_sort.classify import ClassifySettings, default_jobs
+from notcat_sort.decide import Policy
+from notcat_sort.decode import DEFAULT_MAX_PIXELS
+from notcat_sort.model import default_model_path, load_card
+from notcat_sort.output.plain import PlainView
+from notcat_sort.output.rich_view import RichView
+from notcat_sort.pipeline import SortSettings, StopFlag, sort_paths
+from notcat_sort.report import ReportWriter
+from notcat_sort.scan import scan
+
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\b
+Examples:
+  notcat-sort ~/Photos                      # dry run: classify and report, change nothing
+  notcat-sort ~/Photos --move               # move into ~/Photos/cat and ~/Photos/not-cat
+  notcat-sort ~/Photos --copy --out ~/Sorted --uncertain 0.3:0.7
+  notcat-sort ~/Photos --move --dry-run     # show where each file would go
+  notcat-sort --undo ~/Photos/notcat-sort-20261122-101500.csv
+
+\b
+Exit status: 0 when every file was handled, 1 when any file failed (see the report's
+error column), 2 for a usage error, 130 when interrupted.
+"""
+
+
+def _parse_band(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        low, high = (float(part) for part in value.split(":"))
+    except ValueError:
+        raise click.BadParameter("expected LOW:HIGH, for example 0.3:0.7") from None
+    if not 0.0 <= low <= high <= 1.0:
+        raise click.BadParameter("need 0 <= LOW <= HIGH <= 1")
+    return low, high
+
+
+def _default_report(settings: SortSettings, roots: list[Path]) -> Path:
+    """Beside the sorted files when files change; in the user's cache dir for a dry run."""
+    folder = settings.output_base(roots[0].absolute()) if settings.changes_files else default_cache_path().parent / "reports"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, number = folder / f"notcat-sort-{stamp}.csv", 1
+    while path.exists():
+        path, number = folder / f"notcat-sort-{stamp}-{number}.csv", number + 1
+    return path
+
+
+def _install_stop_handlers(stop: StopFlag, log) -> None:
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        stop.requested = True
+        log(f"{signal.Signals(signum).name}: finishing the file in hand, then stopping (again to abort)")
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--move", "action", flag_value="move", help="Move each image into cat/, not-cat/ (or unsure/).")
+@click.option("--copy", "action", flag_value="copy", help="Copy each image, leaving the original.")
+@click.option("--link", "action", flag_value="link", help="Hard-link each image (symlink across filesystems).")
+@click.option("--dry-run", is_flag=True, help="With an action: show what it would do, change nothing.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Sort into OUT/cat, OUT/not-cat instead of into each PATH.")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ONNX model with its card (.json) beside it. Default: the shipped model.")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Cat probability from which an image is a cat. Default: the model card's.")
+@click.option("--uncertain", metavar="LOW:HIGH", callback=_parse_band,
+              help="Send images whose cat probability is in [LOW, HIGH] to unsure/.")
+@click.option("--on-conflict", type=click.Choice([mode.value for mode in OnConflict]), default="rename",
+              show_default=True, help="When a different file already has the destination name.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+              help="CSV report (and undo journal); '-' for stdout. Default: a timestamped file in the output folder.")
+@click.option("-j", "--jobs", type=click.IntRange(1), default=default_jobs, show_default="all cores",
+              help="Worker processes that decode and classify.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Images per model call.")
+@click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse images larger than this (decompression bombs).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the prediction cache.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.version_option(__version__, prog_name="notcat-sort")
+def main(paths: tuple[Path, ...], action: str | None, dry_run: bool, out: Path | None, model: Path | None,
+         threshold: float | None, uncertain: tuple[float, float] | None, on_conflict: str,
+         report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, no_cache: bool, quiet: bool) -> None:
+    """Sort the images under PATHS into cat/ and not-cat/ and write a CSV report of every decision.
+
+    Without --move, --copy or --link nothing is changed: every image is classified and the
+    report says where it would go. Nothing is ever overwritten, and every run can be undone
+    with --undo REPORT.
+    """
+    if not paths:
+        raise click.UsageError("give at least one PATH to sort")
+    card = load_card(model or default_model_path())
+    roots = [Path(path) for path in paths]
+    settings = SortSettings(
+        classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path()),
+        policy=Policy(card.threshold if threshold is None else threshold, uncertain),
+        action=action, dry_run=dry_run, out=out, on_conflict=OnConflict(on_conflict),
+    )
+    to_stdout = report_path == Path("-")
+    report_file = None if to_stdout else (report_path or _default_report(settings, roots))
+    if sys.stderr.isatty() and not quiet:
+        view = RichView(lambda: sum(1 for _ in scan(roots, settings.output_folders(roots))))
+    else:
+        view = PlainView(quiet=quiet)
+    stop = StopFlag()
+    _install_stop_handlers(stop, view.log)
+    report = ReportWriter(report_file)
+    try:
+        with view:
+            for result in sort_paths(roots, settings, report, stop):
+                view.add(result)
+    finally:
+        report.close()
+    view.finish([f"report: {report_file}"] if report_file else [])
+    if stop.requested:
+        sys.exit(EXIT_INTERRUPTED)
+    if view.tally.failed:
+        sys.exit(EXIT_FAILED)

@@ -1,0 +1,53 @@
+"""A live progress bar with images/second, for a person at a terminal."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from notcat_sort.output import Tally, describe_failure
+from notcat_sort.pipeline import Result
+
+
+class RichView:
+    def __init__(self, count_files: Callable[[], int] | None = None) -> None:
+        """`count_files` runs in a background thread to give the bar its total while sorting starts."""
+        self.tally = Tally()
+        self.console = Console(stderr=True)
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("sorting"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.1f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"), console=self.console, transient=False,
+        )
+        self._task = self._progress.add_task("sort", total=None, rate=0.0, failed=0)
+        self._count_files = count_files
+
+    def __enter__(self) -> RichView:
+        self._progress.start()
+        if self._count_files is not None:
+            threading.Thread(target=self._count, daemon=True).start()
+        return self
+
+    def _count(self) -> None:
+        self._progress.update(self._task, total=self._count_files())
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def log(self, message: str) -> None:
+        self._progress.console.print(message, highlight=False, markup=False)
+
+    def add(self, result: Result) -> None:
+        self.tally.add(result)
+        if result.failed:
+            self._progress.console.print(describe_failure(result), style="red", highlight=False, markup=False)
+        self._progress.update(self._task, advance=1, rate=self.tally.rate(), failed=self.tally.failed)
+
+    def finish(self, extra: list[str]) -> None:
+        self._progress.stop()
+        for line in self.tally.summary_lines() + extra:
+            self.console.print(line, highlight=False, markup=False)
