@@ -21,6 +21,7 @@ from notcat_sort.output.rich_view import RichView
 from notcat_sort.pipeline import SortSettings, StopFlag, sort_paths
 from notcat_sort.report import ReportWriter
 from notcat_sort.scan import scan
+from notcat_sort.watch import Journal, default_watch_report, watch
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -32,10 +33,11 @@ Examples:
   notcat-sort ~/Photos --copy --out ~/Sorted --uncertain 0.3:0.7
   notcat-sort ~/Photos --move --dry-run     # show where each file would go
   notcat-sort --undo ~/Photos/notcat-sort-20261122-101500.csv
+  notcat-sort --watch ~/Downloads --move    # keep running: sort each image as it arrives
 
 \b
 Exit status: 0 when every file was handled, 1 when any file failed (see the report's
-error column), 2 for a usage error, 130 when interrupted.
+error column), 2 for a usage error, 130 when interrupted (--watch: 0 or 1 once stopped).
 """
 
 
@@ -96,42 +98,62 @@ def _install_stop_handlers(stop: StopFlag, log) -> None:
               help="Refuse images larger than this (decompression bombs).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the prediction cache.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
+@click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Keep running: sort what is in DIR, then each image that lands there, until Ctrl-C or "
+                   "SIGTERM. Report default: DIR/notcat-sort-watch.csv, which is also the restart journal.")
+@click.option("--settle", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True, metavar="SECONDS",
+              help="With --watch: how long a new file's size and time must stay unchanged before it is sorted.")
+@click.option("--polling", is_flag=True,
+              help="With --watch: poll for changes instead of inotify (network filesystems miss remote writes).")
 @click.version_option(__version__, prog_name="notcat-sort")
 def main(paths: tuple[Path, ...], action: str | None, dry_run: bool, out: Path | None, model: Path | None,
          threshold: float | None, uncertain: tuple[float, float] | None, on_conflict: str,
-         report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, no_cache: bool, quiet: bool) -> None:
+         report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, no_cache: bool, quiet: bool,
+         watch_dir: Path | None, settle: float, polling: bool) -> None:
     """Sort the images under PATHS into cat/ and not-cat/ and write a CSV report of every decision.
 
     Without --move, --copy or --link nothing is changed: every image is classified and the
     report says where it would go. Nothing is ever overwritten, and every run can be undone
     with --undo REPORT.
     """
-    if not paths:
+    if watch_dir is not None and paths:
+        raise click.UsageError("--watch takes one folder: give no other PATHS")
+    if not paths and watch_dir is None:
         raise click.UsageError("give at least one PATH to sort")
     card = load_card(model or default_model_path())
-    roots = [Path(path) for path in paths]
+    roots = [Path(path) for path in paths] or [watch_dir]
     settings = SortSettings(
         classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path()),
         policy=Policy(card.threshold if threshold is None else threshold, uncertain),
         action=action, dry_run=dry_run, out=out, on_conflict=OnConflict(on_conflict),
     )
     to_stdout = report_path == Path("-")
-    report_file = None if to_stdout else (report_path or _default_report(settings, roots))
-    if sys.stderr.isatty() and not quiet:
-        view = RichView(lambda: sum(1 for _ in scan(roots, settings.output_folders(roots))))
-    else:
+    if watch_dir is not None:
+        report_file = None if to_stdout else (
+            report_path or default_watch_report(settings, watch_dir, default_cache_path().parent / "reports"))
+        journal = Journal.from_report(settings.action_name, report_file)
         view = PlainView(quiet=quiet)
+        view.log(f"watching {watch_dir} ({'polling' if polling else 'inotify'}, settle {settle:g} s); "
+                 "Ctrl-C or SIGTERM stops after the batch in hand")
+    else:
+        report_file = None if to_stdout else (report_path or _default_report(settings, roots))
+        if sys.stderr.isatty() and not quiet:
+            view = RichView(lambda: sum(1 for _ in scan(roots, settings.output_folders(roots))))
+        else:
+            view = PlainView(quiet=quiet)
     stop = StopFlag()
     _install_stop_handlers(stop, view.log)
     report = ReportWriter(report_file)
     try:
         with view:
-            for result in sort_paths(roots, settings, report, stop):
+            results = (watch(watch_dir, settings, report, journal, stop, settle, polling) if watch_dir is not None
+                       else sort_paths(roots, settings, report, stop))
+            for result in results:
                 view.add(result)
     finally:
-        report.close()
+        report.close(compact=watch_dir is None)  # a watch report may name one path twice: keep every row
     view.finish([f"report: {report_file}"] if report_file else [])
-    if stop.requested:
+    if stop.requested and watch_dir is None:
         sys.exit(EXIT_INTERRUPTED)
     if view.tally.failed:
         sys.exit(EXIT_FAILED)

@@ -48,11 +48,12 @@ def looks_like_image(head: bytes) -> bool:
     )
 
 
-def _is_image_file(entry: os.DirEntry) -> bool:
-    if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+def is_image_file(path: str) -> bool:
+    """An image by its extension or, failing that, by its first bytes."""
+    if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS:
         return True
     try:
-        with open(entry.path, "rb") as handle:
+        with open(path, "rb") as handle:
             return looks_like_image(handle.read(16))
     except OSError:
         return False
@@ -95,7 +96,7 @@ def _walk(folder: Path, root: Path, skip: Collection[Path]) -> Iterator[Candidat
                 problem = _link_problem(entry.path)
                 if problem or not os.path.isdir(entry.path):
                     yield Candidate(path, root, problem)
-        elif entry.is_file(follow_symlinks=False) and _is_image_file(entry):
+        elif entry.is_file(follow_symlinks=False) and is_image_file(entry.path):
             yield Candidate(path, root)
 
 
