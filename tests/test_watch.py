@@ -129,11 +129,11 @@ def _unique_images(count: int) -> list[bytes]:
     pytest.skip("not enough distinct images in the data set")
 
 
-def _start(folder: Path, tmp_path: Path, action: str, log_name: str) -> subprocess.Popen:
+def _start(folder: Path, tmp_path: Path, action: str, log_name: str, *options: str, jobs: int = 1) -> subprocess.Popen:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     log = open(tmp_path / log_name, "wb")
     return subprocess.Popen(
-        [str(CLI), "--watch", str(folder), f"--{action}", "--settle", str(SETTLE), "-j", "2"],
+        [str(CLI), "--watch", str(folder), f"--{action}", "--settle", str(SETTLE), "-j", str(jobs), *options],
         env=env, stdout=log, stderr=log,
     )
 
@@ -185,7 +185,7 @@ def test_watch_sorts_every_arrival_exactly_once_across_a_restart(tmp_path):
 
     for number in range(3):
         put(f"early-{number}.jpg", images[number])
-    watcher = _start(inbox, tmp_path, "move", "first.log")
+    watcher = _start(inbox, tmp_path, "move", "first.log", jobs=2)
     _wait_for(lambda: all(_finished(inbox, path) for path in expected), "the files already there")
     workers = _loky_workers(watcher)
 
@@ -230,7 +230,7 @@ def test_watch_sorts_every_arrival_exactly_once_across_a_restart(tmp_path):
     # Arrivals while it is down, then a restart.
     put("while-down-1.jpg", images[206])
     put("while-down-2.jpg", images[207])
-    watcher = _start(inbox, tmp_path, "move", "second.log")
+    watcher = _start(inbox, tmp_path, "move", "second.log", jobs=2)
     try:
         _wait_for(lambda: all(_finished(inbox, path) for path in [*expected, inbox / "corrupt.jpg"]),
                   "every file after the restart")
@@ -248,8 +248,8 @@ def test_watch_sorts_every_arrival_exactly_once_across_a_restart(tmp_path):
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["corrupt.jpg", "notcat-sort-watch.csv"]
 
 
-def test_watch_copy_restart_processes_nothing_twice(tmp_path):
-    images = _unique_images(4)
+def test_watch_copy_restart_processes_nothing_twice_and_polling_sees_arrivals(tmp_path):
+    images = _unique_images(5)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     for number in range(3):
@@ -258,16 +258,18 @@ def test_watch_copy_restart_processes_nothing_twice(tmp_path):
     _wait_for(lambda: all(_finished(inbox, inbox / f"photo-{n}.jpg") for n in range(3)), "the first files")
     assert _stop(watcher) == 0
     (inbox / "photo-3.jpg").write_bytes(images[3])
-    watcher = _start(inbox, tmp_path, "copy", "second.log")
+    watcher = _start(inbox, tmp_path, "copy", "second.log", "--polling")
     try:
         # All four are seen by the first scan and flushed as one batch, so by the time the new one
         # is reported the journal has decided about the other three.
         _wait_for(lambda: _finished(inbox, inbox / "photo-3.jpg"), "the file that arrived while down")
+        (inbox / "photo-4.jpg").write_bytes(images[4])
+        _wait_for(lambda: _finished(inbox, inbox / "photo-4.jpg"), "a file found by polling")
     finally:
         assert _stop(watcher) == 0
 
     rows = [row for row in _rows(inbox) if row.status != Status.STARTED]
-    assert sorted(row.path for row in rows) == [str(inbox / f"photo-{n}.jpg") for n in range(4)]
+    assert sorted(row.path for row in rows) == [str(inbox / f"photo-{n}.jpg") for n in range(5)]
     assert {row.status for row in rows} == {Status.DONE}
-    assert all((inbox / f"photo-{n}.jpg").read_bytes() == images[n] for n in range(4))
+    assert all((inbox / f"photo-{n}.jpg").read_bytes() == images[n] for n in range(5))
     assert _sorted_hashes(inbox) == Counter(sha256(image) for image in images)
