@@ -18,7 +18,7 @@ from notcat_sort.classify import ClassifySettings, Prediction, classify
 from notcat_sort.decide import SORTED_LABELS, Label, Policy
 from notcat_sort.report import ReportWriter, Row, Status, format_p
 from notcat_sort.scan import Candidate, scan
-from notcat_sort.sidecars import SidecarName, companion_name, companions, is_raw_partner, xmp_path
+from notcat_sort.sidecars import SidecarName, companion_name, companions, xmp_path
 
 
 @dataclass(frozen=True)
@@ -172,8 +172,6 @@ def sort_files(
 ) -> Iterator[Result]:
     """Classify and act on `candidates`, writing the report as it goes."""
     action = settings.action_name
-    if settings.with_raw:  # a RAW beside its JPEG is carried with it, not sorted on its own
-        candidates = (candidate for candidate in candidates if not is_raw_partner(candidate.path))
     for predictions in classify(candidates, settings.classify):
         decided = [(p, settings.policy.decide(p.p_cat)) for p in predictions]
         to_act = [(p, label) for p, label in decided if label is not Label.ERROR]

@@ -16,8 +16,6 @@ RAW_SUFFIXES = (
     ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".raf", ".orf",
     ".rw2", ".rwl", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".mrw", ".kdc", ".dcr",
 )
-# What a camera writes beside a RAW file as its pair: the image that is classified for both.
-PAIR_SUFFIXES = (".jpg", ".jpeg", ".heic", ".heif", ".hif")
 
 
 class SidecarName(str, Enum):
@@ -70,13 +68,6 @@ def companions(image: Path, with_raw: bool = False) -> list[Path]:
         for raw in raw_partners(image):
             found += [raw] + _existing(raw.parent, [raw.name + case for case in _cases(".xmp")])
     return found
-
-
-def is_raw_partner(path: Path) -> bool:
-    """A RAW file whose JPEG/HEIF pair is beside it: it is carried with that image, not sorted alone."""
-    if path.suffix.lower() not in RAW_SUFFIXES:
-        return False
-    return bool(_existing(path.parent, [path.stem + case for suffix in PAIR_SUFFIXES for case in _cases(suffix)]))
 
 
 def companion_name(companion: Path, image: Path, image_target: Path) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from notcat_sort.sidecars import companion_name, companions, is_raw_partner
+from notcat_sort.sidecars import companion_name, companions
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLE = SHARED / "samples" / "orientation" / "Landscape_1.jpg"
@@ -55,7 +55,6 @@ def test_discovery(photos):
     image = photos / "IMG_0001.jpg"
     assert sorted(p.name for p in companions(image)) == sorted(SIDECARS)
     assert sorted(p.name for p in companions(image, with_raw=True)) == sorted([*SIDECARS, "IMG_0001.CR2"])
-    assert is_raw_partner(photos / "IMG_0001.CR2") and not is_raw_partner(image)
 
 
 def test_move_takes_the_sidecars_along(photos, tmp_path):
@@ -91,7 +90,7 @@ def test_a_sidecar_whose_name_is_taken_stays_and_is_reported(photos, tmp_path):
 
 
 def test_with_raw_the_partner_travels_and_is_not_sorted_alone(photos, tmp_path):
-    raw = b"II*\x00" + bytes(200)  # TIFF magic, like CR2/NEF/DNG: the scanner picks it up
+    raw = b"II*\x00" + bytes(200)  # TIFF magic, like CR2/NEF/DNG
     (photos / "IMG_0001.CR2").write_bytes(raw)
     done, rows = sort(tmp_path, photos, "--move", "--with-raw")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -100,8 +99,9 @@ def test_with_raw_the_partner_travels_and_is_not_sorted_alone(photos, tmp_path):
     assert rows["IMG_0001.CR2"]["p_cat"] == rows["IMG_0001.jpg"]["p_cat"] and len(rows) == 5
 
 
-def test_without_with_raw_a_raw_file_is_a_photo_of_its_own(photos, tmp_path):
-    (photos / "IMG_0001.CR2").write_bytes(b"II*\x00" + bytes(200))
+def test_without_with_raw_a_raw_file_is_left_alone(photos, tmp_path):
+    (photos / "IMG_0001.CR2").write_bytes(b"II*\x00" + bytes(200))  # TIFF magic, like CR2/NEF/DNG
     done, rows = sort(tmp_path, photos, "--move")
-    assert rows["IMG_0001.CR2"]["label"] == "error"  # classified alone (and this fake one fails)
-    assert (photos / "IMG_0001.CR2").exists() and done.returncode == 1
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "IMG_0001.CR2" not in rows  # not sorted on its own: it is not an image we can classify
+    assert (photos / "IMG_0001.CR2").exists() and (photos / "cat" / "IMG_0001.jpg").exists()
