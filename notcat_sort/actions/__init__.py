@@ -12,15 +12,17 @@ from notcat_sort.actions.conflict import OnConflict
 from notcat_sort.actions.copy import copy
 from notcat_sort.actions.link import link
 from notcat_sort.actions.move import move
+from notcat_sort.actions.tag import tag
 
-ACTIONS = {"move": move, "copy": copy, "link": link}
+ACTIONS = {"move": move, "copy": copy, "link": link, "tag": tag}
 
 
 def perform(
     action: str, source: Path, destination: Path, sha256: str | None,
-    on_conflict: OnConflict, dry_run: bool = False,
+    on_conflict: OnConflict, dry_run: bool = False, **details: object,
 ) -> Outcome:
-    return ACTIONS[action](source, destination, sha256, on_conflict, dry_run)
+    """`details` are what one action needs beyond the file names, e.g. tag's label and p_cat."""
+    return ACTIONS[action](source, destination, sha256, on_conflict, dry_run, **details)
 
 
 __all__ = ["ACTIONS", "OnConflict", "Outcome", "perform"]
