@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from notcat_sort import __version__
 from notcat_sort.actions import OnConflict
@@ -109,7 +110,7 @@ def _install_stop_handlers(stop: StopFlag, log) -> None:
               help="Refuse images larger than this (decompression bombs).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the prediction cache.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-@click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--watch", "watch_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Keep running: sort what is in DIR, then each image that lands there, until Ctrl-C or "
                    "SIGTERM. Report default: DIR/notcat-sort-watch.csv, which is also the restart journal.")
 @click.option("--settle", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True, metavar="SECONDS",
@@ -131,6 +132,9 @@ def main(paths: tuple[Path, ...], action: str | None, sidecar_name: str, with_ra
         raise click.UsageError("--watch takes one folder: give no other PATHS")
     if not paths and watch_dir is None:
         raise click.UsageError("give at least one PATH to sort")
+    settle_given = click.get_current_context().get_parameter_source("settle") is not ParameterSource.DEFAULT
+    if watch_dir is None and (polling or settle_given):
+        raise click.UsageError("--settle and --polling go with --watch DIR")
     if with_raw and action == "tag":
         raise click.UsageError("--with-raw carries RAW files with --move, --copy or --link; "
                                "with --tag each RAW file that is scanned is tagged on its own")

@@ -191,11 +191,12 @@ class _Entry:
 class Journal:
     """What the report records as handled, so a restart or a repeated event processes nothing twice.
 
-    A file counts as handled when its last row is final (done, skipped, error, planned) for the
-    same action and its content is unchanged. A `move` that is done cannot have left the file
-    where it was, so a file found there again is a new arrival and is sorted."""
+    A file counts as handled when its last row is final (done, skipped, error, planned, or
+    undone: the user took it back) for the same action and its content is unchanged. A `move`
+    that is done cannot have left the file where it was, so a file found there again is a new
+    arrival and is sorted."""
 
-    FINAL = frozenset({Status.DONE, Status.SKIPPED, Status.ERROR, Status.PLANNED})
+    FINAL = frozenset({Status.DONE, Status.SKIPPED, Status.ERROR, Status.PLANNED, Status.UNDONE})
 
     def __init__(self, action: str, rows: Iterable[Row] = ()) -> None:
         self.action = action
