@@ -7,11 +7,12 @@ so a crash at any instant leaves a report from which a re-run or `--undo` can fi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from notcat_sort.actions import OnConflict, Outcome, perform
+from notcat_sort.actions import Kind, OnConflict, Outcome, Plan, execute, plan
 from notcat_sort.classify import ClassifySettings, Prediction, classify
 from notcat_sort.decide import SORTED_LABELS, Label, Policy
 from notcat_sort.report import ReportWriter, Row, Status, format_p
@@ -80,44 +81,80 @@ class StopFlag:
         return self.requested
 
 
-def _act(settings: SortSettings, prediction: Prediction, label: Label) -> Outcome:
-    destination = settings.destination(prediction.candidate, label)
+def _failure(settings: SortSettings, error: Exception, target: Path | None = None) -> Outcome:
+    """An error outcome. It keeps the planned `target`, so that --undo can look there after a
+    failure half-way through (e.g. a cross-filesystem copy that was made but not verified)."""
+    if isinstance(error, FileNotFoundError) and error.filename and not os.path.lexists(error.filename):
+        reason = f"{error.filename} disappeared during the run"
+    else:
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        if getattr(error, "filename", None):
+            reason = f"{reason}: {error.filename}"
+    return Outcome(Status.ERROR, target, f"{settings.action_name} failed: {reason}")
+
+
+def _plan(settings: SortSettings, prediction: Prediction, label: Label, reserved: set[Path]) -> Plan | Outcome:
+    """The plan for one file, with its target reserved against the rest of the batch; or an error."""
     try:
-        return perform(
-            settings.action or "copy", prediction.candidate.path, destination,
-            prediction.sha256, settings.on_conflict, dry_run=not settings.changes_files,
+        planned = plan(
+            settings.action or "copy", prediction.candidate.path, settings.destination(prediction.candidate, label),
+            prediction.sha256, settings.on_conflict, reserved,
         )
     except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
-        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-        return Outcome(Status.ERROR, None, f"{settings.action_name} failed: {reason}")
+        return _failure(settings, error)
+    if planned.kind == Kind.PLACE and planned.target is not None:
+        reserved.add(planned.target)
+    return planned
+
+
+def _journal_row(settings: SortSettings, prediction: Prediction, label: Label, planned: Plan) -> Row:
+    status = Status.STARTED if planned.kind == Kind.PLACE else Status.STARTED_REMOVE_DUPLICATE
+    return Row(str(prediction.candidate.path), label.value, format_p(prediction.p_cat), settings.action_name,
+               str(planned.target), status, "", prediction.sha256 or "")
+
+
+def _execute(settings: SortSettings, planned: Plan | Outcome) -> Outcome:
+    if isinstance(planned, Outcome):
+        return planned
+    if not settings.changes_files:
+        return Outcome(Status.PLANNED if planned.changes_files else Status.SKIPPED, planned.target, planned.reason)
+    try:
+        return execute(planned)
+    except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
+        return _failure(settings, error, planned.target)
 
 
 def sort_files(
     candidates: Iterable[Candidate], settings: SortSettings, report: ReportWriter,
     stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[Result]:
-    """Classify and act on `candidates`, writing the report as it goes."""
-    action = settings.action_name
+    """Classify and act on `candidates`, writing the report as it goes.
+
+    Per batch: plan every file (settling final names), journal the plans that change files in
+    one fsynced write, then execute them one by one and record the outcomes."""
     for predictions in classify(candidates, settings.classify):
         decided = [(p, settings.policy.decide(p.p_cat)) for p in predictions]
-        to_act = [(p, label) for p, label in decided if label is not Label.ERROR]
-        if settings.changes_files and to_act:
-            report.write(
-                (Row(str(p.candidate.path), label.value, format_p(p.p_cat), action,
-                     str(settings.destination(p.candidate, label)), Status.STARTED, "", p.sha256 or "")
-                 for p, label in to_act),
-                durable=True,
-            )
+        reserved: set[Path] = set()
+        plans = {
+            i: _plan(settings, p, label, reserved)
+            for i, (p, label) in enumerate(decided)
+            if label is not Label.ERROR
+        }
+        if settings.changes_files:
+            journal = [_journal_row(settings, p, label, plans[i]) for i, (p, label) in enumerate(decided)
+                       if isinstance(plans.get(i), Plan) and plans[i].changes_files]
+            if journal:
+                report.write(journal, durable=True)
         results = []
-        for prediction, label in decided:
+        for i, (prediction, label) in enumerate(decided):
             if label is Label.ERROR:
                 outcome = Outcome(Status.ERROR)
             elif stop():
                 outcome = Outcome(Status.SKIPPED, None, getattr(stop, "reason", "interrupted"))
             else:
-                outcome = _act(settings, prediction, label)
+                outcome = _execute(settings, plans[i])
             results.append(Result(prediction, label, outcome))
-        report.write((result.row(action) for result in results), durable=settings.changes_files)
+        report.write((result.row(settings.action_name) for result in results), durable=settings.changes_files)
         yield from results
         if stop():
             return
