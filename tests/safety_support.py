@@ -75,3 +75,34 @@ def other_filesystem(than: Path) -> Path | None:
     if shm.is_dir() and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat(than).st_dev:
         return shm
     return None
+
+
+def sort_in_process(roots: list[Path], action: str | None, report: Path, out: Path | None = None,
+                    on_conflict: str = "rename"):
+    """The real pipeline and model, in this process with one job: fast enough for many examples."""
+    from notcat_sort.actions import OnConflict
+    from notcat_sort.classify import ClassifySettings
+    from notcat_sort.decide import Policy
+    from notcat_sort.model import default_model_path, load_card
+    from notcat_sort.pipeline import SortSettings, sort_paths
+    from notcat_sort.report import ReportWriter
+
+    card = load_card(default_model_path())
+    settings = SortSettings(ClassifySettings(card, jobs=1, batch_size=4), Policy(card.threshold), action=action,
+                            out=out, on_conflict=OnConflict(on_conflict))
+    writer = ReportWriter(report)
+    try:
+        return list(sort_paths(roots, settings, writer))
+    finally:
+        writer.close()
+
+
+def undo_in_process(report: Path):
+    from notcat_sort.report import ReportWriter
+    from notcat_sort.undo import undo, undo_report_path
+
+    writer = ReportWriter(undo_report_path(report))
+    try:
+        return list(undo(report, writer))
+    finally:
+        writer.close()
