@@ -150,7 +150,10 @@ def main(paths: tuple[Path, ...], action: str | None, dry_run: bool, out: Path |
         view = PlainView(quiet=quiet)
     stop = StopFlag()
     _install_stop_handlers(stop, view.log)
-    report = ReportWriter(report_file)
+    try:
+        report = ReportWriter(report_file)
+    except OSError as error:
+        raise click.ClickException(f"cannot write the report {report_file}: {error.strerror}; choose another place with --report") from None
     try:
         with view:
             for result in sort_paths(roots, settings, report, stop):

@@ -14,12 +14,19 @@ from pathlib import Path
 
 import pytest
 from safety_support import (
-    CLI, KILL_HOOK, content_counts, image_tree, inventory, other_filesystem, real_images, run_cli,
-    sort_in_process, undo_in_process,
+    CLI,
+    KILL_HOOK,
+    content_counts,
+    image_tree,
+    inventory,
+    other_filesystem,
+    real_images,
+    run_cli,
+    sort_in_process,
+    undo_in_process,
 )
 
-from notcat_sort.actions import Kind, OnConflict, execute, plan
-from notcat_sort.actions import common
+from notcat_sort.actions import Kind, OnConflict, common, execute, plan
 from notcat_sort.actions.common import partial_name, rename_noreplace, sha256_file
 from notcat_sort.report import Status, final_rows
 

@@ -13,11 +13,20 @@ from __future__ import annotations
 import itertools
 import shutil
 import signal
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from safety_support import KILL_HOOK, content_counts, image_tree, inventory, other_filesystem, real_images, run_cli
+from safety_support import (
+    KILL_HOOK,
+    content_counts,
+    image_tree,
+    inventory,
+    other_filesystem,
+    real_images,
+    run_cli,
+)
 
 from notcat_sort.report import ReportWriter, Status, read_report
 from notcat_sort.undo import undo
@@ -43,7 +52,7 @@ def test_killed_move_reruns_to_completion_and_undoes_exactly(tmp_path: Path, cro
         other = other_filesystem(tmp_path)
         if other is None:
             pytest.skip("/dev/shm is not a separate filesystem here")
-        out_parent = Path(__import__("tempfile").mkdtemp(dir=other, prefix="notcat-crash-"))
+        out_parent = Path(tempfile.mkdtemp(dir=other, prefix="notcat-crash-"))
     else:
         out_parent = tmp_path
     out = out_parent / "sorted"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from safety_support import image_tree, inventory, run_cli, sort_in_process, undo_in_process
+from safety_support import (
+    image_tree,
+    inventory,
+    run_cli,
+    sort_in_process,
+    undo_in_process,
+)
 
 from notcat_sort.report import Status, final_rows
 

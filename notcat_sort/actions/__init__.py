@@ -15,9 +15,9 @@ from pathlib import Path
 
 from notcat_sort.actions.common import Outcome
 from notcat_sort.actions.conflict import OnConflict, resolve
+from notcat_sort.actions.copy import copy_verified
 from notcat_sort.actions.link import link_new
 from notcat_sort.actions.move import move_new, remove_duplicate
-from notcat_sort.actions.copy import copy_verified
 from notcat_sort.report import Status
 
 ACTIONS = ("move", "copy", "link")

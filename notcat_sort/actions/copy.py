@@ -8,7 +8,13 @@ import os
 import shutil
 from pathlib import Path
 
-from notcat_sort.actions.common import fsync_dir, operation_done, partial_name, rename_noreplace, sha256_file
+from notcat_sort.actions.common import (
+    fsync_dir,
+    operation_done,
+    partial_name,
+    rename_noreplace,
+    sha256_file,
+)
 
 
 def _drop_cached_pages(descriptor: int) -> None:
