@@ -22,6 +22,7 @@ from notcat_sort.output.rich_view import RichView
 from notcat_sort.pipeline import SortSettings, StopFlag, sort_paths
 from notcat_sort.report import ReportWriter, Status
 from notcat_sort.scan import scan
+from notcat_sort.sidecars import SidecarName
 from notcat_sort.undo import undo, undo_report_path
 
 EXIT_FAILED = 1
@@ -33,6 +34,7 @@ Examples:
   notcat-sort ~/Photos --move               # move into ~/Photos/cat and ~/Photos/not-cat
   notcat-sort ~/Photos --copy --out ~/Sorted --uncertain 0.3:0.7
   notcat-sort ~/Photos --move --dry-run     # show where each file would go
+  notcat-sort ~/Photos --tag                # leave files in place, add cat/not-cat to XMP sidecars
   notcat-sort --undo ~/Photos/notcat-sort-20261122-101500.csv
 
 \b
@@ -97,6 +99,15 @@ def _undo(report: Path, quiet: bool) -> None:
 @click.option("--move", "action", flag_value="move", help="Move each image into cat/, not-cat/ (or unsure/).")
 @click.option("--copy", "action", flag_value="copy", help="Copy each image, leaving the original.")
 @click.option("--link", "action", flag_value="link", help="Hard-link each image (symlink across filesystems).")
+@click.option("--tag", "action", flag_value="tag",
+              help="Leave each image in place; add its label to the keywords of its XMP sidecar.")
+@click.option("--sidecar-name", type=click.Choice([naming.value for naming in SidecarName]), default="append",
+              show_default=True,
+              help="Name for a new XMP sidecar with --tag: IMG_1.jpg.xmp (append) or IMG_1.xmp (replace). "
+                   "An existing sidecar of either name is used as it is.")
+@click.option("--with-raw", is_flag=True,
+              help="Carry each image's RAW partner (IMG_1.CR2 beside IMG_1.JPG) with it; "
+                   "XMP and AAE sidecars always go with their image.")
 @click.option("--dry-run", is_flag=True, help="With an action: show what it would do, change nothing.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Sort into OUT/cat, OUT/not-cat instead of into each PATH.")
@@ -119,13 +130,13 @@ def _undo(report: Path, quiet: bool) -> None:
               help="Put back every file the run recorded in this report moved, copied or linked.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.version_option(__version__, prog_name="notcat-sort")
-def main(paths: tuple[Path, ...], action: str | None, dry_run: bool, out: Path | None, model: Path | None,
+def main(paths: tuple[Path, ...], action: str | None, sidecar_name: str, with_raw: bool, dry_run: bool, out: Path | None, model: Path | None,
          threshold: float | None, uncertain: tuple[float, float] | None, on_conflict: str,
          report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, no_cache: bool,
          undo_path: Path | None, quiet: bool) -> None:
     """Sort the images under PATHS into cat/ and not-cat/ and write a CSV report of every decision.
 
-    Without --move, --copy or --link nothing is changed: every image is classified and the
+    Without --move, --copy, --link or --tag nothing is changed: every image is classified and the
     report says where it would go. Nothing is ever overwritten, and every run can be undone
     with --undo REPORT.
     """
@@ -135,12 +146,16 @@ def main(paths: tuple[Path, ...], action: str | None, dry_run: bool, out: Path |
         _undo(undo_path, quiet)
     if not paths:
         raise click.UsageError("give at least one PATH to sort")
+    if with_raw and action == "tag":
+        raise click.UsageError("--with-raw carries RAW files with --move, --copy or --link; "
+                               "with --tag each RAW file that is scanned is tagged on its own")
     card = load_card(model or default_model_path())
     roots = [Path(path) for path in paths]
     settings = SortSettings(
         classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path()),
         policy=Policy(card.threshold if threshold is None else threshold, uncertain),
         action=action, dry_run=dry_run, out=out, on_conflict=OnConflict(on_conflict),
+        sidecar_name=SidecarName(sidecar_name), with_raw=with_raw,
     )
     to_stdout = report_path == Path("-")
     report_file = None if to_stdout else (report_path or _default_report(settings, roots))

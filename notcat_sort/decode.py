@@ -79,7 +79,9 @@ def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
                         f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
                         f"{max_pixels / 1e6:.0f} MP cap; raise it with --max-pixels"
                     )
-                orientation = exif_orientation(image)
+                # pillow-heif has already applied the HEIF irot/imir transforms, which the format
+                # makes authoritative (EXIF orientation there is informative): apply nothing twice.
+                orientation = 1 if image.format == "HEIF" else exif_orientation(image)
                 if image.format == "JPEG":
                     image.draft("RGB", (size, size))
                 image.seek(0)  # first frame of animations

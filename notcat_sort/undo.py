@@ -20,6 +20,7 @@ from notcat_sort.actions import ACTIONS
 from notcat_sort.actions.common import partial_name, remove, sha256_file
 from notcat_sort.actions.copy import copy_verified
 from notcat_sort.actions.move import move_new
+from notcat_sort.actions.tag import untag
 from notcat_sort.report import ReportWriter, Row, Status, final_rows
 
 _PLACED = {Status.STARTED, Status.DONE, Status.ERROR}
@@ -97,8 +98,17 @@ def _undo_duplicate_removal(source: Path, target: Path, sha256: str) -> tuple[st
     return Status.UNDONE, "restored from its identical copy, which stays"
 
 
+def _undo_tag(row: Row) -> tuple[str, str]:
+    """`tag` keeps its own undo records (see actions/tag.py): hand over to it."""
+    outcome = untag(Path(row.path), Path(row.destination))
+    status = Status.UNDONE if outcome.status == Status.DONE else outcome.status
+    return status, outcome.error or ("removed the tag" if status == Status.UNDONE else "")
+
+
 def undo_row(row: Row) -> tuple[str, str]:
     """(status, reason) after undoing what `row` records, if anything."""
+    if row.action == "tag" and row.destination and row.status in (Status.STARTED, Status.DONE):
+        return _undo_tag(row)
     if row.action not in ACTIONS or not row.destination:
         return Status.SKIPPED, "nothing was done"
     source, target = Path(row.path), Path(row.destination)

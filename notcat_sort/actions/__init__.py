@@ -18,9 +18,10 @@ from notcat_sort.actions.conflict import OnConflict, resolve
 from notcat_sort.actions.copy import copy_verified
 from notcat_sort.actions.link import link_new
 from notcat_sort.actions.move import move_new, remove_duplicate
+from notcat_sort.actions.tag import tag
 from notcat_sort.report import Status
 
-ACTIONS = ("move", "copy", "link")
+ACTIONS = ("move", "copy", "link")  # the ones that place files, through plan() and execute()
 
 
 class Kind:
@@ -84,9 +85,12 @@ def execute(planned: Plan) -> Outcome:
 
 def perform(
     action: str, source: Path, destination: Path, sha256: str | None,
-    on_conflict: OnConflict, dry_run: bool = False,
+    on_conflict: OnConflict, dry_run: bool = False, **details: object,
 ) -> Outcome:
-    """Plan and execute in one step, for callers that journal nothing in between."""
+    """Plan and execute in one step, for callers that journal nothing in between. `tag` (which
+    keeps its own undo records) takes `details`: the label, p_cat and model."""
+    if action == "tag":
+        return tag(source, destination, sha256, on_conflict, dry_run, **details)
     planned = plan(action, source, destination, sha256, on_conflict)
     if dry_run:
         return Outcome(Status.PLANNED if planned.changes_files else Status.SKIPPED, planned.target, planned.reason)
