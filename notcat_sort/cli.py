@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -20,9 +21,10 @@ from notcat_sort.model import default_model_path, load_card
 from notcat_sort.output.plain import PlainView
 from notcat_sort.output.rich_view import RichView
 from notcat_sort.pipeline import SortSettings, StopFlag, sort_paths
-from notcat_sort.report import ReportWriter
+from notcat_sort.report import ReportWriter, Status
 from notcat_sort.scan import scan
 from notcat_sort.sidecars import SidecarName
+from notcat_sort.undo import undo, undo_report_path
 from notcat_sort.watch import Journal, default_watch_report, watch
 
 EXIT_FAILED = 1
@@ -77,6 +79,24 @@ def _install_stop_handlers(stop: StopFlag, log) -> None:
     signal.signal(signal.SIGTERM, request_stop)
 
 
+def _undo(report: Path, quiet: bool) -> None:
+    """Run --undo, log what failed and a summary on stderr, and exit."""
+    undo_report = undo_report_path(report)
+    writer = ReportWriter(undo_report)
+    statuses: Counter[str] = Counter()
+    try:
+        for row in undo(report, writer):
+            statuses[row.status] += 1
+            if row.status == Status.ERROR:
+                click.echo(f"error: {row.destination or row.path}: {row.error}", err=True)
+    finally:
+        writer.close()
+    if not quiet:
+        summary = ", ".join(f"{status}: {count}" for status, count in sorted(statuses.items()))
+        click.echo(f"undo: {summary or 'nothing recorded'}\nreport: {undo_report}", err=True)
+    sys.exit(EXIT_FAILED if statuses[Status.ERROR] else 0)
+
+
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--move", "action", flag_value="move", help="Move each image into cat/, not-cat/ (or unsure/).")
@@ -109,6 +129,8 @@ def _install_stop_handlers(stop: StopFlag, log) -> None:
 @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this (decompression bombs).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the prediction cache.")
+@click.option("--undo", "undo_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Put back every file the run recorded in this report moved, copied or linked.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("--watch", "watch_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Keep running: sort what is in DIR, then each image that lands there, until Ctrl-C or "
@@ -120,14 +142,18 @@ def _install_stop_handlers(stop: StopFlag, log) -> None:
 @click.version_option(__version__, prog_name="notcat-sort")
 def main(paths: tuple[Path, ...], action: str | None, sidecar_name: str, with_raw: bool, dry_run: bool, out: Path | None, model: Path | None,
          threshold: float | None, uncertain: tuple[float, float] | None, on_conflict: str,
-         report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, no_cache: bool, quiet: bool,
-         watch_dir: Path | None, settle: float, polling: bool) -> None:
+         report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, no_cache: bool,
+         undo_path: Path | None, quiet: bool, watch_dir: Path | None, settle: float, polling: bool) -> None:
     """Sort the images under PATHS into cat/ and not-cat/ and write a CSV report of every decision.
 
     Without --move, --copy, --link or --tag nothing is changed: every image is classified and the
     report says where it would go. Nothing is ever overwritten, and every run can be undone
     with --undo REPORT.
     """
+    if undo_path is not None:
+        if paths or action or watch_dir:
+            raise click.UsageError("--undo takes only the report: drop the PATHS, --watch and --move/--copy/--link")
+        _undo(undo_path, quiet)
     if watch_dir is not None and paths:
         raise click.UsageError("--watch takes one folder: give no other PATHS")
     if not paths and watch_dir is None:
@@ -162,7 +188,10 @@ def main(paths: tuple[Path, ...], action: str | None, sidecar_name: str, with_ra
             view = PlainView(quiet=quiet)
     stop = StopFlag()
     _install_stop_handlers(stop, view.log)
-    report = ReportWriter(report_file)
+    try:
+        report = ReportWriter(report_file)
+    except OSError as error:
+        raise click.ClickException(f"cannot write the report {report_file}: {error.strerror}; choose another place with --report") from None
     try:
         with view:
             results = (watch(watch_dir, settings, report, journal, stop, settle, polling) if watch_dir is not None

@@ -99,6 +99,6 @@ def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
         raise DecodeError(f"decompression bomb: {error}") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as error:
         message = str(error) or type(error).__name__
-        if "truncated" in message:
+        if "truncated" in message.lower():
             message = "truncated image data (the file is incomplete)"
         raise DecodeError(f"cannot decode image: {message}") from None

@@ -7,11 +7,12 @@ so a crash at any instant leaves a report from which a re-run or `--undo` can fi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from notcat_sort.actions import OnConflict, Outcome, perform
+from notcat_sort.actions import Kind, OnConflict, Outcome, Plan, execute, perform, plan
 from notcat_sort.actions.common import sha256_file
 from notcat_sort.actions.conflict import resolve
 from notcat_sort.classify import ClassifySettings, Prediction, classify
@@ -109,6 +110,46 @@ class StopFlag:
         return self.requested
 
 
+def _failure(settings: SortSettings, error: Exception, target: Path | None = None) -> Outcome:
+    """An error outcome. It keeps the planned `target`, so that --undo can look there after a
+    failure half-way through (e.g. a cross-filesystem copy that was made but not verified)."""
+    if isinstance(error, FileNotFoundError) and error.filename and not os.path.lexists(error.filename):
+        reason = f"{error.filename} disappeared during the run"
+    else:
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        if getattr(error, "filename", None):
+            reason = f"{reason}: {error.filename}"
+    return Outcome(Status.ERROR, target, f"{settings.action_name} failed: {reason}")
+
+
+def _plan(settings: SortSettings, prediction: Prediction, label: Label, reserved: set[Path]) -> Plan | Outcome | None:
+    """The plan for one file, with its target reserved against the rest of the batch; or an error.
+    None for `tag`, which edits a sidecar in place and keeps its own undo records."""
+    if settings.action == "tag":
+        return None
+    try:
+        planned = plan(
+            settings.action or "copy", prediction.candidate.path, settings.destination(prediction.candidate, label),
+            prediction.sha256, settings.on_conflict, reserved,
+        )
+    except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
+        return _failure(settings, error)
+    if planned.kind == Kind.PLACE and planned.target is not None:
+        reserved.add(planned.target)
+    return planned
+
+
+def _execute(settings: SortSettings, planned: Plan | Outcome) -> Outcome:
+    if isinstance(planned, Outcome):
+        return planned
+    if not settings.changes_files:
+        return Outcome(Status.PLANNED if planned.changes_files else Status.SKIPPED, planned.target, planned.reason)
+    try:
+        return execute(planned)
+    except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
+        return _failure(settings, error, planned.target)
+
+
 def _perform(settings: SortSettings, source: Path, destination: Path, sha256: str | None,
              on_conflict: OnConflict, **details: object) -> Outcome:
     try:
@@ -117,17 +158,14 @@ def _perform(settings: SortSettings, source: Path, destination: Path, sha256: st
             dry_run=not settings.changes_files, **details,
         )
     except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
-        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-        return Outcome(Status.ERROR, None, f"{settings.action_name} failed: {reason}")
+        return _failure(settings, error)
 
 
-def _act(settings: SortSettings, prediction: Prediction, label: Label) -> Outcome:
-    details = {}
-    if settings.action == "tag":
-        card = settings.classify.card
-        details = {"label": label.value, "p_cat": prediction.p_cat, "model": f"{card.name} {card.version}"}
+def _tag(settings: SortSettings, prediction: Prediction, label: Label) -> Outcome:
+    card = settings.classify.card
     return _perform(settings, prediction.candidate.path, settings.destination(prediction.candidate, label),
-                    prediction.sha256, settings.on_conflict, **details)
+                    prediction.sha256, settings.on_conflict,
+                    label=label.value, p_cat=prediction.p_cat, model=f"{card.name} {card.version}")
 
 
 def _companions(settings: SortSettings, image: Path) -> list[Companion]:
@@ -138,12 +176,15 @@ def _companions(settings: SortSettings, image: Path) -> list[Companion]:
             for path in companions(image, settings.with_raw)]
 
 
-def _started(settings: SortSettings, prediction: Prediction, label: Label, found: list[Companion]) -> Result:
-    """The journal entry written before acting: where the image and its companions are headed."""
-    destination = settings.destination(prediction.candidate, label)
+def _started(settings: SortSettings, prediction: Prediction, label: Label, planned: Plan | None,
+             found: list[Companion]) -> Result:
+    """The journal entry written before acting: where the image and its companions are headed.
+    A move whose identical copy is already there is journalled as the removal of a duplicate."""
+    destination = planned.target if planned else settings.destination(prediction.candidate, label)
+    status = Status.STARTED_REMOVE_DUPLICATE if planned and planned.kind == Kind.REMOVE_DUPLICATE else Status.STARTED
     heading = tuple(replace(companion, outcome=Outcome(Status.STARTED, companion_name(
         companion.path, prediction.candidate.path, destination))) for companion in found)
-    return Result(prediction, label, Outcome(Status.STARTED, destination), heading)
+    return Result(prediction, label, Outcome(status, destination), heading)
 
 
 def _carry(settings: SortSettings, image: Path, image_outcome: Outcome,
@@ -152,7 +193,8 @@ def _carry(settings: SortSettings, image: Path, image_outcome: Outcome,
 
     A companion is never renamed on its own: if its name is taken by a different file it stays
     where it is and its row says so."""
-    if image_outcome.status not in (Status.DONE, Status.PLANNED) or image_outcome.destination is None:
+    if (image_outcome.status not in (Status.DONE, Status.PLANNED, Status.DUPLICATE_REMOVED)
+            or image_outcome.destination is None):
         return ()
     carried = []
     for companion in found:
@@ -170,28 +212,33 @@ def sort_files(
     candidates: Iterable[Candidate], settings: SortSettings, report: ReportWriter,
     stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[Result]:
-    """Classify and act on `candidates`, writing the report as it goes."""
+    """Classify and act on `candidates`, writing the report as it goes.
+
+    Per batch: plan every file (settling final names), journal the plans that change files in
+    one fsynced write, then execute them one by one and record the outcomes."""
     action = settings.action_name
     for predictions in classify(candidates, settings.classify):
         decided = [(p, settings.policy.decide(p.p_cat)) for p in predictions]
-        to_act = [(p, label) for p, label in decided if label is not Label.ERROR]
-        found = {p.candidate.path: _companions(settings, p.candidate.path) for p, _ in to_act}
-        if settings.changes_files and to_act:
-            report.write(
-                (row for p, label in to_act
-                 for row in _started(settings, p, label, found[p.candidate.path]).rows(action)),
-                durable=True,
-            )
+        reserved: set[Path] = set()
+        plans = {i: _plan(settings, p, label, reserved) for i, (p, label) in enumerate(decided)
+                 if label is not Label.ERROR}
+        found = {i: _companions(settings, decided[i][0].candidate.path) for i in plans}
+        if settings.changes_files:
+            journal = [row for i, planned in plans.items() if planned is None or isinstance(planned, Plan)
+                       and planned.changes_files
+                       for row in _started(settings, *decided[i], planned, found[i]).rows(action)]
+            if journal:
+                report.write(journal, durable=True)
         results = []
-        for prediction, label in decided:
+        for i, (prediction, label) in enumerate(decided):
             carried: tuple[Companion, ...] = ()
             if label is Label.ERROR:
                 outcome = Outcome(Status.ERROR)
             elif stop():
                 outcome = Outcome(Status.SKIPPED, None, getattr(stop, "reason", "interrupted"))
             else:
-                outcome = _act(settings, prediction, label)
-                carried = _carry(settings, prediction.candidate.path, outcome, found[prediction.candidate.path])
+                outcome = _tag(settings, prediction, label) if plans[i] is None else _execute(settings, plans[i])
+                carried = _carry(settings, prediction.candidate.path, outcome, found[i])
             results.append(Result(prediction, label, outcome, carried))
         report.write((row for result in results for row in result.rows(action)), durable=settings.changes_files)
         yield from results

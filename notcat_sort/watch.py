@@ -32,6 +32,7 @@ from notcat_sort.cache import FileKey
 from notcat_sort.pipeline import Result, SortSettings, StopFlag, sort_files
 from notcat_sort.report import ReportWriter, Row, Status, final_rows
 from notcat_sort.scan import Candidate, is_image_file, scan
+from notcat_sort.undo import undo_report_path
 
 # Names that downloaders, browsers, editors and copy tools give a file until it is complete.
 TEMPORARY_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".temp", ".swp", "~")
@@ -191,10 +192,10 @@ class _Entry:
 class Journal:
     """What the report records as handled, so a restart or a repeated event processes nothing twice.
 
-    A file counts as handled when its last row is final (done, skipped, error, planned, or
-    undone: the user took it back) for the same action and its content is unchanged. A `move`
-    that is done cannot have left the file where it was, so a file found there again is a new
-    arrival and is sorted."""
+    A file counts as handled when its content is unchanged and its last row is final: done,
+    skipped, error or planned for the same action, or undone by `--undo` (the user took it back;
+    read from the undo report beside this one). A `move` that is done cannot have left the file
+    where it was, so a file found there again is a new arrival and is sorted."""
 
     FINAL = frozenset({Status.DONE, Status.SKIPPED, Status.ERROR, Status.PLANNED, Status.UNDONE})
 
@@ -210,8 +211,8 @@ class Journal:
 
     @classmethod
     def from_report(cls, action: str, report: Path | None) -> Journal:
-        rows = final_rows(report) if report is not None and report.exists() else []
-        return cls(action, rows)
+        reports = [] if report is None else [report, undo_report_path(report)]
+        return cls(action, itertools.chain.from_iterable(final_rows(path) for path in reports if path.exists()))
 
     def record(self, result: Result) -> None:
         prediction = result.prediction
@@ -223,7 +224,7 @@ class Journal:
 
     def handled(self, path: str, signature: FileKey) -> bool:
         entry = self._entries.get(path)
-        if entry is None or entry.action != self.action:
+        if entry is None or (entry.action != self.action and entry.status != Status.UNDONE):
             return False
         if entry.action == "move" and entry.status == Status.DONE:
             return False

@@ -24,9 +24,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from notcat_sort.actions.common import Outcome, fsync_dir
+from notcat_sort.actions.common import Outcome, fsync_dir, rename_noreplace
 from notcat_sort.actions.conflict import OnConflict
-from notcat_sort.actions.copy import place_new
 from notcat_sort.cache import default_cache_path
 from notcat_sort.report import Status, format_p
 
@@ -207,7 +206,7 @@ def write_atomically(path: Path, data: bytes, replace: bool) -> None:
             shutil.copymode(path, temporary)
             os.replace(temporary, path)
         else:
-            place_new(temporary, path, keep_source=False)
+            rename_noreplace(temporary, path)
     finally:
         if temporary.exists():
             temporary.unlink()
