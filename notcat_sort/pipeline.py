@@ -7,6 +7,7 @@ so a crash at any instant leaves a report from which a re-run or `--undo` can fi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,8 @@ class SortSettings:
         return self.action or "none"
 
     def output_base(self, root: Path) -> Path:
-        return self.out if self.out is not None else root
+        """Absolute, so the report's destinations stay valid from any working directory."""
+        return Path(os.path.abspath(self.out)) if self.out is not None else root
 
     def output_folders(self, roots: Iterable[Path]) -> list[Path]:
         return [self.output_base(Path(root).absolute()) / label.value for root in roots for label in SORTED_LABELS]
