@@ -69,8 +69,8 @@ class ReportWriter:
 
     def write(self, rows: Iterable[Row], durable: bool = False) -> None:
         for row in rows:
-            if self.path is None and row.status == Status.STARTED:
-                continue  # stdout can be neither fsynced nor compacted: give it only final rows
+            if self.path is None and row.status.startswith(Status.STARTED):
+                continue  # journal rows: stdout can be neither fsynced nor compacted, so only final rows
             self._csv.writerow(asdict(row))
         self._handle.flush()
         if durable and self.path is not None:
