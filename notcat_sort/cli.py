@@ -61,6 +61,13 @@ def _default_report(settings: SortSettings, roots: list[Path]) -> Path:
     return path
 
 
+def _dry_run_hint(settings: SortSettings) -> list[str]:
+    if settings.changes_files:
+        return []
+    to_do = f"drop --dry-run to {settings.action}" if settings.action else "add --move, --copy or --link to sort"
+    return [f"dry run: nothing was changed; {to_do}"]
+
+
 def _install_stop_handlers(stop: StopFlag, log) -> None:
     def request_stop(signum: int, frame: object) -> None:
         if stop.requested:  # a second Ctrl-C: stop now
@@ -88,7 +95,8 @@ def _install_stop_handlers(stop: StopFlag, log) -> None:
 @click.option("--on-conflict", type=click.Choice([mode.value for mode in OnConflict]), default="rename",
               show_default=True, help="When a different file already has the destination name.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-              help="CSV report (and undo journal); '-' for stdout. Default: a timestamped file in the output folder.")
+              help="CSV report (and undo journal); '-' for stdout. Default: a timestamped file in the output "
+                   "folder, or for a dry run in the user cache folder.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=default_jobs, show_default="all cores",
               help="Worker processes that decode and classify.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Images per model call.")
@@ -130,7 +138,7 @@ def main(paths: tuple[Path, ...], action: str | None, dry_run: bool, out: Path |
                 view.add(result)
     finally:
         report.close()
-    view.finish([f"report: {report_file}"] if report_file else [])
+    view.finish(_dry_run_hint(settings) + ([f"report: {report_file}"] if report_file else []))
     if stop.requested:
         sys.exit(EXIT_INTERRUPTED)
     if view.tally.failed:
