@@ -131,7 +131,10 @@ def main(paths: tuple[Path, ...], action: str | None, dry_run: bool, out: Path |
         view = PlainView(quiet=quiet)
     stop = StopFlag()
     _install_stop_handlers(stop, view.log)
-    report = ReportWriter(report_file)
+    try:
+        report = ReportWriter(report_file)
+    except FileExistsError as error:
+        raise click.BadParameter(f"{error.filename} {error.strerror}: choose another file", param_hint="--report")
     try:
         with view:
             for result in sort_paths(roots, settings, report, stop):

@@ -298,3 +298,19 @@ def test_rich_bar_and_summary_on_a_terminal(cli: Path, cli_env: dict[str, str], 
     assert "━" in text and "img/s" in text and "\x1b[" in text  # a drawn, coloured bar
     assert f"{len(IMAGES)}/{len(IMAGES)}" in text
     assert f"{len(IMAGES)} files in " in text and "failed: 0" in text
+
+
+def test_report_never_clobbers_a_file_that_is_not_a_report(run_cli, library: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.csv"
+    notes.write_text("my own notes\n")
+    refused = run_cli(library, "--report", notes)
+    assert refused.returncode == 2 and "--report" in refused.stderr and "not a notcat-sort report" in refused.stderr
+    assert notes.read_text() == "my own notes\n"
+
+    fifo = tmp_path / "report.fifo"  # like /dev/null or /dev/stdout: written to, never replaced by a file
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE, text=True)
+    streamed = run_cli(library, "-j", "1", "--report", fifo)
+    received = reader.communicate(timeout=60)[0]
+    assert streamed.returncode == 0, streamed.stderr
+    assert fifo.is_fifo() and len(received.splitlines()) == len(IMAGES) + 1
