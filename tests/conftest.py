@@ -87,6 +87,8 @@ def run_cli(cli: Path, cli_env: dict[str, str], tmp_path: Path):
         )
         words = list(map(str, args))
         report = words[words.index("--report") + 1] if "--report" in words[:-1] else None
+        if report not in (None, "-"):
+            report = str((cwd or tmp_path) / report)  # as the command saw it
         return CliRun(done.returncode, done.stdout, done.stderr, report)
 
     return run
