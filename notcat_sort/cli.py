@@ -68,6 +68,13 @@ def _default_report(settings: SortSettings, roots: list[Path]) -> Path:
     return path
 
 
+def _dry_run_hint(settings: SortSettings) -> list[str]:
+    if settings.changes_files:
+        return []
+    to_do = f"drop --dry-run to {settings.action}" if settings.action else "add --move, --copy or --link to sort"
+    return [f"dry run: nothing was changed; {to_do}"]
+
+
 def _install_stop_handlers(stop: StopFlag, log) -> None:
     def request_stop(signum: int, frame: object) -> None:
         if stop.requested:  # a second Ctrl-C: stop now
@@ -122,7 +129,8 @@ def _undo(report: Path, quiet: bool) -> None:
 @click.option("--on-conflict", type=click.Choice([mode.value for mode in OnConflict]), default="rename",
               show_default=True, help="When a different file already has the destination name.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-              help="CSV report (and undo journal); '-' for stdout. Default: a timestamped file in the output folder.")
+              help="CSV report (and undo journal); '-' for stdout. Default: a timestamped file in the output "
+                   "folder, or for a dry run in the user cache folder.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=default_jobs, show_default="all cores",
               help="Worker processes that decode and classify.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Images per model call.")
@@ -190,6 +198,8 @@ def main(paths: tuple[Path, ...], action: str | None, sidecar_name: str, with_ra
     _install_stop_handlers(stop, view.log)
     try:
         report = ReportWriter(report_file)
+    except FileExistsError as error:
+        raise click.BadParameter(f"{error.filename} {error.strerror}: choose another file", param_hint="--report") from None
     except OSError as error:
         raise click.ClickException(f"cannot write the report {report_file}: {error.strerror}; choose another place with --report") from None
     try:
@@ -200,7 +210,7 @@ def main(paths: tuple[Path, ...], action: str | None, sidecar_name: str, with_ra
                 view.add(result)
     finally:
         report.close(compact=watch_dir is None)  # a watch report may name one path twice: keep every row
-    view.finish([f"report: {report_file}"] if report_file else [])
+    view.finish(_dry_run_hint(settings) + ([f"report: {report_file}"] if report_file else []))
     if stop.requested and watch_dir is None:
         sys.exit(EXIT_INTERRUPTED)
     if view.tally.failed:

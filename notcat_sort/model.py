@@ -72,6 +72,7 @@ class Classifier:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: graph-optimizer warnings mean nothing to a user
         self.card = card
         self._session = ort.InferenceSession(
             str(card.path), options, providers=["CPUExecutionProvider"]

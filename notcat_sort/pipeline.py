@@ -42,7 +42,8 @@ class SortSettings:
         return self.action or "none"
 
     def output_base(self, root: Path) -> Path:
-        return self.out if self.out is not None else root
+        """Absolute, so the report's destinations stay valid from any working directory."""
+        return Path(os.path.abspath(self.out)) if self.out is not None else root
 
     def output_folders(self, roots: Iterable[Path]) -> list[Path]:
         if self.action == "tag":

@@ -10,7 +10,9 @@ byte for byte and `--undo` can find them again.
 from __future__ import annotations
 
 import csv
+import errno
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -63,6 +65,8 @@ class ReportWriter:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             new = not path.exists() or path.stat().st_size == 0
+            if not new and _is_regular(path) and not _is_report(path):
+                raise FileExistsError(errno.EEXIST, "exists and is not a notcat-sort report", str(path))
             self._handle = open(path, "a", **_ENCODING)
         self._csv = csv.DictWriter(self._handle, fieldnames=FIELDS, lineterminator="\n")
         if new:
@@ -71,6 +75,8 @@ class ReportWriter:
 
     def write(self, rows: Iterable[Row], durable: bool = False) -> None:
         for row in rows:
+            if self.path is None and row.status.startswith(Status.STARTED):
+                continue  # journal rows: stdout can be neither fsynced nor compacted, so only final rows
             self._csv.writerow(asdict(row))
         self._handle.flush()
         if durable and self.path is not None:
@@ -81,8 +87,18 @@ class ReportWriter:
             self._handle.flush()
             return
         self._handle.close()
-        if compact:
+        if compact and _is_regular(self.path):  # never replace /dev/null, a FIFO or a symlink with a file
             compact_report(self.path)
+
+
+def _is_regular(path: Path) -> bool:
+    return stat.S_ISREG(os.lstat(path).st_mode)
+
+
+def _is_report(path: Path) -> bool:
+    """Appending to a report resumes it; appending to anything else would rewrite it on compaction."""
+    with open(path, **_ENCODING) as handle:
+        return handle.readline().startswith(",".join(FIELDS[:2]) + ",")
 
 
 def read_report(path: Path) -> Iterator[Row]:
