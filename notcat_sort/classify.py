@@ -196,14 +196,18 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
     reach a worker; worker processes are started only if something needs classifying."""
     cache = PredictionCache(settings.cache_path, settings.card.sha256) if settings.cache_path else None
     workers = _Workers(settings)
-    in_flight: deque[Future | list[Prediction]] = deque()
+    # Each entry: cache hits (already final), or a worker batch whose results are new to the cache.
+    in_flight: deque[tuple[Future | list[Prediction], bool]] = deque()
     limit = _IN_FLIGHT_PER_JOB * settings.jobs
 
-    def finished(entry: Future | list[Prediction]) -> list[Prediction]:
-        if isinstance(entry, list):
-            return entry
-        predictions = entry.result()
-        if cache:
+    def ready() -> bool:
+        entry = in_flight[0][0]
+        return isinstance(entry, list) or entry.done()
+
+    def finished() -> list[Prediction]:
+        entry, new = in_flight.popleft()
+        predictions = entry if isinstance(entry, list) else entry.result()
+        if cache and new:
             cache.store(
                 (p.file_key, p.sha256, p.p_cat)
                 for p in predictions
@@ -216,16 +220,16 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
             known = [_known(candidate, cache) for candidate in chunk]
             hits = [prediction for prediction in known if prediction is not None]
             if hits:
-                in_flight.append(hits)
+                in_flight.append((hits, False))
             unknown = [candidate for candidate, prediction in zip(chunk, known) if prediction is None]
             for batch in _batched(unknown, settings.batch_size):
-                in_flight.append(workers.submit(batch))
+                in_flight.append((workers.submit(batch), True))
                 while len(in_flight) > limit:
-                    yield finished(in_flight.popleft())
-            while in_flight and (isinstance(in_flight[0], list) or in_flight[0].done()):
-                yield finished(in_flight.popleft())
+                    yield finished()
+            while in_flight and ready():
+                yield finished()
         while in_flight:
-            yield finished(in_flight.popleft())
+            yield finished()
     finally:
         workers.close()
         if cache:
