@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -19,8 +20,10 @@ from notcat_sort.model import default_model_path, load_card
 from notcat_sort.output.plain import PlainView
 from notcat_sort.output.rich_view import RichView
 from notcat_sort.pipeline import SortSettings, StopFlag, sort_paths
-from notcat_sort.report import ReportWriter
+from notcat_sort.report import ReportWriter, Status
 from notcat_sort.scan import scan
+from notcat_sort.sidecars import SidecarName
+from notcat_sort.undo import undo, undo_report_path
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -31,6 +34,7 @@ Examples:
   notcat-sort ~/Photos --move               # move into ~/Photos/cat and ~/Photos/not-cat
   notcat-sort ~/Photos --copy --out ~/Sorted --uncertain 0.3:0.7
   notcat-sort ~/Photos --move --dry-run     # show where each file would go
+  notcat-sort ~/Photos --tag                # leave files in place, add cat/not-cat to XMP sidecars
   notcat-sort --undo ~/Photos/notcat-sort-20261122-101500.csv
 
 \b
@@ -72,11 +76,38 @@ def _install_stop_handlers(stop: StopFlag, log) -> None:
     signal.signal(signal.SIGTERM, request_stop)
 
 
+def _undo(report: Path, quiet: bool) -> None:
+    """Run --undo, log what failed and a summary on stderr, and exit."""
+    undo_report = undo_report_path(report)
+    writer = ReportWriter(undo_report)
+    statuses: Counter[str] = Counter()
+    try:
+        for row in undo(report, writer):
+            statuses[row.status] += 1
+            if row.status == Status.ERROR:
+                click.echo(f"error: {row.destination or row.path}: {row.error}", err=True)
+    finally:
+        writer.close()
+    if not quiet:
+        summary = ", ".join(f"{status}: {count}" for status, count in sorted(statuses.items()))
+        click.echo(f"undo: {summary or 'nothing recorded'}\nreport: {undo_report}", err=True)
+    sys.exit(EXIT_FAILED if statuses[Status.ERROR] else 0)
+
+
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--move", "action", flag_value="move", help="Move each image into cat/, not-cat/ (or unsure/).")
 @click.option("--copy", "action", flag_value="copy", help="Copy each image, leaving the original.")
 @click.option("--link", "action", flag_value="link", help="Hard-link each image (symlink across filesystems).")
+@click.option("--tag", "action", flag_value="tag",
+              help="Leave each image in place; add its label to the keywords of its XMP sidecar.")
+@click.option("--sidecar-name", type=click.Choice([naming.value for naming in SidecarName]), default="append",
+              show_default=True,
+              help="Name for a new XMP sidecar with --tag: IMG_1.jpg.xmp (append) or IMG_1.xmp (replace). "
+                   "An existing sidecar of either name is used as it is.")
+@click.option("--with-raw", is_flag=True,
+              help="Carry each image's RAW partner (IMG_1.CR2 beside IMG_1.JPG) with it; "
+                   "XMP and AAE sidecars always go with their image.")
 @click.option("--dry-run", is_flag=True, help="With an action: show what it would do, change nothing.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Sort into OUT/cat, OUT/not-cat instead of into each PATH.")
@@ -95,25 +126,36 @@ def _install_stop_handlers(stop: StopFlag, log) -> None:
 @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this (decompression bombs).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the prediction cache.")
+@click.option("--undo", "undo_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Put back every file the run recorded in this report moved, copied or linked.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.version_option(__version__, prog_name="notcat-sort")
-def main(paths: tuple[Path, ...], action: str | None, dry_run: bool, out: Path | None, model: Path | None,
+def main(paths: tuple[Path, ...], action: str | None, sidecar_name: str, with_raw: bool, dry_run: bool, out: Path | None, model: Path | None,
          threshold: float | None, uncertain: tuple[float, float] | None, on_conflict: str,
-         report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, no_cache: bool, quiet: bool) -> None:
+         report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, no_cache: bool,
+         undo_path: Path | None, quiet: bool) -> None:
     """Sort the images under PATHS into cat/ and not-cat/ and write a CSV report of every decision.
 
-    Without --move, --copy or --link nothing is changed: every image is classified and the
+    Without --move, --copy, --link or --tag nothing is changed: every image is classified and the
     report says where it would go. Nothing is ever overwritten, and every run can be undone
     with --undo REPORT.
     """
+    if undo_path is not None:
+        if paths or action:
+            raise click.UsageError("--undo takes only the report: drop the PATHS and --move/--copy/--link")
+        _undo(undo_path, quiet)
     if not paths:
         raise click.UsageError("give at least one PATH to sort")
+    if with_raw and action == "tag":
+        raise click.UsageError("--with-raw carries RAW files with --move, --copy or --link; "
+                               "with --tag each RAW file that is scanned is tagged on its own")
     card = load_card(model or default_model_path())
     roots = [Path(path) for path in paths]
     settings = SortSettings(
         classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path()),
         policy=Policy(card.threshold if threshold is None else threshold, uncertain),
         action=action, dry_run=dry_run, out=out, on_conflict=OnConflict(on_conflict),
+        sidecar_name=SidecarName(sidecar_name), with_raw=with_raw,
     )
     to_stdout = report_path == Path("-")
     report_file = None if to_stdout else (report_path or _default_report(settings, roots))
@@ -123,7 +165,10 @@ def main(paths: tuple[Path, ...], action: str | None, dry_run: bool, out: Path |
         view = PlainView(quiet=quiet)
     stop = StopFlag()
     _install_stop_handlers(stop, view.log)
-    report = ReportWriter(report_file)
+    try:
+        report = ReportWriter(report_file)
+    except OSError as error:
+        raise click.ClickException(f"cannot write the report {report_file}: {error.strerror}; choose another place with --report") from None
     try:
         with view:
             for result in sort_paths(roots, settings, report, stop):

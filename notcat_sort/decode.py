@@ -81,7 +81,9 @@ def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
                         f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
                         f"{max_pixels / 1e6:.0f} MP cap; raise it with --max-pixels"
                     )
-                orientation = exif_orientation(image)
+                # pillow-heif has already applied the HEIF irot/imir transforms, which the format
+                # makes authoritative (EXIF orientation there is informative): apply nothing twice.
+                orientation = 1 if image.format == "HEIF" else exif_orientation(image)
                 if image.format == "JPEG":  # DCT-scale to >= 2x the output: as good as a full decode
                     image.draft("RGB", (2 * size, 2 * size))
                 image.seek(0)  # first frame of animations
@@ -99,6 +101,6 @@ def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
         raise DecodeError(f"decompression bomb: {error}") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as error:
         message = str(error) or type(error).__name__
-        if "truncated" in message:
+        if "truncated" in message.lower():
             message = "truncated image data (the file is incomplete)"
         raise DecodeError(f"cannot decode image: {message}") from None

@@ -7,15 +7,19 @@ so a crash at any instant leaves a report from which a re-run or `--undo` can fi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from notcat_sort.actions import OnConflict, Outcome, perform
+from notcat_sort.actions import Kind, OnConflict, Outcome, Plan, execute, perform, plan
+from notcat_sort.actions.common import sha256_file
+from notcat_sort.actions.conflict import resolve
 from notcat_sort.classify import ClassifySettings, Prediction, classify
 from notcat_sort.decide import SORTED_LABELS, Label, Policy
 from notcat_sort.report import ReportWriter, Row, Status, format_p
 from notcat_sort.scan import Candidate, scan
+from notcat_sort.sidecars import SidecarName, companion_name, companions, xmp_path
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,8 @@ class SortSettings:
     dry_run: bool = False  # work out what `action` would do, change nothing
     out: Path | None = None  # None: sort into each PATH itself
     on_conflict: OnConflict = OnConflict.RENAME
+    sidecar_name: SidecarName = SidecarName.APPEND  # for `tag`, when the image has no sidecar yet
+    with_raw: bool = False  # carry RAW partners (IMG_0001.CR2 beside IMG_0001.JPG) with the image
 
     @property
     def changes_files(self) -> bool:
@@ -39,10 +45,23 @@ class SortSettings:
         return self.out if self.out is not None else root
 
     def output_folders(self, roots: Iterable[Path]) -> list[Path]:
+        if self.action == "tag":
+            return []
         return [self.output_base(Path(root).absolute()) / label.value for root in roots for label in SORTED_LABELS]
 
     def destination(self, candidate: Candidate, label: Label) -> Path:
+        if self.action == "tag":
+            return xmp_path(candidate.path, self.sidecar_name)
         return self.output_base(candidate.root) / label.value / candidate.relative
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A sidecar or RAW partner that goes where its image goes (see notcat_sort.sidecars)."""
+
+    path: Path
+    sha256: str
+    outcome: Outcome = Outcome(Status.PLANNED)
 
 
 @dataclass(frozen=True)
@@ -50,10 +69,21 @@ class Result:
     prediction: Prediction
     label: Label
     outcome: Outcome
+    companions: tuple[Companion, ...] = ()
 
     @property
     def failed(self) -> bool:
-        return self.label is Label.ERROR or self.outcome.status == Status.ERROR
+        return (self.label is Label.ERROR or self.outcome.status == Status.ERROR
+                or any(companion.outcome.status == Status.ERROR for companion in self.companions))
+
+    def rows(self, action: str) -> list[Row]:
+        """The image's row, then one per companion carried with it."""
+        image = self.row(action)
+        return [image] + [
+            replace(image, path=str(companion.path), destination=str(companion.outcome.destination or ""),
+                    status=companion.outcome.status, error=companion.outcome.error, sha256=companion.sha256)
+            for companion in self.companions
+        ]
 
     def row(self, action: str) -> Row:
         prediction, outcome = self.prediction, self.outcome
@@ -80,44 +110,137 @@ class StopFlag:
         return self.requested
 
 
-def _act(settings: SortSettings, prediction: Prediction, label: Label) -> Outcome:
-    destination = settings.destination(prediction.candidate, label)
+def _failure(settings: SortSettings, error: Exception, target: Path | None = None) -> Outcome:
+    """An error outcome. It keeps the planned `target`, so that --undo can look there after a
+    failure half-way through (e.g. a cross-filesystem copy that was made but not verified)."""
+    if isinstance(error, FileNotFoundError) and error.filename and not os.path.lexists(error.filename):
+        reason = f"{error.filename} disappeared during the run"
+    else:
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        if getattr(error, "filename", None):
+            reason = f"{reason}: {error.filename}"
+    return Outcome(Status.ERROR, target, f"{settings.action_name} failed: {reason}")
+
+
+def _plan(settings: SortSettings, prediction: Prediction, label: Label, reserved: set[Path]) -> Plan | Outcome | None:
+    """The plan for one file, with its target reserved against the rest of the batch; or an error.
+    None for `tag`, which edits a sidecar in place and keeps its own undo records."""
+    if settings.action == "tag":
+        return None
     try:
-        return perform(
-            settings.action or "copy", prediction.candidate.path, destination,
-            prediction.sha256, settings.on_conflict, dry_run=not settings.changes_files,
+        planned = plan(
+            settings.action or "copy", prediction.candidate.path, settings.destination(prediction.candidate, label),
+            prediction.sha256, settings.on_conflict, reserved,
         )
     except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
-        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-        return Outcome(Status.ERROR, None, f"{settings.action_name} failed: {reason}")
+        return _failure(settings, error)
+    if planned.kind == Kind.PLACE and planned.target is not None:
+        reserved.add(planned.target)
+    return planned
+
+
+def _execute(settings: SortSettings, planned: Plan | Outcome) -> Outcome:
+    if isinstance(planned, Outcome):
+        return planned
+    if not settings.changes_files:
+        return Outcome(Status.PLANNED if planned.changes_files else Status.SKIPPED, planned.target, planned.reason)
+    try:
+        return execute(planned)
+    except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
+        return _failure(settings, error, planned.target)
+
+
+def _perform(settings: SortSettings, source: Path, destination: Path, sha256: str | None,
+             on_conflict: OnConflict, **details: object) -> Outcome:
+    try:
+        return perform(
+            settings.action or "copy", source, destination, sha256, on_conflict,
+            dry_run=not settings.changes_files, **details,
+        )
+    except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
+        return _failure(settings, error)
+
+
+def _tag(settings: SortSettings, prediction: Prediction, label: Label) -> Outcome:
+    card = settings.classify.card
+    return _perform(settings, prediction.candidate.path, settings.destination(prediction.candidate, label),
+                    prediction.sha256, settings.on_conflict,
+                    label=label.value, p_cat=prediction.p_cat, model=f"{card.name} {card.version}")
+
+
+def _companions(settings: SortSettings, image: Path) -> list[Companion]:
+    """What travels with `image` under a move/copy/link, hashed when files will change."""
+    if settings.action in (None, "tag"):
+        return []
+    return [Companion(path, sha256_file(path) if settings.changes_files else "")
+            for path in companions(image, settings.with_raw)]
+
+
+def _started(settings: SortSettings, prediction: Prediction, label: Label, planned: Plan | None,
+             found: list[Companion]) -> Result:
+    """The journal entry written before acting: where the image and its companions are headed.
+    A move whose identical copy is already there is journalled as the removal of a duplicate."""
+    destination = planned.target if planned else settings.destination(prediction.candidate, label)
+    status = Status.STARTED_REMOVE_DUPLICATE if planned and planned.kind == Kind.REMOVE_DUPLICATE else Status.STARTED
+    heading = tuple(replace(companion, outcome=Outcome(Status.STARTED, companion_name(
+        companion.path, prediction.candidate.path, destination))) for companion in found)
+    return Result(prediction, label, Outcome(status, destination), heading)
+
+
+def _carry(settings: SortSettings, image: Path, image_outcome: Outcome,
+           found: list[Companion]) -> tuple[Companion, ...]:
+    """Give each companion the action its image got, named after where the image went.
+
+    A companion is never renamed on its own: if its name is taken by a different file it stays
+    where it is and its row says so."""
+    if (image_outcome.status not in (Status.DONE, Status.PLANNED, Status.DUPLICATE_REMOVED)
+            or image_outcome.destination is None):
+        return ()
+    carried = []
+    for companion in found:
+        target = companion_name(companion.path, image, image_outcome.destination)
+        if resolve(companion.path, target, companion.sha256 or None, OnConflict.SKIP)[0] == "taken":
+            outcome = Outcome(Status.ERROR, target, f"not carried with {image.name}: {target} exists "
+                                                    "with different content; left in place")
+        else:
+            outcome = _perform(settings, companion.path, target, companion.sha256 or None, OnConflict.SKIP)
+        carried.append(replace(companion, outcome=outcome))
+    return tuple(carried)
 
 
 def sort_files(
     candidates: Iterable[Candidate], settings: SortSettings, report: ReportWriter,
     stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[Result]:
-    """Classify and act on `candidates`, writing the report as it goes."""
+    """Classify and act on `candidates`, writing the report as it goes.
+
+    Per batch: plan every file (settling final names), journal the plans that change files in
+    one fsynced write, then execute them one by one and record the outcomes."""
     action = settings.action_name
     for predictions in classify(candidates, settings.classify):
         decided = [(p, settings.policy.decide(p.p_cat)) for p in predictions]
-        to_act = [(p, label) for p, label in decided if label is not Label.ERROR]
-        if settings.changes_files and to_act:
-            report.write(
-                (Row(str(p.candidate.path), label.value, format_p(p.p_cat), action,
-                     str(settings.destination(p.candidate, label)), Status.STARTED, "", p.sha256 or "")
-                 for p, label in to_act),
-                durable=True,
-            )
+        reserved: set[Path] = set()
+        plans = {i: _plan(settings, p, label, reserved) for i, (p, label) in enumerate(decided)
+                 if label is not Label.ERROR}
+        found = {i: _companions(settings, decided[i][0].candidate.path) for i in plans}
+        if settings.changes_files:
+            journal = [row for i, planned in plans.items() if planned is None or isinstance(planned, Plan)
+                       and planned.changes_files
+                       for row in _started(settings, *decided[i], planned, found[i]).rows(action)]
+            if journal:
+                report.write(journal, durable=True)
         results = []
-        for prediction, label in decided:
+        for i, (prediction, label) in enumerate(decided):
+            carried: tuple[Companion, ...] = ()
             if label is Label.ERROR:
                 outcome = Outcome(Status.ERROR)
             elif stop():
                 outcome = Outcome(Status.SKIPPED, None, getattr(stop, "reason", "interrupted"))
             else:
-                outcome = _act(settings, prediction, label)
-            results.append(Result(prediction, label, outcome))
-        report.write((result.row(action) for result in results), durable=settings.changes_files)
+                outcome = _tag(settings, prediction, label) if plans[i] is None else _execute(settings, plans[i])
+                carried = _carry(settings, prediction.candidate.path, outcome, found[i])
+            results.append(Result(prediction, label, outcome, carried))
+        report.write((row for result in results for row in result.rows(action)), durable=settings.changes_files)
         yield from results
         if stop():
             return

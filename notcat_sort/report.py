@@ -19,10 +19,12 @@ from typing import TextIO
 
 class Status:
     PLANNED = "planned"  # dry run: what would happen
-    STARTED = "started"  # journal: about to act
+    STARTED = "started"  # journal: about to put the file at `destination`
+    STARTED_REMOVE_DUPLICATE = "started-remove-duplicate"  # journal: about to remove a moved file's duplicate source
     DONE = "done"
+    DUPLICATE_REMOVED = "duplicate-removed"  # move: an identical copy was already at `destination`
     SKIPPED = "skipped"  # nothing to do, e.g. already sorted
-    UNDONE = "undone"
+    UNDONE = "undone"  # --undo put it back
     ERROR = "error"
 
 

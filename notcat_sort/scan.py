@@ -2,7 +2,8 @@
 
 A file is an image by its name or by its first bytes, so `IMG_0001` with no extension is found
 and `notes.jpg` that is really text is found too (and later reported as undecodable, not
-silently skipped). Hidden entries and the tool's own output folders are not entered, and
+silently skipped). Camera RAW files look like TIFF but are not sorted on their own: they
+travel with their JPEG partner (`--with-raw`). Hidden entries and the tool's own output folders are not entered, and
 symlinked folders are not followed, so a second run does not re-sort what it sorted and a link
 loop cannot trap the walk.
 """
@@ -14,6 +15,8 @@ import os
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from notcat_sort.sidecars import RAW_SUFFIXES
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
@@ -49,8 +52,11 @@ def looks_like_image(head: bytes) -> bool:
 
 
 def _is_image_file(entry: os.DirEntry) -> bool:
-    if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+    extension = os.path.splitext(entry.name)[1].lower()
+    if extension in IMAGE_EXTENSIONS:
         return True
+    if extension in RAW_SUFFIXES:
+        return False
     try:
         with open(entry.path, "rb") as handle:
             return looks_like_image(handle.read(16))

@@ -1,26 +1,100 @@
 """Stage 5: act on each decision. All file changes go through here, under one set of rules:
 never overwrite, never remove a source before its copy is verified, and re-runs are idempotent.
-Every action takes `dry_run`, in which it works out what it would do and changes nothing.
+
+Acting is split in two so the pipeline can journal in between: `plan()` looks at the
+destination and settles the final name (or that there is nothing to do); `execute()` does it.
+A dry run only plans.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 from notcat_sort.actions.common import Outcome
-from notcat_sort.actions.conflict import OnConflict
-from notcat_sort.actions.copy import copy
-from notcat_sort.actions.link import link
-from notcat_sort.actions.move import move
+from notcat_sort.actions.conflict import OnConflict, resolve
+from notcat_sort.actions.copy import copy_verified
+from notcat_sort.actions.link import link_new
+from notcat_sort.actions.move import move_new, remove_duplicate
+from notcat_sort.actions.tag import tag
+from notcat_sort.report import Status
 
-ACTIONS = {"move": move, "copy": copy, "link": link}
+ACTIONS = ("move", "copy", "link")  # the ones that place files, through plan() and execute()
+
+
+class Kind:
+    PLACE = "place"  # put the file at `target`, a free name
+    REMOVE_DUPLICATE = "remove-duplicate"  # a move whose identical copy is already at `target`
+    SKIP = "skip"  # nothing to do; `reason` says why
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: str
+    source: Path
+    target: Path | None
+    sha256: str | None
+    kind: str
+    reason: str = ""
+
+    @property
+    def changes_files(self) -> bool:
+        return self.kind != Kind.SKIP
+
+
+def plan(
+    action: str, source: Path, destination: Path, sha256: str | None, on_conflict: OnConflict,
+    reserved: Collection[Path] = (),
+) -> Plan:
+    """Settle what `action` will do with `source`; raises OSError when the destination cannot be examined."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    if os.path.abspath(source) == os.path.abspath(destination):
+        return Plan(action, source, destination, sha256, Kind.SKIP, "already in place")
+    state, target = resolve(source, destination, sha256, on_conflict, action != "move", reserved)
+    if state == "taken":
+        return Plan(action, source, target, sha256, Kind.SKIP,
+                    "destination exists with different content (--on-conflict skip)")
+    if state == "identical":
+        if action == "move":
+            return Plan(action, source, target, sha256, Kind.REMOVE_DUPLICATE)
+        return Plan(action, source, target, sha256, Kind.SKIP, "already sorted: an identical copy is there")
+    return Plan(action, source, target, sha256, Kind.PLACE)
+
+
+def execute(planned: Plan) -> Outcome:
+    """Carry out a plan. Raises OSError on failure, having left the source as it was."""
+    source, target = planned.source, planned.target
+    if planned.kind == Kind.SKIP:
+        return Outcome(Status.SKIPPED, target, planned.reason)
+    assert target is not None
+    if planned.kind == Kind.REMOVE_DUPLICATE:
+        remove_duplicate(source, target)
+        return Outcome(Status.DUPLICATE_REMOVED, target, "already sorted: an identical copy is there")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if planned.action == "move":
+        move_new(source, target, planned.sha256)
+    elif planned.action == "copy":
+        copy_verified(source, target, planned.sha256)
+    else:
+        link_new(source, target)
+    return Outcome(Status.DONE, target)
 
 
 def perform(
     action: str, source: Path, destination: Path, sha256: str | None,
-    on_conflict: OnConflict, dry_run: bool = False,
+    on_conflict: OnConflict, dry_run: bool = False, **details: object,
 ) -> Outcome:
-    return ACTIONS[action](source, destination, sha256, on_conflict, dry_run)
+    """Plan and execute in one step, for callers that journal nothing in between. `tag` (which
+    keeps its own undo records) takes `details`: the label, p_cat and model."""
+    if action == "tag":
+        return tag(source, destination, sha256, on_conflict, dry_run, **details)
+    planned = plan(action, source, destination, sha256, on_conflict)
+    if dry_run:
+        return Outcome(Status.PLANNED if planned.changes_files else Status.SKIPPED, planned.target, planned.reason)
+    return execute(planned)
 
 
-__all__ = ["ACTIONS", "OnConflict", "Outcome", "perform"]
+__all__ = ["ACTIONS", "Kind", "OnConflict", "Outcome", "Plan", "execute", "perform", "plan"]

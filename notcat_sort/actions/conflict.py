@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Collection
 from enum import Enum
 from pathlib import Path
 
@@ -14,11 +16,16 @@ class OnConflict(str, Enum):
     SKIP = "skip"  # leave the source where it is
 
 
-def same_content(path: Path, sha256: str | None, source: Path) -> bool:
+def holds_same_file(existing: Path, source: Path, sha256: str | None, follow_symlinks: bool) -> bool:
+    """Whether `existing` already holds the source's bytes. A symbolic link counts only when
+    `follow_symlinks` and it leads to the source itself (a re-run of --link); for a move it never
+    does, since removing the source would leave the link dangling."""
     try:
-        if path.stat().st_size != source.stat().st_size:
+        if stat.S_ISLNK(os.lstat(existing).st_mode):
+            return follow_symlinks and os.path.samefile(existing, source)
+        if existing.stat().st_size != source.stat().st_size:
             return False
-        return sha256_file(path) == (sha256 or sha256_file(source))
+        return sha256_file(existing) == (sha256 or sha256_file(source))
     except OSError:
         return False
 
@@ -27,15 +34,19 @@ def numbered(destination: Path, number: int) -> Path:
     return destination.with_name(f"{destination.stem} ({number}){destination.suffix}")
 
 
-def resolve(source: Path, destination: Path, sha256: str | None, mode: OnConflict) -> tuple[str, Path]:
-    """("free", path to use) or ("identical", existing copy) or ("taken", destination)."""
+def resolve(
+    source: Path, destination: Path, sha256: str | None, mode: OnConflict,
+    follow_symlinks: bool = True, reserved: Collection[Path] = (),
+) -> tuple[str, Path]:
+    """("free", path to use) or ("identical", the copy already there) or ("taken", destination).
+
+    `reserved` names are treated as taken: they are promised to other files of the same batch."""
     candidate, number = destination, 0
-    while os.path.lexists(candidate):
-        if same_content(candidate, sha256, source):
+    while candidate in reserved or os.path.lexists(candidate):
+        if candidate not in reserved and holds_same_file(candidate, source, sha256, follow_symlinks):
             return "identical", candidate
         if mode is OnConflict.SKIP:
             return "taken", destination
         number += 1
         candidate = numbered(destination, number)
     return "free", candidate
-

@@ -6,24 +6,16 @@ import errno
 import os
 from pathlib import Path
 
-from notcat_sort.actions.common import Outcome
-from notcat_sort.actions.conflict import OnConflict, resolve
-from notcat_sort.report import Status
+from notcat_sort.actions.common import fsync_dir, operation_done
 
 
-def link(source: Path, destination: Path, sha256: str | None, on_conflict: OnConflict, dry_run: bool) -> Outcome:
-    state, target = resolve(source, destination, sha256, on_conflict)
-    if state == "taken":
-        return Outcome(Status.SKIPPED, target, "destination exists with different content (--on-conflict skip)")
-    if state == "identical":
-        return Outcome(Status.SKIPPED, target, "already sorted: an identical file is there")
-    if dry_run:
-        return Outcome(Status.PLANNED, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+def link_new(source: Path, target: Path) -> None:
+    """Both calls create `target` only if absent (EEXIST otherwise), so nothing is replaced."""
     try:
         os.link(source, target, follow_symlinks=False)
     except OSError as error:
         if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
         os.symlink(os.path.abspath(source), target)
-    return Outcome(Status.DONE, target)
+    operation_done()
+    fsync_dir(target.parent)

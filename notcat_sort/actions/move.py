@@ -7,29 +7,34 @@ import errno
 import os
 from pathlib import Path
 
-from notcat_sort.actions.common import Outcome, fsync_dir
-from notcat_sort.actions.conflict import OnConflict, resolve
-from notcat_sort.actions.copy import copy_verified, place_new
-from notcat_sort.report import Status
+from notcat_sort.actions.common import fsync_dir, remove, rename_noreplace, sha256_file
+from notcat_sort.actions.copy import copy_verified
 
 
-def move(source: Path, destination: Path, sha256: str | None, on_conflict: OnConflict, dry_run: bool) -> Outcome:
-    state, target = resolve(source, destination, sha256, on_conflict)
-    if state == "taken":
-        return Outcome(Status.SKIPPED, target, "destination exists with different content (--on-conflict skip)")
-    if state == "identical":
-        if not dry_run:
-            os.unlink(source)  # its identical copy is already sorted
-        return Outcome(Status.PLANNED if dry_run else Status.DONE, target, "")
-    if dry_run:
-        return Outcome(Status.PLANNED, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _unchanged(before: os.stat_result, path: Path) -> bool:
+    after = os.stat(path)
+    return (before.st_ino, before.st_size, before.st_mtime_ns) == (after.st_ino, after.st_size, after.st_mtime_ns)
+
+
+def move_new(source: Path, target: Path, sha256: str | None) -> None:
     try:
-        place_new(source, target, keep_source=False)
+        rename_noreplace(source, target)
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise
+        before = os.stat(source)
         copy_verified(source, target, sha256)
-        os.unlink(source)
+        if not _unchanged(before, source):  # written to while we copied: keep both
+            raise OSError(f"source changed while it was being copied; both kept: {source}") from None
+        remove(source)
     fsync_dir(target.parent)
-    return Outcome(Status.DONE, target)
+    fsync_dir(source.parent)
+
+
+def remove_duplicate(source: Path, existing: Path) -> None:
+    """Remove `source` because `existing` already holds the same bytes, checked again right now."""
+    if existing.is_symlink() or sha256_file(source) != sha256_file(existing):
+        raise OSError(f"{existing} no longer holds the same bytes; source kept")
+    if os.path.samefile(source, existing) and os.stat(source).st_nlink == 1:  # one name, seen twice
+        raise OSError(f"{existing} is the source itself; nothing to do")
+    remove(source)

@@ -1,0 +1,301 @@
+"""Tag: leave the image where it is and record its label in its XMP sidecar.
+
+The label goes into `dc:subject` (the keywords digiKam, darktable and Lightroom read) beside any
+keywords already there; the probability, the model and the keyword this tool added go into the
+project's own namespace. An existing sidecar is merged, never clobbered; a label from an earlier
+run is replaced, but a keyword the user had already is never removed. Sidecars are written
+atomically (temporary file, fsync, rename).
+
+Undo: before a sidecar is changed, its previous content (or the fact that there was none) is
+kept in an undo record under the user's cache folder, keyed by the sidecar's path. `untag()`
+puts that content back, or deletes a sidecar this tool created; if the sidecar was edited since,
+it removes only what this tool wrote and keeps the edits.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from notcat_sort.actions.common import Outcome, fsync_dir, rename_noreplace
+from notcat_sort.actions.conflict import OnConflict
+from notcat_sort.cache import default_cache_path
+from notcat_sort.report import Status, format_p
+
+NOTCAT_NS = "https://notcat-sort.dev/ns/1.0/"
+RDF_NS = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+DC_NS = "http://purl.org/dc/elements/1.1/"
+X_NS = "adobe:ns:meta/"
+_PREFIXES = {"x": X_NS, "rdf": RDF_NS, "dc": DC_NS, "notcat": NOTCAT_NS}
+_PROPERTIES = ("label", "pCat", "model", "keyword")
+_XPACKET_BEGIN = "<?xpacket begin=\"\ufeff\" id=\"W5M0MpCehiHzreSzNTczkc9d\"?>\n"
+_XPACKET_END = "\n<?xpacket end=\"w\"?>\n"
+_EMPTY_XMP = (
+    f'<x:xmpmeta xmlns:x="{X_NS}"><rdf:RDF xmlns:rdf="{RDF_NS}">'
+    f'<rdf:Description rdf:about=""/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def _q(namespace: str, name: str) -> str:
+    return f"{{{namespace}}}{name}"
+
+
+for _prefix, _uri in _PREFIXES.items():
+    ET.register_namespace(_prefix, _uri)
+
+
+class SidecarError(Exception):
+    """An existing sidecar this tool will not rewrite (unreadable or not XMP)."""
+
+
+@dataclass(frozen=True)
+class Note:
+    """What this tool writes: the `notcat:*` properties of a sidecar."""
+
+    label: str
+    p_cat: str
+    model: str
+    keyword: str = ""  # the dc:subject keyword this tool added; "" when the user had it already
+
+
+# --- the XMP document ---------------------------------------------------------------------
+
+
+def _parse(document: bytes | None) -> ET.Element:
+    if document is None:
+        return ET.fromstring(_EMPTY_XMP)
+    try:
+        for _event, (prefix, uri) in ET.iterparse(io.BytesIO(document), events=("start-ns",)):
+            if prefix and prefix not in _PREFIXES:
+                try:
+                    ET.register_namespace(prefix, uri)  # keep the file's own prefixes on output
+                except ValueError:
+                    pass
+        root = ET.fromstring(document)
+    except ET.ParseError as error:
+        raise SidecarError(f"existing sidecar is not valid XML ({error}); left untouched") from None
+    rdf = root if root.tag == _q(RDF_NS, "RDF") else root.find(f".//{_q(RDF_NS, 'RDF')}")
+    if rdf is None:
+        raise SidecarError("existing sidecar has no rdf:RDF element (not XMP); left untouched")
+    return root
+
+
+def _descriptions(root: ET.Element) -> list[ET.Element]:
+    """Every rdf:Description (exiftool writes one per namespace)."""
+    rdf = root if root.tag == _q(RDF_NS, "RDF") else root.find(f".//{_q(RDF_NS, 'RDF')}")
+    return rdf.findall(_q(RDF_NS, "Description"))
+
+
+def _description(root: ET.Element) -> ET.Element:
+    """The rdf:Description holding dc:subject, else the first one (created if there is none)."""
+    descriptions = _descriptions(root)
+    for description in descriptions:
+        if description.find(_q(DC_NS, "subject")) is not None:
+            return description
+    if descriptions:
+        return descriptions[0]
+    rdf = root if root.tag == _q(RDF_NS, "RDF") else root.find(f".//{_q(RDF_NS, 'RDF')}")
+    return ET.SubElement(rdf, _q(RDF_NS, "Description"), {_q(RDF_NS, "about"): ""})
+
+
+def _keyword_bag(description: ET.Element) -> ET.Element:
+    subject = description.find(_q(DC_NS, "subject"))
+    if subject is None:
+        subject = ET.SubElement(description, _q(DC_NS, "subject"))
+    bag = subject.find(_q(RDF_NS, "Bag"))
+    if bag is None:
+        bag = ET.SubElement(subject, _q(RDF_NS, "Bag"))
+    return bag
+
+
+def keywords(root: ET.Element) -> list[str]:
+    bag = _description(root).find(f"{_q(DC_NS, 'subject')}/{_q(RDF_NS, 'Bag')}")
+    return [] if bag is None else [item.text or "" for item in bag.findall(_q(RDF_NS, "li"))]
+
+
+def read_note(root: ET.Element) -> Note | None:
+    values = dict.fromkeys(_PROPERTIES, "")
+    for description in _descriptions(root):
+        for name in _PROPERTIES:
+            element = description.find(_q(NOTCAT_NS, name))
+            value = (element.text or "") if element is not None else description.get(_q(NOTCAT_NS, name), "")
+            values[name] = value or values[name]
+    if not values["label"]:
+        return None
+    return Note(values["label"], values["pCat"], values["model"], values["keyword"])
+
+
+def _remove_keyword(root: ET.Element, keyword: str) -> None:
+    bag = _keyword_bag(_description(root))
+    for item in bag.findall(_q(RDF_NS, "li")):
+        if item.text == keyword:
+            bag.remove(item)
+
+
+def _write_note(root: ET.Element, note: Note | None) -> None:
+    """Replace the `notcat:*` properties (and the keyword they claim) with `note`'s."""
+    description = _description(root)
+    old = read_note(root)
+    if old is not None and old.keyword and (note is None or old.keyword != note.keyword):
+        _remove_keyword(root, old.keyword)
+    for holder in _descriptions(root):
+        for name in _PROPERTIES:
+            holder.attrib.pop(_q(NOTCAT_NS, name), None)
+            for element in holder.findall(_q(NOTCAT_NS, name)):
+                holder.remove(element)
+    if note is None:
+        return
+    if note.keyword and note.keyword not in keywords(root):
+        ET.SubElement(_keyword_bag(description), _q(RDF_NS, "li")).text = note.keyword
+    for name, value in zip(_PROPERTIES, (note.label, note.p_cat, note.model, note.keyword)):
+        ET.SubElement(description, _q(NOTCAT_NS, name)).text = value
+
+
+def tagged(document: bytes | None, label: str, p_cat: str, model: str) -> bytes:
+    """The sidecar `document` (None: none yet) with `label` as its notcat label and keyword."""
+    root = _parse(document)
+    old = read_note(root)
+    claimed = old.keyword if old is not None else ""
+    user_has_it = label in keywords(root) and claimed != label
+    _write_note(root, Note(label, p_cat, model, "" if user_has_it else label))
+    return _serialize(root)
+
+
+def _state(document: bytes) -> tuple[Note | None, list[str]]:
+    root = _parse(document)
+    return read_note(root), keywords(root)
+
+
+def _serialize(root: ET.Element) -> bytes:
+    ET.indent(root, space=" ")
+    return (_XPACKET_BEGIN + ET.tostring(root, encoding="unicode") + _XPACKET_END).encode("utf-8")
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomically(path: Path, data: bytes, replace: bool) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it into place.
+
+    With `replace=False` an existing `path` is never replaced (FileExistsError instead)."""
+    temporary = path.with_name(f".{path.name}.notcat-partial")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if replace:
+            shutil.copymode(path, temporary)
+            os.replace(temporary, path)
+        else:
+            rename_noreplace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    fsync_dir(path.parent)
+
+
+def undo_folder() -> Path:
+    return default_cache_path().parent / "tag-undo"
+
+
+def _undo_record(sidecar: Path) -> Path:
+    key = hashlib.sha256(os.fsencode(os.path.abspath(sidecar))).hexdigest()
+    return undo_folder() / f"{key}.json"
+
+
+def _load_entries(sidecar: Path) -> list[dict]:
+    try:
+        return json.loads(_undo_record(sidecar).read_text(encoding="utf-8"))["entries"]
+    except FileNotFoundError:
+        return []
+
+
+def _save_entries(sidecar: Path, entries: list[dict]) -> None:
+    record = _undo_record(sidecar)
+    if not entries:
+        record.unlink(missing_ok=True)
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    data = {"sidecar": os.fsdecode(os.path.abspath(sidecar)), "entries": entries}
+    write_atomically(record, json.dumps(data).encode("utf-8"), replace=record.exists())
+
+
+# --- the action and its undo ------------------------------------------------------------------
+
+
+def tag(
+    source: Path, destination: Path, sha256: str | None, on_conflict: OnConflict, dry_run: bool,
+    *, label: str, p_cat: float | None, model: str,
+) -> Outcome:
+    """Record `label` for the image `source` in its sidecar `destination` (see sidecars.xmp_path)."""
+    before = _read(destination)
+    try:
+        after = tagged(before, label, format_p(p_cat), model)
+    except SidecarError as error:
+        return Outcome(Status.ERROR, destination, f"{error}: {destination}")
+    if before is not None and _state(before) == _state(after):
+        return Outcome(Status.SKIPPED, destination, "already tagged")
+    if dry_run:
+        return Outcome(Status.PLANNED, destination)
+    entries = _load_entries(destination)
+    entries.append({
+        "before": None if before is None else base64.b64encode(before).decode("ascii"),
+        "after_sha256": _sha256(after),
+    })
+    _save_entries(destination, entries)  # the undo record first, so a crash can still be undone
+    write_atomically(destination, after, replace=before is not None)
+    return Outcome(Status.DONE, destination)
+
+
+def untag(source: Path, destination: Path, dry_run: bool = False) -> Outcome:
+    """Undo the last `tag` of the sidecar `destination`: restore what was there before it.
+
+    If the sidecar is unchanged since, its previous bytes come back exactly (or it is deleted if
+    this tool created it). If it was edited since, only this tool's keyword and properties are
+    taken out (and the earlier run's put back), so the edits survive."""
+    entries = _load_entries(destination)
+    if not entries:
+        return Outcome(Status.SKIPPED, destination, "no tag by notcat-sort recorded for this sidecar")
+    entry = entries[-1]
+    before = None if entry["before"] is None else base64.b64decode(entry["before"])
+    current = _read(destination)
+    note = ""
+    if current is None:
+        return Outcome(Status.SKIPPED, destination, "sidecar no longer exists; nothing to undo")
+    if dry_run:
+        return Outcome(Status.PLANNED, destination)
+    if _sha256(current) == entry["after_sha256"]:
+        if before is None:
+            destination.unlink()
+            fsync_dir(destination.parent)
+        else:
+            write_atomically(destination, before, replace=True)
+    else:
+        try:
+            root = _parse(current)
+            _write_note(root, None if before is None else read_note(_parse(before)))
+        except SidecarError as error:
+            return Outcome(Status.ERROR, destination, f"sidecar changed since tagging and {error}")
+        write_atomically(destination, _serialize(root), replace=True)
+        note = "sidecar was edited since tagging: removed only the tag, kept the edits"
+    _save_entries(destination, entries[:-1])
+    return Outcome(Status.DONE, destination, note)

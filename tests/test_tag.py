@@ -1,0 +1,167 @@
+"""`--tag`: XMP sidecars that exiftool (as digiKam, darktable and Lightroom would) reads back."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from notcat_sort.actions.tag import untag
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SAMPLE = SHARED / "samples" / "orientation" / "Landscape_1.jpg"
+CLI = Path(sys.executable).parent / "notcat-sort"
+
+pytestmark = [
+    pytest.mark.skipif(not SAMPLE.exists(), reason="needs ../shared/samples"),
+    pytest.mark.skipif(shutil.which("exiftool") is None, reason="needs exiftool (libimage-exiftool-perl)"),
+]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A private cache (predictions and tag undo records) for the CLI and for in-process untag."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(SAMPLE, folder / "IMG_0001.jpg")
+    return folder
+
+
+def run(env, *args):
+    completed = subprocess.run([str(CLI), *map(str, args), "-j", "1"], env=env, capture_output=True, text=True)
+    report = Path(args[args.index("--report") + 1])
+    rows = list(csv.DictReader(report.open())) if report.exists() else []
+    return completed, rows
+
+
+def exif_read(path: Path) -> dict:
+    out = subprocess.run(["exiftool", "-j", "-XMP:Subject", "-XMP-notcat:all", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    record = json.loads(out)[0]
+    subject = record.get("Subject", [])
+    record["Subject"] = subject if isinstance(subject, list) else [subject]
+    return record
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_tag_creates_sidecar_and_leaves_image_in_place(photos, env, tmp_path):
+    before = sha(photos / "IMG_0001.jpg")
+    done, rows = run(env, photos, "--tag", "--report", tmp_path / "r.csv")
+    assert done.returncode == 0, done.stderr[-2000:]
+    sidecar = photos / "IMG_0001.jpg.xmp"
+    xmp = exif_read(sidecar)
+    [row] = rows
+    assert row["destination"] == str(sidecar) and row["status"] == "done"
+    assert xmp["Subject"] == [row["label"]]
+    assert abs(float(xmp["PCat"]) - float(row["p_cat"])) < 1e-4
+    assert xmp["Model"].startswith("notcat-lite0")
+    assert sorted(p.name for p in photos.iterdir()) == ["IMG_0001.jpg", "IMG_0001.jpg.xmp"]
+    assert sha(photos / "IMG_0001.jpg") == before
+
+
+def test_tag_merges_existing_sidecar_and_rerun_adds_nothing(photos, env, tmp_path):
+    sidecar = photos / "IMG_0001.jpg.xmp"
+    subprocess.run(["exiftool", "-q", "-o", str(sidecar), "-XMP-dc:Subject=holiday",
+                    "-XMP-dc:Subject=beach", str(photos / "IMG_0001.jpg")], check=True)
+    first, rows = run(env, photos, "--tag", "--report", tmp_path / "r1.csv")
+    assert first.returncode == 0, first.stderr[-2000:]
+    label = rows[0]["label"]
+    assert exif_read(sidecar)["Subject"] == ["holiday", "beach", label]
+    written = sidecar.read_bytes()
+
+    again, rows = run(env, photos, "--tag", "--report", tmp_path / "r2.csv")
+    assert again.returncode == 0
+    assert rows[0]["status"] == "skipped"
+    assert exif_read(sidecar)["Subject"] == ["holiday", "beach", label]
+    assert sidecar.read_bytes() == written
+
+
+def test_new_label_replaces_earlier_one_but_not_the_users_keywords(photos, env, tmp_path):
+    sidecar = photos / "IMG_0001.jpg.xmp"
+    subprocess.run(["exiftool", "-q", "-o", str(sidecar), "-XMP-dc:Subject=holiday",
+                    str(photos / "IMG_0001.jpg")], check=True)
+    run(env, photos, "--tag", "--threshold", "0", "--report", tmp_path / "r1.csv")  # everything is a cat
+    assert exif_read(sidecar)["Subject"] == ["holiday", "cat"]
+    done, rows = run(env, photos, "--tag", "--threshold", "1", "--uncertain", "0:0.99999",
+                     "--report", tmp_path / "r2.csv")  # now unsure
+    assert done.returncode == 0 and rows[0]["label"] == "unsure"
+    assert exif_read(sidecar)["Subject"] == ["holiday", "unsure"]
+    assert exif_read(sidecar)["Label"] == "unsure"
+
+
+def test_a_keyword_the_user_had_is_kept_when_the_label_changes(photos, env, tmp_path):
+    sidecar = photos / "IMG_0001.xmp"
+    subprocess.run(["exiftool", "-q", "-o", str(sidecar), "-XMP-dc:Subject=cat",
+                    str(photos / "IMG_0001.jpg")], check=True)
+    run(env, photos, "--tag", "--threshold", "0", "--report", tmp_path / "r1.csv")
+    assert exif_read(sidecar)["Subject"] == ["cat"]  # reused the existing Lightroom-style name
+    assert not (photos / "IMG_0001.jpg.xmp").exists()
+    run(env, photos, "--tag", "--threshold", "1", "--report", tmp_path / "r2.csv")
+    assert exif_read(sidecar)["Subject"] == ["cat", "not-cat"]
+
+
+def test_sidecar_name_replace_and_dry_run(photos, env, tmp_path):
+    planned, rows = run(env, photos, "--tag", "--dry-run", "--sidecar-name", "replace", "--report", tmp_path / "r.csv")
+    assert planned.returncode == 0
+    assert rows[0]["status"] == "planned" and rows[0]["destination"] == str(photos / "IMG_0001.xmp")
+    assert sorted(p.name for p in photos.iterdir()) == ["IMG_0001.jpg"]
+    run(env, photos, "--tag", "--sidecar-name", "replace", "--report", tmp_path / "r2.csv")
+    assert exif_read(photos / "IMG_0001.xmp")["Subject"]
+
+
+def test_unreadable_sidecar_is_left_alone_and_reported(photos, env, tmp_path):
+    sidecar = photos / "IMG_0001.jpg.xmp"
+    sidecar.write_text("not xml <")
+    done, rows = run(env, photos, "--tag", "--report", tmp_path / "r.csv")
+    assert done.returncode == 1
+    assert rows[0]["status"] == "error" and "not valid XML" in rows[0]["error"]
+    assert sidecar.read_text() == "not xml <"
+
+
+def test_untag_restores_previous_content_or_removes_created_sidecar(photos, env, tmp_path):
+    shutil.copy(SAMPLE, photos / "IMG_0002.jpg")
+    kept = photos / "IMG_0001.jpg.xmp"
+    subprocess.run(["exiftool", "-q", "-o", str(kept), "-XMP-dc:Subject=holiday",
+                    str(photos / "IMG_0001.jpg")], check=True)
+    original = kept.read_bytes()
+    created = photos / "IMG_0002.jpg.xmp"
+    run(env, photos, "--tag", "--threshold", "0", "--report", tmp_path / "r1.csv")
+    run(env, photos, "--tag", "--threshold", "1", "--report", tmp_path / "r2.csv")
+    assert exif_read(kept)["Subject"] == ["holiday", "not-cat"]
+
+    assert untag(photos / "IMG_0001.jpg", kept).status == "done"  # undo the second run ...
+    assert exif_read(kept)["Subject"] == ["holiday", "cat"]
+    assert untag(photos / "IMG_0001.jpg", kept).status == "done"  # ... then the first
+    assert kept.read_bytes() == original
+    assert untag(photos / "IMG_0001.jpg", kept).status == "skipped"  # nothing left to undo
+
+    untag(photos / "IMG_0002.jpg", created)
+    untag(photos / "IMG_0002.jpg", created)
+    assert not created.exists()
+
+
+def test_untag_after_the_user_edited_the_sidecar_keeps_the_edits(photos, env, tmp_path):
+    run(env, photos, "--tag", "--threshold", "0", "--report", tmp_path / "r.csv")
+    sidecar = photos / "IMG_0001.jpg.xmp"
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-dc:Subject+=edited", str(sidecar)], check=True)
+    outcome = untag(photos / "IMG_0001.jpg", sidecar)
+    assert outcome.status == "done" and "edited" in outcome.error
+    xmp = exif_read(sidecar)
+    assert xmp["Subject"] == ["edited"]
+    assert "Label" not in xmp and "PCat" not in xmp
