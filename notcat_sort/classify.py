@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import multiprocessing
 import os
 import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from joblib.externals.loky import get_reusable_executor
 
 from notcat_sort.cache import FileKey, PredictionCache
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, decode
@@ -34,6 +34,8 @@ _LOOKUP_CHUNK = 256
 # Worker batches submitted but not yet yielded, per worker: enough to keep every worker busy
 # while the main process acts on finished files, few enough that memory stays flat.
 _IN_FLIGHT_PER_JOB = 4
+# Idle worker processes exit after this long (as joblib's own default).
+_IDLE_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -168,25 +170,15 @@ def _known(candidate: Candidate, cache: PredictionCache | None) -> Prediction | 
     return Prediction(candidate, known[1], known[0], cached=True, file_key=key) if known else None
 
 
-class _Workers:
-    """Runs batches inline for one job, else in a process pool started on first use."""
+def _submit(batch: list[Candidate], settings: ClassifySettings) -> Future | list[Prediction]:
+    """Classify inline for one job, else in loky's reusable process pool, started on first use.
 
-    def __init__(self, settings: ClassifySettings) -> None:
-        self.settings = settings
-        self._pool: ProcessPoolExecutor | None = None
-
-    def submit(self, batch: list[Candidate]) -> Future | list[Prediction]:
-        if self.settings.jobs == 1:
-            return classify_batch(batch, self.settings)
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.settings.jobs, multiprocessing.get_context("spawn"), initializer=_ignore_interrupts
-            )
-        return self._pool.submit(classify_batch, batch, self.settings)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    The pool outlives this call, so repeated calls (watch mode) keep warm workers and their
+    model sessions; idle workers exit on their own after `_IDLE_SECONDS`."""
+    if settings.jobs == 1:
+        return classify_batch(batch, settings)
+    pool = get_reusable_executor(settings.jobs, timeout=_IDLE_SECONDS, initializer=_ignore_interrupts)
+    return pool.submit(classify_batch, batch, settings)
 
 
 def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Iterator[list[Prediction]]:
@@ -195,7 +187,6 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
     Files the cache knows by their stat key come first in each group of up to 256 and never
     reach a worker; worker processes are started only if something needs classifying."""
     cache = PredictionCache(settings.cache_path, settings.card.sha256) if settings.cache_path else None
-    workers = _Workers(settings)
     # Each entry: cache hits (already final), or a worker batch whose results are new to the cache.
     in_flight: deque[tuple[Future | list[Prediction], bool]] = deque()
     limit = _IN_FLIGHT_PER_JOB * settings.jobs
@@ -223,7 +214,7 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
                 in_flight.append((hits, False))
             unknown = [candidate for candidate, prediction in zip(chunk, known) if prediction is None]
             for batch in _batched(unknown, settings.batch_size):
-                in_flight.append((workers.submit(batch), True))
+                in_flight.append((_submit(batch, settings), True))
                 while len(in_flight) > limit:
                     yield finished()
             while in_flight and ready():
@@ -231,6 +222,8 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
         while in_flight:
             yield finished()
     finally:
-        workers.close()
+        for entry, _ in in_flight:  # stopped early: drop batches not yet started
+            if isinstance(entry, Future):
+                entry.cancel()
         if cache:
             cache.close()

@@ -92,13 +92,11 @@ def test_a_different_model_does_not_use_another_models_predictions(photos, setti
 def test_cached_rerun_starts_no_worker_process(photos, settings):
     """Stat-key hits are answered in the main process: no pool, no model, no IPC."""
     files = sorted(photos.iterdir())
-    parallel = replace(settings, jobs=2)
-    run(parallel, *files)
-    batches = classify([Candidate(path, photos) for path in files], parallel)
-    predictions = next(batches)
-    assert multiprocessing.active_children() == []
-    assert [p.candidate.path for p in predictions] == files and all(p.cached for p in predictions)
-    batches.close()
+    run(settings, *files)  # one job: classified in this process
+    workers_before = set(multiprocessing.active_children())
+    again = run(replace(settings, jobs=2), *files)
+    assert set(multiprocessing.active_children()) <= workers_before
+    assert list(again) == files and all(p.cached for p in again.values())
 
 
 def sort(photos: Path, cache_home: Path, *options: str) -> str:
