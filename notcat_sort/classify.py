@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import os
 import signal
+import sqlite3
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
@@ -92,6 +93,16 @@ def _worker_cache(settings: ClassifySettings) -> PredictionCache | None:
         except Exception:  # noqa: BLE001 - an unreadable cache only costs speed
             _caches[key] = None
     return _caches[key]
+
+
+def _main_cache(settings: ClassifySettings) -> PredictionCache | None:
+    """The read-write cache, or None when off or unusable (a read-only home only costs speed)."""
+    if settings.cache_path is None:
+        return None
+    try:
+        return PredictionCache(settings.cache_path, settings.card.sha256)
+    except (OSError, sqlite3.Error):
+        return None
 
 
 def _classifier(card: ModelCard) -> Classifier:
@@ -186,7 +197,7 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
 
     Files the cache knows by their stat key come first in each group of up to 256 and never
     reach a worker; worker processes are started only if something needs classifying."""
-    cache = PredictionCache(settings.cache_path, settings.card.sha256) if settings.cache_path else None
+    cache = _main_cache(settings)
     # Each entry: cache hits (already final), or a worker batch whose results are new to the cache.
     in_flight: deque[tuple[Future | list[Prediction], bool]] = deque()
     limit = _IN_FLIGHT_PER_JOB * settings.jobs
@@ -199,11 +210,14 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
         entry, new = in_flight.popleft()
         predictions = entry if isinstance(entry, list) else entry.result()
         if cache and new:
-            cache.store(
-                (p.file_key, p.sha256, p.p_cat)
-                for p in predictions
-                if p.p_cat is not None and p.file_key and p.sha256
-            )
+            try:
+                cache.store(
+                    (p.file_key, p.sha256, p.p_cat)
+                    for p in predictions
+                    if p.p_cat is not None and p.file_key and p.sha256
+                )
+            except sqlite3.Error:  # e.g. disk full or locked for too long: only costs the next run
+                pass
         return predictions
 
     try:

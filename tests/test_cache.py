@@ -99,6 +99,13 @@ def test_cached_rerun_starts_no_worker_process(photos, settings):
     assert list(again) == files and all(p.cached for p in again.values())
 
 
+def test_an_unusable_cache_only_costs_speed(photos, settings):
+    settings.cache_path.parent.mkdir()
+    settings.cache_path.write_bytes(b"this is not an SQLite database\n" * 64)
+    predictions = run(settings, *sorted(photos.iterdir()))
+    assert all(p.p_cat is not None and p.error is None for p in predictions.values())
+
+
 def sort(photos: Path, cache_home: Path, *options: str) -> str:
     result = subprocess.run(
         [str(CLI), str(photos), "-j", "1", "--report", "-", *options],
