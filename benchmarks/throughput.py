@@ -363,8 +363,11 @@ def main() -> None:
     parser.add_argument("-j", "--jobs", type=int, default=len(os.sched_getaffinity(0)), help="notcat-sort --jobs")
     parser.add_argument("--profile", action="store_true", help="also cProfile an in-process run and break the time down")
     args = parser.parse_args()
-    if args.quick:
-        args.camera_files, args.web_files, args.library_files, args.baseline_files = 40, 120, 2000, 12
+    if args.quick:  # smaller sizes, except those given explicitly
+        quick = {"camera_files": 40, "web_files": 120, "library_files": 2000, "baseline_files": 12}
+        for name, value in quick.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     if args.model:
         CLI_OPTIONS.extend(["--model", str(args.model.resolve())])
     if not args.baseline_model.is_file():
