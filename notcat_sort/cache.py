@@ -50,6 +50,7 @@ class PredictionCache:
         self.model = model_sha256
         if readonly:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            self._db.execute("SELECT 1 FROM predictions LIMIT 0")  # fail here, not on every lookup
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=30)

@@ -136,7 +136,9 @@ def _undo(report: Path, quiet: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Images per model call.")
 @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this (decompression bombs).")
-@click.option("--no-cache", is_flag=True, help="Do not read or write the prediction cache.")
+@click.option("--no-cache", is_flag=True,
+              help="Do not read or write the prediction cache (in the user cache folder; it lets a re-run, "
+                   "or a run over moved or renamed files, skip classifying what it has seen).")
 @click.option("--undo", "undo_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Put back every file the run recorded in this report moved, copied or linked.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")

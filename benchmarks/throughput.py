@@ -1,0 +1,401 @@
+"""End-to-end throughput benchmark of `notcat-sort` against a naive baseline.
+
+    python benchmarks/throughput.py --baseline-model /work/devmodel/notcat-lite0.onnx [--quick]
+
+The corpus is made from the photos in ../shared and kept in tmp/benchmarks between runs:
+
+* camera-sized (4000x3000, ~12 MP) and web-sized (1200x900, ~1 MP) JPEGs: the largest
+  ../shared photos, turned upright, randomly cropped and mirrored, upscaled with LANCZOS, given
+  mild Gaussian grain (so they do not compress unrealistically well), saved at quality 90 with
+  an EXIF orientation tag (1, 6, 8 or 3; the pixels are stored rotated to match, as a camera
+  does). A few distinct images are encoded per size; the files are copies of them with a unique
+  trailer after the JPEG end marker, so every file has its own content hash.
+* small-file trees (the labelled catnotcat images, 32-512 px, likewise made unique) for the
+  memory and cached re-run measurements.
+
+Every CLI measurement is a subprocess of the installed `notcat-sort` with XDG_CACHE_HOME in a
+temporary folder; throughput runs pass --no-cache. Peak memory is the summed RSS of the CLI
+process and all its descendants (the workers), sampled from /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CORPUS = REPO / "tmp" / "benchmarks"
+CLI = Path(sys.executable).parent / "notcat-sort"
+
+# Targets from the issue, for a 2-core machine.
+TARGET_12MP = 25.0  # images/s
+TARGET_1MP = 100.0  # images/s
+TARGET_VS_BASELINE = 3.0
+TARGET_PEAK_RSS = 1 << 30  # bytes
+TARGET_CACHED_SPEEDUP = 20.0
+
+# EXIF orientation -> how to store an upright picture so that a viewer applying the tag shows it upright.
+_STORE_FOR_ORIENTATION = {
+    1: None,
+    3: Image.Transpose.ROTATE_180,
+    6: Image.Transpose.ROTATE_90,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus
+
+
+def _source_photos() -> list[Path]:
+    """The largest well-formed photos in ../shared (at least 2 MP), largest first."""
+    folders = [SHARED / "samples" / "camera", SHARED / "samples" / "camera" / "mobile",
+               SHARED / "samples" / "camera" / "hdr"]
+    found = []
+    for path in [p for folder in folders for p in sorted(folder.glob("*.jpg"))] + [
+        SHARED / "samples" / "orientation" / "Landscape_1.jpg", SHARED / "samples" / "orientation" / "Portrait_1.jpg"
+    ]:
+        if path.name == "corrupted.jpg":
+            continue
+        try:
+            with Image.open(path) as image:
+                image.load()
+                if image.width * image.height >= 2_000_000:
+                    found.append((image.width * image.height, path))
+        except Exception:  # noqa: BLE001 - malformed samples are simply not sources
+            continue
+    if not found:
+        sys.exit(f"no source photos found under {SHARED / 'samples'}")
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def _make_photo(source: Path, size: tuple[int, int], orientation: int, rng: random.Random) -> Image.Image:
+    """A realistic camera-style picture of `size` (stored pixels) made from `source`."""
+    with Image.open(source) as opened:
+        picture = ImageOps.exif_transpose(opened).convert("RGB")
+    upright_size = size if orientation in (1, 3) else (size[1], size[0])
+    target_ratio = upright_size[0] / upright_size[1]
+    scale = rng.uniform(0.8, 1.0)
+    crop_w = min(picture.width, int(picture.height * target_ratio)) * scale
+    crop_h = crop_w / target_ratio
+    left = rng.uniform(0, picture.width - crop_w)
+    top = rng.uniform(0, picture.height - crop_h)
+    picture = picture.resize(upright_size, Image.Resampling.LANCZOS, box=(left, top, left + crop_w, top + crop_h))
+    if rng.random() < 0.5:
+        picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    grain = np.random.default_rng(rng.getrandbits(32)).normal(0, 4, (upright_size[1], upright_size[0], 1))
+    pixels = np.clip(np.asarray(picture, dtype=np.float32) + grain.astype(np.float32), 0, 255).astype(np.uint8)
+    picture = Image.fromarray(pixels)
+    store = _STORE_FOR_ORIENTATION[orientation]
+    return picture.transpose(store) if store is not None else picture
+
+
+def _unique_copies(bases: list[Path], folder: Path, count: int, prefix: str) -> list[Path]:
+    """`count` files cycling through `bases`, each with a unique trailer after the JPEG data."""
+    folder.mkdir(parents=True, exist_ok=True)
+    blobs = [base.read_bytes() for base in bases]
+    files = []
+    for index in range(count):
+        path = folder / f"{prefix}{index:06d}.jpg"
+        if not path.exists():
+            partial = path.with_name(f".{path.name}.partial")
+            partial.write_bytes(blobs[index % len(blobs)] + f"notcat-benchmark-{prefix}{index}".encode())
+            partial.rename(path)
+        files.append(path)
+    return files
+
+
+def photo_corpus(name: str, size: tuple[int, int], distinct: int, count: int) -> Path:
+    """tmp/benchmarks/<name>/ holding `count` JPEGs of `size`, from `distinct` encoded pictures."""
+    root = CORPUS / name
+    bases_folder = CORPUS / f"{name}-bases"
+    bases_folder.mkdir(parents=True, exist_ok=True)
+    sources = _source_photos()
+    orientations = list(_STORE_FOR_ORIENTATION)
+    bases = []
+    for index in range(distinct):
+        base = bases_folder / f"base{index:03d}.jpg"
+        if not base.exists():
+            rng = random.Random(f"{name}-{index}")
+            orientation = orientations[index % len(orientations)]
+            picture = _make_photo(sources[index % len(sources)], size, orientation, rng)
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            exif[0x010F] = "notcat-benchmark"  # Make
+            partial = base.with_name(f".{base.name}.partial")
+            picture.save(partial, "JPEG", quality=90, exif=exif)
+            partial.rename(base)
+        bases.append(base)
+    return _unique_copies(bases, root, count, "IMG_")[0].parent
+
+
+def small_corpus(name: str, count: int) -> Path:
+    """tmp/benchmarks/<name>/ holding `count` small real photos (catnotcat, 32-512 px), in folders of 1,000."""
+    root = CORPUS / name
+    dataset = sorted((SHARED / "datasets" / "catnotcat").glob("*/*.jpg"))
+    if not dataset:
+        sys.exit(f"no images under {SHARED / 'datasets' / 'catnotcat'}")
+    for start in range(0, count, 1000):
+        chunk = range(start, min(start + 1000, count))
+        folder = root / f"{start // 1000:03d}"
+        _unique_copies([dataset[i % len(dataset)] for i in chunk], folder, len(chunk), f"p{start:06d}-")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+def _process_tree_rss(root_pid: int) -> int:
+    """Summed resident memory (bytes) of `root_pid` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                    parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as handle:
+                total += int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+@dataclass
+class Run:
+    files: int
+    seconds: float
+    cpu_seconds: float  # user + system, all processes: what a busy machine cannot hide
+    peak_rss: int
+
+    @property
+    def rate(self) -> float:
+        return self.files / self.seconds
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return 1000 * self.cpu_seconds / self.files
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant: CLI and its workers
+    return usage.ru_utime + usage.ru_stime
+
+
+CLI_OPTIONS: list[str] = []  # set from the command line, e.g. --model
+
+
+def run_cli(arguments: list[str], files: int, cache_home: Path) -> Run:
+    """Time one `notcat-sort` subprocess end to end, sampling its process tree's memory."""
+    command = [str(CLI), *arguments, *CLI_OPTIONS, "--quiet"]
+    cpu_before = _children_cpu_seconds()
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env={**os.environ, "XDG_CACHE_HOME": str(cache_home)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(0.1):
+            peak = max(peak, _process_tree_rss(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, errors = process.communicate()
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    if process.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed ({process.returncode}):\n{errors[-2000:]}")
+    return Run(files, seconds, _children_cpu_seconds() - cpu_before, peak)
+
+
+def run_baseline(files: list[Path], model: Path) -> Run:
+    """The obvious way: one process, full decode, PIL resize, fp32 model, one image at a time."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    started, cpu_before = time.perf_counter(), time.process_time()
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    for path in files:
+        with Image.open(path) as image:
+            picture = ImageOps.exif_transpose(image).convert("RGB").resize((160, 160), Image.Resampling.BILINEAR)
+        session.run(None, {input_name: np.asarray(picture)[None]})
+    return Run(len(files), time.perf_counter() - started, time.process_time() - cpu_before, 0)
+
+
+def profile_pipeline(files: list[Path], out: Path, model: Path | None) -> None:
+    """cProfile one in-process `--copy` run with one job, and say where the time goes."""
+    import cProfile
+    import pstats
+
+    import onnxruntime
+
+    from notcat_sort.classify import ClassifySettings
+    from notcat_sort.decide import Policy
+    from notcat_sort.model import default_model_path, load_card
+    from notcat_sort.pipeline import SortSettings, sort_files
+    from notcat_sort.report import ReportWriter
+    from notcat_sort.scan import Candidate
+
+    onnxruntime.set_default_logger_severity(3)  # no graph-optimizer chatter in the printout
+    card = load_card(model or default_model_path())
+    settings = SortSettings(ClassifySettings(card, jobs=1), Policy(card.threshold, None), action="copy", out=out)
+    report = ReportWriter(out / "report.csv")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in sort_files([Candidate(path, path.parent) for path in files], settings, report):
+        pass
+    report.close()
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, primitive, own, cumulative, callers)
+    total = sum(own for _, _, own, _, _ in stats.values())
+
+    def cumulative(file_part: str, function: str) -> float:
+        return sum(row[3] for (file, _, name), row in stats.items() if name == function and file_part in file)
+
+    parts = {
+        "read files (worker)": cumulative("pathlib", "read_bytes"),
+        "sha256 (worker)": sum(row[3] for (_, _, name), row in stats.items() if "openssl_sha256" in name),
+        "decode (draft + resize + rotate)": cumulative("notcat_sort/decode.py", "decode"),
+        "inference (onnxruntime)": cumulative("notcat_sort/model.py", "p_cat"),
+        "file actions (plan, copy, verify, fsync)": sum(
+            cumulative("notcat_sort/pipeline.py", name) for name in ("_plan", "_execute", "_companions", "_carry", "_tag")),
+        "report (CSV journal, fsync)": cumulative("notcat_sort/report.py", "write"),
+    }
+    print(f"  {files[0].parent.name}: {len(files)} files, one process, --copy: {total:.2f} s "
+          f"({1000 * total / len(files):.0f} ms per file)")
+    for name, seconds in parts.items():
+        print(f"    {name:42s} {seconds:7.2f} s  {100 * seconds / total:5.1f} %")
+    rest = total - sum(parts.values())
+    print(f"    {'everything else':42s} {rest:7.2f} s  {100 * rest / total:5.1f} %")
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def throughput_section(title: str, folder: Path, count: int, jobs: int, baseline_model: Path,
+                       baseline_count: int, target: float, work: Path) -> list[bool]:
+    files = sorted(folder.glob("*.jpg"))[:count]
+    view = work / f"{folder.name}-view"  # exactly `count` files, as hard links
+    view.mkdir()
+    for path in files:
+        os.link(path, view / path.name)
+    print(f"\n{title}: {len(files)} files, {sum(p.stat().st_size for p in files) / len(files) / 1e6:.1f} MB each on average")
+    cache_home = work / "unused-cache"
+    classify_only = run_cli([str(view), "--no-cache", "-j", str(jobs), "--report", str(work / "r.csv")], len(files), cache_home)
+    copied = run_cli([str(view), "--no-cache", "-j", str(jobs), "--copy", "--out", str(work / f"{folder.name}-sorted"),
+                      "--report", str(work / "r-copy.csv")], len(files), cache_home)
+    baseline = run_baseline(files[:baseline_count], baseline_model)
+    ratio = classify_only.rate / baseline.rate
+    for name, run in [("notcat-sort (report only)", classify_only), ("notcat-sort --copy", copied)]:
+        print(f"  {name:27s} {run.rate:7.1f} images/s  ({run.seconds:.1f} s, {run.cpu_ms_per_image:.0f} CPU ms/image, "
+              f"peak RSS {run.peak_rss / 2**20:.0f} MiB)   target >= {target:.0f}: {verdict(run.rate >= target)}")
+    print(f"  {'naive baseline':27s} {baseline.rate:7.1f} images/s  ({baseline.files} files in {baseline.seconds:.1f} s, "
+          f"{baseline.cpu_ms_per_image:.0f} CPU ms/image)")
+    print(f"  speed-up over naive         {ratio:7.1f} x   target >= {TARGET_VS_BASELINE:.0f}x: {verdict(ratio >= TARGET_VS_BASELINE)}"
+          f"   (CPU per image: {baseline.cpu_ms_per_image / classify_only.cpu_ms_per_image:.1f}x less)")
+    return [classify_only.rate >= target, copied.rate >= target, ratio >= TARGET_VS_BASELINE]
+
+
+def library_section(files: int, jobs: int, work: Path) -> list[bool]:
+    """Memory of a first `--copy --out` run over a large tree, then the same command again."""
+    tree = small_corpus(f"tree-{files}", files)
+    view = work / "library"
+    subprocess.run(["cp", "-al", str(tree), str(view)], check=True)  # hard links: same inodes, no data copied
+    cache_home = work / "xdg-cache"
+    command = [str(view), "-j", str(jobs), "--copy", "--out", str(work / "library-sorted")]
+    first = run_cli([*command, "--report", str(work / "first.csv")], files, cache_home)
+    again = run_cli([*command, "--report", str(work / "again.csv")], files, cache_home)
+    speedup = first.seconds / again.seconds
+    print(f"\nlibrary of {files} small photos (catnotcat, 32-512 px), --copy --out, with the cache")
+    print(f"  first run                   {first.rate:7.1f} images/s  ({first.seconds:.1f} s, {first.cpu_seconds:.1f} CPU s)")
+    print(f"  peak RSS, CLI + workers     {first.peak_rss / 2**20:7.0f} MiB   target < {TARGET_PEAK_RSS / 2**20:.0f} MiB: "
+          f"{verdict(first.peak_rss < TARGET_PEAK_RSS)}")
+    print(f"  cached re-run               {again.rate:7.1f} images/s  ({again.seconds:.2f} s, {again.cpu_seconds:.1f} CPU s, "
+          f"peak RSS {again.peak_rss / 2**20:.0f} MiB)")
+    print(f"  re-run speed-up             {speedup:7.1f} x   target >= {TARGET_CACHED_SPEEDUP:.0f}x: "
+          f"{verdict(speedup >= TARGET_CACHED_SPEEDUP)}")
+    return [first.peak_rss < TARGET_PEAK_RSS, speedup >= TARGET_CACHED_SPEEDUP]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small smoke run (sizes below are divided down)")
+    parser.add_argument("--camera-files", type=int, default=240, help="12 MP JPEGs to sort")
+    parser.add_argument("--web-files", type=int, default=800, help="1 MP JPEGs to sort")
+    parser.add_argument("--library-files", type=int, default=20_000,
+                        help="small files in the memory / cached re-run tree")
+    parser.add_argument("--baseline-files", type=int, default=60, help="files per size for the naive baseline")
+    parser.add_argument("--baseline-model", type=Path, default=REPO / "models" / "notcat-lite0-fp32.onnx",
+                        help="fp32 ONNX model for the naive baseline")
+    parser.add_argument("--model", type=Path, help="notcat-sort --model (default: the shipped model)")
+    parser.add_argument("-j", "--jobs", type=int, default=len(os.sched_getaffinity(0)), help="notcat-sort --jobs")
+    parser.add_argument("--profile", action="store_true", help="also cProfile an in-process run and break the time down")
+    args = parser.parse_args()
+    if args.quick:  # smaller sizes, except those given explicitly
+        quick = {"camera_files": 40, "web_files": 120, "library_files": 2000, "baseline_files": 12}
+        for name, value in quick.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+    if args.model:
+        CLI_OPTIONS.extend(["--model", str(args.model.resolve())])
+    if not args.baseline_model.is_file():
+        sys.exit(f"baseline model not found: {args.baseline_model} (pass --baseline-model)")
+    if not CLI.exists():
+        sys.exit(f"notcat-sort is not installed beside {sys.executable}")
+
+    print(f"building/reusing the corpus in {CORPUS} ...", flush=True)
+    camera = photo_corpus("camera-12mp", (4000, 3000), 16 if not args.quick else 6, args.camera_files)
+    web = photo_corpus("web-1mp", (1200, 900), 48 if not args.quick else 12, args.web_files)
+    print(f"cores: {len(os.sched_getaffinity(0))}, notcat-sort -j {args.jobs} --model {args.model or 'shipped'}, "
+          f"baseline model: {args.baseline_model}")
+    checks = []
+    with tempfile.TemporaryDirectory(prefix="notcat-bench-") as temporary:
+        work = Path(temporary)
+        checks += throughput_section("camera JPEGs, 4000x3000 (12 MP)", camera, args.camera_files, args.jobs,
+                                     args.baseline_model, args.baseline_files, TARGET_12MP, work)
+        checks += throughput_section("web JPEGs, 1200x900 (1 MP)", web, args.web_files, args.jobs,
+                                     args.baseline_model, args.baseline_files * 3, TARGET_1MP, work)
+        checks += library_section(args.library_files, args.jobs, work)
+        if args.profile:
+            print("\nwhere the time goes (cProfile)")
+            for folder in (camera, web):
+                out = work / f"profile-{folder.name}"
+                out.mkdir()
+                profile_pipeline(sorted(folder.glob("*.jpg"))[: args.baseline_files], out, args.model)
+    print(f"\n{sum(checks)} of {len(checks)} targets met" + ("" if all(checks) else " (see FAIL above)"))
+
+
+if __name__ == "__main__":
+    main()

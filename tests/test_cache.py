@@ -1,0 +1,123 @@
+"""The prediction cache: a re-run, a moved, renamed or copied file classify nothing again; a
+changed file or a different model does; --no-cache neither reads nor writes it."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from notcat_sort.classify import ClassifySettings, Prediction, classify
+from notcat_sort.model import card_path, default_model_path, load_card
+from notcat_sort.scan import Candidate
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CATNOTCAT = SHARED / "datasets" / "catnotcat"
+CLI = Path(sys.executable).parent / "notcat-sort"
+
+pytestmark = pytest.mark.skipif(not CATNOTCAT.is_dir(), reason="../shared/datasets is not there")
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A folder with a few real, distinct photos."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for source in sorted(CATNOTCAT.glob("*/*.jpg"))[:: 997][:4]:
+        shutil.copy2(source, folder / source.name)
+    return folder
+
+
+@pytest.fixture
+def settings(tmp_path) -> ClassifySettings:
+    return ClassifySettings(load_card(default_model_path()), jobs=1, batch_size=3,
+                            cache_path=tmp_path / "cache" / "predictions.sqlite3")
+
+
+def run(settings: ClassifySettings, *paths: Path) -> dict[Path, Prediction]:
+    candidates = [Candidate(path, path.parent) for path in paths]
+    return {p.candidate.path: p for batch in classify(candidates, settings) for p in batch}
+
+
+def test_rerun_moved_renamed_and_copied_files_come_from_the_cache(photos, settings, tmp_path):
+    files = sorted(photos.iterdir())
+    first = run(settings, *files)
+    assert all(p.p_cat is not None and not p.cached for p in first.values())
+
+    moved = tmp_path / "sorted" / "cat" / files[0].name
+    moved.parent.mkdir(parents=True)
+    files[0].rename(moved)
+    renamed = files[1].with_name("renamed.jpg")
+    files[1].rename(renamed)
+    copied = tmp_path / "copy-of-" / files[2].name
+    copied.parent.mkdir()
+    shutil.copyfile(files[2], copied)  # new inode and mtime: known by content only
+    again = run(settings, moved, renamed, copied, files[2], files[3])
+
+    assert [p.cached for p in again.values()] == [True] * 5, again
+    for before, after in [(files[0], moved), (files[1], renamed), (files[2], copied), (files[3], files[3])]:
+        assert again[after].p_cat == first[before].p_cat
+        assert again[after].sha256 == first[before].sha256
+
+
+def test_a_changed_file_is_classified_again(photos, settings):
+    files = sorted(photos.iterdir())
+    first = run(settings, files[0])[files[0]]
+    files[0].write_bytes(files[1].read_bytes())  # same name, other content
+    again = run(settings, files[0])[files[0]]
+    assert not again.cached
+    assert again.sha256 != first.sha256
+
+
+def test_a_different_model_does_not_use_another_models_predictions(photos, settings, tmp_path):
+    files = sorted(photos.iterdir())
+    run(settings, *files)
+    other_model = tmp_path / "other" / "notcat-lite0.onnx"
+    other_model.parent.mkdir()
+    shutil.copyfile(settings.card.path, other_model)
+    card = json.loads(card_path(settings.card.path).read_text())
+    card_path(other_model).write_text(json.dumps({**card, "sha256": "0" * 64}))
+    other = replace(settings, card=load_card(other_model))
+    assert not any(p.cached for p in run(other, *files).values())
+    assert all(p.cached for p in run(settings, *files).values())
+
+
+def test_cached_rerun_starts_no_worker_process(photos, settings):
+    """Stat-key hits are answered in the main process: no pool, no model, no IPC."""
+    files = sorted(photos.iterdir())
+    run(settings, *files)  # one job: classified in this process
+    workers_before = set(multiprocessing.active_children())
+    again = run(replace(settings, jobs=2), *files)
+    assert set(multiprocessing.active_children()) <= workers_before
+    assert list(again) == files and all(p.cached for p in again.values())
+
+
+def test_an_unusable_cache_only_costs_speed(photos, settings):
+    settings.cache_path.parent.mkdir()
+    settings.cache_path.write_bytes(b"this is not an SQLite database\n" * 64)
+    predictions = run(settings, *sorted(photos.iterdir()))
+    assert all(p.p_cat is not None and p.error is None for p in predictions.values())
+
+
+def sort(photos: Path, cache_home: Path, *options: str) -> str:
+    result = subprocess.run(
+        [str(CLI), str(photos), "-j", "1", "--report", "-", *options],
+        env={**os.environ, "XDG_CACHE_HOME": str(cache_home)}, capture_output=True, text=True, check=True,
+    )
+    return result.stderr
+
+
+def test_cli_rerun_uses_the_cache_and_no_cache_bypasses_it(photos, tmp_path):
+    cache_home = tmp_path / "xdg-cache"
+    sort(photos, cache_home)
+    assert "4 from cache" in sort(photos, cache_home)
+    uncached_home = tmp_path / "untouched"
+    assert "0 from cache" in sort(photos, uncached_home, "--no-cache")
+    assert not list(uncached_home.rglob("*.sqlite3"))
