@@ -24,6 +24,7 @@ import numpy as np
 from joblib.externals.loky import get_reusable_executor
 
 from notcat_sort.cache import FileKey, PredictionCache
+from notcat_sort.content import sha256_file
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, decode
 from notcat_sort.model import Classifier, ModelCard
 from notcat_sort.scan import Candidate
@@ -70,14 +71,6 @@ def _read_problem(error: OSError) -> str:
     return f"cannot read file: {error.strerror or error}"
 
 
-def _sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # Per worker process: one onnxruntime session and one read-only cache connection, kept across batches.
 _classifiers: dict[Path, Classifier] = {}
 _caches: dict[tuple[Path, str], PredictionCache | None] = {}
@@ -117,7 +110,7 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, cache: Prediction
     try:
         key = FileKey.of(os.stat(path))
         if key.size > _READ_WHOLE_LIMIT:
-            digest, source = _sha256_of_file(path), path
+            digest, source = sha256_file(path), path
         else:
             source = path.read_bytes()
             digest = hashlib.sha256(source).hexdigest()

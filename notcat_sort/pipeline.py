@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from notcat_sort.actions import Kind, OnConflict, Outcome, Plan, execute, perform, plan
-from notcat_sort.actions.common import sha256_file
+from notcat_sort.content import sha256_file
 from notcat_sort.actions.conflict import resolve
 from notcat_sort.classify import ClassifySettings, Prediction, classify
 from notcat_sort.decide import SORTED_LABELS, Label, Policy

@@ -17,7 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from notcat_sort.actions import ACTIONS
-from notcat_sort.actions.common import partial_name, remove, sha256_file
+from notcat_sort.actions.common import partial_name, remove
+from notcat_sort.content import sha256_file
 from notcat_sort.actions.copy import copy_verified
 from notcat_sort.actions.move import move_new
 from notcat_sort.actions.tag import untag

@@ -27,7 +27,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
-from notcat_sort.actions.common import sha256_file
+from notcat_sort.content import sha256_file
 from notcat_sort.cache import FileKey
 from notcat_sort.pipeline import Result, SortSettings, StopFlag, sort_files
 from notcat_sort.report import ReportWriter, Row, Status, final_rows

@@ -15,7 +15,7 @@ from PIL import Image
 from safety_support import SHARED, inventory, real_images, run_cli, sort_in_process
 
 from notcat_sort.actions import OnConflict, execute, plan
-from notcat_sort.actions.common import sha256_file
+from notcat_sort.content import sha256_file
 from notcat_sort.report import Status, final_rows
 
 CAMERA = SHARED / "samples" / "camera"

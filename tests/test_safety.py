@@ -27,7 +27,8 @@ from safety_support import (
 )
 
 from notcat_sort.actions import Kind, OnConflict, common, execute, plan
-from notcat_sort.actions.common import partial_name, rename_noreplace, sha256_file
+from notcat_sort.actions.common import partial_name, rename_noreplace
+from notcat_sort.content import sha256_file
 from notcat_sort.report import Status, final_rows
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import hashlib
 import os
 import signal
 from dataclasses import dataclass
@@ -23,14 +22,6 @@ class Outcome:
     status: str  # a notcat_sort.report.Status value
     destination: Path | None = None
     error: str = ""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fsync_dir(folder: Path) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Collection
 from enum import Enum
 from pathlib import Path
 
-from notcat_sort.actions.common import sha256_file
+from notcat_sort.content import sha256_file
 
 
 class OnConflict(str, Enum):

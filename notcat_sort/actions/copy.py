@@ -13,8 +13,8 @@ from notcat_sort.actions.common import (
     operation_done,
     partial_name,
     rename_noreplace,
-    sha256_file,
 )
+from notcat_sort.content import sha256_file
 
 
 def _drop_cached_pages(descriptor: int) -> None:

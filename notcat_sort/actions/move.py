@@ -7,7 +7,8 @@ import errno
 import os
 from pathlib import Path
 
-from notcat_sort.actions.common import fsync_dir, remove, rename_noreplace, sha256_file
+from notcat_sort.actions.common import fsync_dir, remove, rename_noreplace
+from notcat_sort.content import sha256_file
 from notcat_sort.actions.copy import copy_verified
 
 
