@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--data", required=True, help="manifest.csv dataset or cat/ and not-cat/ folders")
     fit.add_argument("--out", default="models", help="where the int8 model, card and plots go")
     fit.add_argument("--workdir", default="runs", help="checkpoints and the fp32 model")
-    fit.add_argument("--epochs", type=int, default=4)
+    fit.add_argument("--epochs", type=int, default=5)
     fit.add_argument("--batch-size", type=int, default=32)
     fit.add_argument("--lr", type=float, default=5e-4)
     fit.add_argument("--size", type=int, default=160, help="input size S of the S x S model input")

@@ -30,7 +30,7 @@ class Config:
     data: str
     out: str = "models"
     workdir: str = "runs"
-    epochs: int = 4
+    epochs: int = 5
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 0.01
@@ -109,7 +109,7 @@ def train(cfg: Config, train_items: list[data.Item], val_images: np.ndarray, val
             seen += len(batch)
             running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
             bar.set_postfix(loss=f"{running:.3f}", img_s=f"{seen / (time.time() - started):.1f}",
-                            lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                            lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
         p = _p_cat_torch(net, val_images[subset])
         accuracy = float(np.mean((p >= 0.5) == val_targets[subset]))
         print(f"epoch {epoch + 1}: loss {running:.4f}, {seen / (time.time() - started):.1f} img/s, "
