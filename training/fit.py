@@ -62,8 +62,14 @@ def _p_cat_torch(net: nn.Module, images: np.ndarray, batch: int = 64) -> np.ndar
     return np.concatenate(out)
 
 
-def train(cfg: Config, train_items: list[data.Item], val_images: np.ndarray, val_targets: np.ndarray) -> nn.Module:
-    """The fine-tuning loop; resumes from <workdir>/last.pt when asked."""
+def train(cfg: Config, command: str, train_items: list[data.Item], val_images: np.ndarray,
+          val_targets: np.ndarray) -> tuple[nn.Module, dict]:
+    """The fine-tuning loop; resumes from <workdir>/last.pt when asked.
+
+    A resume may change --epochs (e.g. when the CPU turns out slower than planned): the cosine
+    schedule is recomputed for the new total and continues from the step reached. The commands
+    and per-epoch wall times travel in the checkpoint, so the card tells the whole story.
+    """
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cache = [data.load_for_training(item) for item in tqdm(train_items, desc="decode train", mininterval=5)]
@@ -77,16 +83,17 @@ def train(cfg: Config, train_items: list[data.Item], val_images: np.ndarray, val
     total = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, min(200, total // 10 + 1)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    start_epoch = 0
+    start_epoch, history = 0, {"commands": [command], "epoch_seconds": []}
     checkpoint_path = workdir / "last.pt"
     if cfg.resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         if state["split_key"] != _split_key(cfg):
-            raise SystemExit(f"{checkpoint_path} was made with other data/seed/limit/epochs; use another --workdir")
+            raise SystemExit(f"{checkpoint_path} was made with other data/seed/limit/batch/size; use another --workdir")
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
+        history = {**state["history"], "commands": state["history"]["commands"] + [command]}
         print(f"resumed from {checkpoint_path} after epoch {state['epoch'] + 1}")
 
     rng = np.random.default_rng([cfg.seed, 1])
@@ -112,16 +119,19 @@ def train(cfg: Config, train_items: list[data.Item], val_images: np.ndarray, val
                             lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
         p = _p_cat_torch(net, val_images[subset])
         accuracy = float(np.mean((p >= 0.5) == val_targets[subset]))
+        history["epoch_seconds"].append(round(time.time() - started))
         print(f"epoch {epoch + 1}: loss {running:.4f}, {seen / (time.time() - started):.1f} img/s, "
               f"val acc (torch, {len(subset)} images) {accuracy:.4f}", flush=True)
         torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch, "split_key": _split_key(cfg),
-                    "config": asdict(cfg)}, checkpoint_path)
-    return net.eval()
+                    "history": history}, checkpoint_path)
+    return net.eval(), history
 
 
-def _split_key(cfg: Config) -> tuple:
-    return (str(Path(cfg.data).resolve()), cfg.seed, cfg.limit, cfg.epochs, cfg.batch_size, cfg.size)
+def _split_key(cfg: Config) -> dict:
+    """What a resumed run must share with the checkpoint's: the data it sees and how."""
+    return {"data": str(Path(cfg.data).resolve()), "seed": cfg.seed, "limit": cfg.limit,
+            "batch_size": cfg.batch_size, "size": cfg.size}
 
 
 def _onnx_p_cat(path: Path, size: int, images: np.ndarray) -> np.ndarray:
@@ -143,8 +153,7 @@ def fit(cfg: Config, command: str) -> dict:
     val_targets = np.array([item.target for item in val_items])
     val_groups = [item.group for item in val_items]
 
-    net = train(cfg, train_items, val_images, val_targets)
-    train_seconds = time.time() - started
+    net, history = train(cfg, command, train_items, val_images, val_targets)
 
     workdir, out = Path(cfg.workdir), Path(cfg.out)
     fp32_path = export.export_onnx(net, workdir / f"{card.NAME}-fp32.onnx", cfg.size)
@@ -177,8 +186,10 @@ def fit(cfg: Config, command: str) -> dict:
     details = {
         "metrics": {"split": f"validation, 20% stratified by group, seed {cfg.seed}",
                     "fp32": fp32, "int8": int8, "comparison": comparison},
-        "training": {"command": command, "config": asdict(cfg), "train_images": len(train_items),
-                     "val_images": len(val_items), "wall_seconds_until_export": round(train_seconds),
+        "training": {"command": history["commands"][0], "resumed_with": history["commands"][1:],
+                     "config": asdict(cfg), "train_images": len(train_items), "val_images": len(val_items),
+                     "epoch_wall_seconds": history["epoch_seconds"],
+                     "fit_wall_seconds_this_invocation": round(time.time() - started),
                      "frozen": "conv_stem, bn1, blocks 0-2 (eval mode)", "optimizer": "AdamW, warmup + cosine",
                      "augmentation": "random-resized crop (scale 0.35-1, aspect 3/4-4/3, p=0.8) squashed to "
                                      "S, hflip, random resolution 24-S px (p=0.5), brightness/contrast/"
