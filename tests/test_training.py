@@ -1,0 +1,100 @@
+"""Training pipeline tests on real images from ../shared (fit -> export -> quantize -> evaluate)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+pytest.importorskip("onnxruntime")
+
+from notcat_sort.decode import decode  # noqa: E402
+from notcat_sort.model import Classifier, load_card  # noqa: E402
+from training import data  # noqa: E402
+from training.__main__ import main  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+SHARED = Path(__file__).parents[1] / ".." / "shared"
+POOL = SHARED / "datasets" / "catnotcat"
+# ImageNet-1k domestic cats: tabby, tiger cat, Persian, Siamese, Egyptian.
+DOMESTIC_CAT_CLASSES = range(281, 286)
+
+if not (POOL / "manifest.csv").is_file():
+    pytest.skip(f"training data not found at {POOL}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def real_images() -> np.ndarray:
+    """A few real cats and not-cats, decoded exactly as the runtime does."""
+    items = data.limit(data.load_items(POOL), 8, seed=1)
+    return np.stack([decode(item.path, 160) for item in items])
+
+
+def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
+    out, work = tmp_path / "models", tmp_path / "runs"
+    tiny = ["fit", "--data", str(POOL), "--out", str(out), "--workdir", str(work), "--limit", "48",
+            "--batch-size", "8", "--calibration", "8"]
+    main(tiny + ["--epochs", "1"])
+    main(tiny + ["--epochs", "2", "--resume"])
+    assert "resumed from" in capsys.readouterr().out
+    model = out / "notcat-lite0.onnx"
+    assert (work / "last.pt").is_file() and (work / "notcat-lite0-fp32.onnx").is_file()
+    assert (out / "notcat-lite0-eval" / "confusion.png").stat().st_size > 0
+    assert (out / "notcat-lite0-eval" / "precision-recall.png").stat().st_size > 0
+    raw = json.loads(model.with_suffix(".json").read_text())
+    card = load_card(model)
+    assert card.input_size == 160 and card.labels == ("not-cat", "cat") and 0 < card.threshold < 1
+    assert raw["size_bytes"] == model.stat().st_size <= 5_000_000
+    assert raw["metrics"]["int8"]["overall"]["n"] == raw["training"]["val_images"] > 0
+    assert raw["training"]["command"].startswith("python -m training fit")
+    assert raw["training"]["resumed_with"][0].endswith("--resume")
+    assert len(raw["training"]["epoch_wall_seconds"]) == 2
+
+    probabilities = Classifier(card)._session.run(None, {"image": np.zeros((3, 160, 160, 3), np.uint8)})[0]
+    assert probabilities.shape == (3, 2) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    kinds = {n.op_type for n in __import__("onnx").load(str(model)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= kinds
+
+    capsys.readouterr()
+    main(["evaluate", "--model", str(model), "--data", str(SHARED / "samples" / "camera")])
+    printed = capsys.readouterr().out
+    assert "error: " in printed  # the deliberately malformed files are rows, not a crash
+    assert "Nikon_D70.jpg\t" in printed
+    main(["evaluate", "--model", str(model), "--data", str(SHARED / "samples" / "orientation")])
+    assert "Portrait_8.jpg\t" in capsys.readouterr().out
+
+
+def test_mapped_weights_recognise_a_cat() -> None:
+    from training.model import imagenet_model
+
+    model = imagenet_model().eval()
+    image = decode(POOL / "cat" / "imagenet-sample-n02123394_Persian_cat.jpg", 224)
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(image[None].copy()).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    assert int(logits.argmax()) in DOMESTIC_CAT_CLASSES
+
+
+def test_map_weights_rejects_a_shape_mismatch() -> None:
+    from training.model import map_weights
+
+    with pytest.raises(ValueError, match="does not fit"):
+        map_weights({"a": torch.zeros(2, 3)}, {"b": torch.zeros(3, 2)})
+
+
+def test_onnx_matches_pytorch(tmp_path: Path, real_images: np.ndarray) -> None:
+    from training.export import export_onnx
+    from training.fit import _onnx_p_cat
+    from training.model import Exported, classifier
+
+    torch.manual_seed(0)
+    net = classifier(2).eval()
+    path = export_onnx(net, tmp_path / "fp32.onnx", 160)
+    with torch.inference_mode():
+        expected = Exported(net)(torch.from_numpy(real_images)).numpy()[:, 1]
+    np.testing.assert_allclose(_onnx_p_cat(path, 160, real_images), expected, atol=1e-4)
