@@ -1,6 +1,6 @@
 """End-to-end throughput benchmark of `notcat-sort` against a naive baseline.
 
-    python benchmarks/throughput.py --baseline-model /work/devmodel/notcat-lite0.onnx [--quick]
+    python benchmarks/throughput.py [--quick] [--profile]
 
 The corpus is made from the photos in ../shared and kept in tmp/benchmarks between runs:
 
