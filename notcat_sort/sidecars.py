@@ -31,12 +31,15 @@ def _cases(suffix: str) -> tuple[str, str]:
 
 
 def _existing(folder: Path, names: list[str]) -> list[Path]:
-    """The names that exist in `folder`, each file once (case-insensitive filesystems)."""
+    """The names that exist in `folder`, each file once (case-insensitive filesystems).
+
+    Called for every image, and nearly always nothing exists: plain strings keep the misses cheap."""
+    base = os.fspath(folder)
     found: list[Path] = []
     for name in names:
-        path = folder / name
+        path = os.path.join(base, name)
         if os.path.isfile(path) and not any(os.path.samefile(path, seen) for seen in found):
-            found.append(path)
+            found.append(Path(path))
     return found
 
 

@@ -18,10 +18,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from notcat_sort.decode import decode
+from notcat_sort.scan import scan
 from training import synthetic
 
 LABELS = ("not-cat", "cat")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif"}
 CACHE_LONG_SIDE = 256
 
 
@@ -52,10 +52,6 @@ class Item:
         return buffer.getvalue()
 
 
-def is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-
-
 def layout(root: Path) -> str:
     """'manifest', 'folders' (cat/ and not-cat/) or 'unlabelled' (any images, recursively)."""
     if (root / "manifest.csv").is_file():
@@ -77,16 +73,16 @@ def load_items(root: Path) -> list[Item]:
             ]
     if kind == "folders":
         return [
-            Item(label=label, group=label, path=path)
+            Item(label=label, group=label, path=candidate.path)
             for label in LABELS
-            for path in sorted((root / label).rglob("*"))
-            if is_image(path)
+            for candidate in scan([root / label])
         ]
     raise ValueError(f"{root} has neither manifest.csv nor cat/ and not-cat/ folders")
 
 
 def unlabelled_paths(root: Path) -> list[Path]:
-    return sorted(path for path in Path(root).rglob("*") if path.is_file())
+    """The images the CLI would find under `root` (same scanner), so their predictions compare."""
+    return [candidate.path for candidate in scan([root])]
 
 
 def split(items: list[Item], seed: int, val_fraction: float = 0.2) -> tuple[list[Item], list[Item]]:
