@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from notcat_sort.actions import Kind, OnConflict, Outcome, Plan, execute, perform, plan
-from notcat_sort.content import sha256_file
 from notcat_sort.actions.conflict import resolve
 from notcat_sort.classify import ClassifySettings, Prediction, classify
+from notcat_sort.content import sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label, Policy
 from notcat_sort.report import ReportWriter, Row, Status, format_p
 from notcat_sort.scan import Candidate, scan
 from notcat_sort.sidecars import SidecarName, companion_name, companions, xmp_path
+
+ACTION_THREADS = 4  # files of one batch acted on at once; the work is mostly waiting on the disk
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,17 @@ def _tag(settings: SortSettings, prediction: Prediction, label: Label) -> Outcom
                     label=label.value, p_cat=prediction.p_cat, model=f"{card.name} {card.version}")
 
 
+def _act(settings: SortSettings, stop: Callable[[], bool], prediction: Prediction, label: Label,
+         planned: Plan | Outcome | None, found: list[Companion]) -> Result:
+    """Carry out one file's plan (and its companions'), unless a stop was asked for first."""
+    if label is Label.ERROR:
+        return Result(prediction, label, Outcome(Status.ERROR))
+    if stop():
+        return Result(prediction, label, Outcome(Status.SKIPPED, None, getattr(stop, "reason", "interrupted")))
+    outcome = _tag(settings, prediction, label) if planned is None else _execute(settings, planned)
+    return Result(prediction, label, outcome, _carry(settings, prediction.candidate.path, outcome, found))
+
+
 def _companions(settings: SortSettings, image: Path) -> list[Companion]:
     """What travels with `image` under a move/copy/link, hashed when files will change."""
     if settings.action in (None, "tag"):
@@ -216,7 +230,15 @@ def sort_files(
     """Classify and act on `candidates`, writing the report as it goes.
 
     Per batch: plan every file (settling final names), journal the plans that change files in
-    one fsynced write, then execute them one by one and record the outcomes."""
+    one fsynced write, then execute them and record the outcomes. The plans' targets are distinct
+    and already journalled, so the batch's files are acted on concurrently: their work is mostly
+    waiting on the disk (fsync, reading copies back to verify them)."""
+    with ThreadPoolExecutor(ACTION_THREADS, thread_name_prefix="act") as actors:
+        yield from _sort_batches(candidates, settings, report, stop, actors)
+
+
+def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, report: ReportWriter,
+                  stop: Callable[[], bool], actors: ThreadPoolExecutor) -> Iterator[Result]:
     action = settings.action_name
     for predictions in classify(candidates, settings.classify):
         decided = [(p, settings.policy.decide(p.p_cat)) for p in predictions]
@@ -230,17 +252,8 @@ def sort_files(
                        for row in _started(settings, *decided[i], planned, found[i]).rows(action)]
             if journal:
                 report.write(journal, durable=True)
-        results = []
-        for i, (prediction, label) in enumerate(decided):
-            carried: tuple[Companion, ...] = ()
-            if label is Label.ERROR:
-                outcome = Outcome(Status.ERROR)
-            elif stop():
-                outcome = Outcome(Status.SKIPPED, None, getattr(stop, "reason", "interrupted"))
-            else:
-                outcome = _tag(settings, prediction, label) if plans[i] is None else _execute(settings, plans[i])
-                carried = _carry(settings, prediction.candidate.path, outcome, found[i])
-            results.append(Result(prediction, label, outcome, carried))
+        results = list(actors.map(
+            lambda i: _act(settings, stop, *decided[i], plans.get(i), found.get(i, [])), range(len(decided))))
         report.write((row for result in results for row in result.rows(action)), durable=settings.changes_files)
         yield from results
         if stop():
