@@ -44,9 +44,13 @@ class SortSettings:
     def action_name(self) -> str:
         return self.action or "none"
 
+    def __post_init__(self) -> None:
+        """`out` made absolute once, so the report's destinations are valid from any working directory."""
+        if self.out is not None:
+            object.__setattr__(self, "out", Path(os.path.abspath(self.out)))
+
     def output_base(self, root: Path) -> Path:
-        """Absolute, so the report's destinations stay valid from any working directory."""
-        return Path(os.path.abspath(self.out)) if self.out is not None else root
+        return self.out if self.out is not None else root
 
     def output_folders(self, roots: Iterable[Path]) -> list[Path]:
         if self.action == "tag":
@@ -245,11 +249,12 @@ def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, repor
         reserved: set[Path] = set()
         plans = {i: _plan(settings, p, label, reserved) for i, (p, label) in enumerate(decided)
                  if label is not Label.ERROR}
-        found = {i: _companions(settings, decided[i][0].candidate.path) for i in plans}
+        found = {i: _companions(settings, decided[i][0].candidate.path) for i, planned in plans.items()
+                 if isinstance(planned, Plan) and planned.changes_files}  # a skipped file carries nothing
         if settings.changes_files:
             journal = [row for i, planned in plans.items() if planned is None or isinstance(planned, Plan)
                        and planned.changes_files
-                       for row in _started(settings, *decided[i], planned, found[i]).rows(action)]
+                       for row in _started(settings, *decided[i], planned, found.get(i, [])).rows(action)]
             if journal:
                 report.write(journal, durable=True)
         results = list(actors.map(
