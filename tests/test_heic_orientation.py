@@ -64,7 +64,12 @@ def test_every_exif_orientation_decodes_upright(shape, classifier):
         image = decoded(ORIENTATION / f"{shape}_{orientation}.jpg")
         difference = mean_abs_diff(image, upright)
         assert difference < 4.0 < mean_abs_diff(wrong, upright), (orientation, difference)
-        assert abs(classifier.p_cat(image[None])[0] - p_upright) < 0.02, orientation
+        p_cat = classifier.p_cat(image[None])[0]
+        # The same prediction as upright: the same label at the model's threshold, and a close
+        # probability (rotating a JPEG moves its block grid, so the pixels differ slightly).
+        threshold = classifier.card.threshold
+        assert (p_cat >= threshold) == (p_upright >= threshold), (orientation, p_cat, p_upright)
+        assert abs(p_cat - p_upright) < 0.05, (orientation, p_cat, p_upright)
 
 
 @pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])

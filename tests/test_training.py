@@ -14,6 +14,7 @@ pytest.importorskip("onnxruntime")
 
 from notcat_sort.decode import decode  # noqa: E402
 from notcat_sort.model import Classifier, load_card  # noqa: E402
+from notcat_sort.scan import scan  # noqa: E402
 from training import data  # noqa: E402
 from training.__main__ import main  # noqa: E402
 
@@ -62,9 +63,12 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
     assert {"QuantizeLinear", "DequantizeLinear"} <= kinds
 
     capsys.readouterr()
-    main(["evaluate", "--model", str(model), "--data", str(SHARED / "samples" / "camera")])
+    camera = SHARED / "samples" / "camera"
+    main(["evaluate", "--model", str(model), "--data", str(camera)])
     printed = capsys.readouterr().out
-    assert "error: " in printed  # the deliberately malformed files are rows, not a crash
+    images = [candidate.path for candidate in scan([camera])]  # the files the CLI would sort
+    assert f"{len(images)} files" in printed  # the malformed ones included: rows, not a crash
+    assert all(f"{path}\t" in printed for path in images)
     assert "Nikon_D70.jpg\t" in printed
     main(["evaluate", "--model", str(model), "--data", str(SHARED / "samples" / "orientation")])
     assert "Portrait_8.jpg\t" in capsys.readouterr().out
