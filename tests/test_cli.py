@@ -1,8 +1,9 @@
 """The installed `notcat-sort` command, run as a subprocess on a real image tree.
 
-The placeholder model's predictions mean nothing, so no test says which photo is a cat: each
-checks that every report row agrees with its own p_cat, the threshold and the band, and that
-the files on disk are where the rows say.
+No test here says which photo is a cat (the model's accuracy is measured by `training`, and
+must not make these tests change with each new model): each checks that every report row
+agrees with its own p_cat, the threshold and the band, and that the files on disk are where
+the rows say.
 """
 
 from __future__ import annotations
