@@ -40,7 +40,7 @@ class Tally:
         labels = ", ".join(f"{label}: {count}" for label, count in sorted(self.labels.items()))
         statuses = ", ".join(f"{status}: {count}" for status, count in sorted(self.statuses.items()))
         return [
-            f"{self.total} files in {self.elapsed:.1f} s ({self.rate():.1f}/s), {self.cached} from cache",
+            f"{self.total} {'file' if self.total == 1 else 'files'} in {self.elapsed:.1f} s ({self.rate():.1f}/s), {self.cached} from cache",
             f"labels: {labels or 'none'}",
             f"actions: {statuses or 'none'}",
             f"failed: {self.failed}",
