@@ -69,14 +69,18 @@ class ReportWriter:
                 raise FileExistsError(errno.EEXIST, "exists and is not a notcat-sort report", str(path))
             self._handle = open(path, "a", **_ENCODING)
         self._csv = csv.DictWriter(self._handle, fieldnames=FIELDS, lineterminator="\n")
+        # One row per file already, unless journal rows are written or an earlier run's are there.
+        self._needs_compacting = not new
         if new:
             self._csv.writeheader()
             self._handle.flush()
 
     def write(self, rows: Iterable[Row], durable: bool = False) -> None:
         for row in rows:
-            if self.path is None and row.status.startswith(Status.STARTED):
-                continue  # journal rows: stdout can be neither fsynced nor compacted, so only final rows
+            if row.status.startswith(Status.STARTED):
+                if self.path is None:
+                    continue  # journal rows: stdout can be neither fsynced nor compacted, so only final rows
+                self._needs_compacting = True
             self._csv.writerow(vars(row))  # flat string fields: no need for asdict's deep copy
         self._handle.flush()
         if durable and self.path is not None:
@@ -87,7 +91,7 @@ class ReportWriter:
             self._handle.flush()
             return
         self._handle.close()
-        if compact and _is_regular(self.path):  # never replace /dev/null, a FIFO or a symlink with a file
+        if compact and self._needs_compacting and _is_regular(self.path):  # never replace /dev/null, a FIFO or a symlink with a file
             compact_report(self.path)
 
 
