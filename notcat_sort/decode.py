@@ -101,7 +101,8 @@ def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
         raise DecodeError("not an image that can be read (unknown or unsupported format)") from None
     except Image.DecompressionBombError as error:
         raise DecodeError(f"decompression bomb: {error}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as error:
+    except Exception as error:  # noqa: BLE001 - a malformed file can make Pillow raise almost anything
+        # (struct.error, ZeroDivisionError, ...); in a worker, an escaped one would end the whole run.
         message = str(error) or type(error).__name__
         if "truncated" in message.lower():
             message = "truncated image data (the file is incomplete)"

@@ -3,6 +3,7 @@ plain full decode gives, because the model was trained on exactly that."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,16 @@ def test_landscape_and_portrait_differ():
 def test_megapixel_cap_refuses_before_decoding():
     with pytest.raises(DecodeError, match="--max-pixels"):
         decode(SAMPLES / "camera/hdr/iphone_hdr_NO.jpg", SIZE, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("failure", [struct.error("unpack requires a buffer of 4 bytes"),
+                                     ZeroDivisionError("division by zero")])
+def test_any_decoder_failure_is_a_decode_error(failure, monkeypatch):
+    """Malformed files make Pillow raise many exception types; any of them escaping a worker
+    would end the whole run, so each must become a DecodeError, i.e. one error row."""
+    def load(self):
+        raise failure
+
+    monkeypatch.setattr(Image.Image, "load", load)
+    with pytest.raises(DecodeError, match="cannot decode image"):
+        decode(SAMPLES / "orientation/Landscape_0.jpg", SIZE)
