@@ -73,29 +73,25 @@ def _read_problem(error: OSError) -> str:
 
 # Per worker process: one onnxruntime session and one read-only cache connection, kept across batches.
 _classifiers: dict[Path, Classifier] = {}
-_caches: dict[tuple[Path, str], PredictionCache | None] = {}
+_caches: dict[tuple[Path | None, str], PredictionCache | None] = {}
 
 
-def _worker_cache(settings: ClassifySettings) -> PredictionCache | None:
-    if settings.cache_path is None:
-        return None
-    key = (settings.cache_path, settings.card.sha256)
-    if key not in _caches:
-        try:
-            _caches[key] = PredictionCache(settings.cache_path, settings.card.sha256, readonly=True)
-        except Exception:  # noqa: BLE001 - an unreadable cache only costs speed
-            _caches[key] = None
-    return _caches[key]
-
-
-def _main_cache(settings: ClassifySettings) -> PredictionCache | None:
-    """The read-write cache, or None when off or unusable (a read-only home only costs speed)."""
+def _open_cache(settings: ClassifySettings, readonly: bool) -> PredictionCache | None:
+    """The cache, or None when off or unusable: a broken cache or a read-only home only costs speed."""
     if settings.cache_path is None:
         return None
     try:
-        return PredictionCache(settings.cache_path, settings.card.sha256)
+        return PredictionCache(settings.cache_path, settings.card.sha256, readonly=readonly)
     except (OSError, sqlite3.Error):
         return None
+
+
+def _worker_cache(settings: ClassifySettings) -> PredictionCache | None:
+    """A worker's read-only connection, opened once and kept across batches."""
+    key = (settings.cache_path, settings.card.sha256)
+    if key not in _caches:
+        _caches[key] = _open_cache(settings, readonly=True)
+    return _caches[key]
 
 
 def _classifier(card: ModelCard) -> Classifier:
@@ -190,7 +186,7 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
 
     Files the cache knows by their stat key come first in each group of up to 256 and never
     reach a worker; worker processes are started only if something needs classifying."""
-    cache = _main_cache(settings)
+    cache = _open_cache(settings, readonly=False)
     # Each entry: cache hits (already final), or a worker batch whose results are new to the cache.
     in_flight: deque[tuple[Future | list[Prediction], bool]] = deque()
     limit = _IN_FLIGHT_PER_JOB * settings.jobs
