@@ -58,9 +58,14 @@ def _parse_band(ctx: click.Context, param: click.Parameter, value: str | None) -
     return low, high
 
 
+def _dry_run_reports() -> Path:
+    """Where a run that changes no files keeps its report, so that nothing in the photos changes."""
+    return default_cache_path().parent / "reports"
+
+
 def _default_report(settings: SortSettings, roots: list[Path]) -> Path:
     """Beside the sorted files when files change; in the user's cache dir for a dry run."""
-    folder = settings.output_base(roots[0].absolute()) if settings.changes_files else default_cache_path().parent / "reports"
+    folder = settings.output_base(roots[0].absolute()) if settings.changes_files else _dry_run_reports()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, number = folder / f"notcat-sort-{stamp}.csv", 1
     while path.exists():
@@ -185,7 +190,7 @@ def main(paths: tuple[Path, ...], action: str | None, sidecar_name: str, with_ra
     to_stdout = report_path == Path("-")
     if watch_dir is not None:
         report_file = None if to_stdout else (
-            report_path or default_watch_report(settings, watch_dir, default_cache_path().parent / "reports"))
+            report_path or default_watch_report(settings, watch_dir, _dry_run_reports()))
         journal = Journal.from_report(settings.action_name, report_file)
         view = PlainView(quiet=quiet)
         view.log(f"watching {watch_dir} ({'polling' if polling else 'inotify'}, settle {settle:g} s); "
