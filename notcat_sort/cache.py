@@ -31,6 +31,16 @@ def default_cache_path() -> Path:
     return Path(user_cache_dir("notcat-sort")) / "predictions.sqlite3"
 
 
+def open_cache(path: Path | None, model_sha256: str, readonly: bool = False) -> PredictionCache | None:
+    """The cache, or None when off or unusable: a broken cache or a read-only home only costs speed."""
+    if path is None:
+        return None
+    try:
+        return PredictionCache(path, model_sha256, readonly=readonly)
+    except (OSError, sqlite3.Error):
+        return None
+
+
 @dataclass(frozen=True)
 class FileKey:
     """What identifies an unchanged file without reading it."""
@@ -67,6 +77,14 @@ class PredictionCache:
             (self.model, key.device, key.inode, key.size, key.mtime_ns),
         ).fetchone()
 
+    def digest_at(self, key: FileKey) -> str | None:
+        """The content digest known to sit at an unchanged file, whatever model classified it."""
+        row = self._db.execute(
+            "SELECT digest FROM files WHERE device = ? AND inode = ? AND size = ? AND mtime_ns = ?",
+            (key.device, key.inode, key.size, key.mtime_ns),
+        ).fetchone()
+        return None if row is None else row[0]
+
     def lookup_digest(self, digest: str) -> float | None:
         row = self._db.execute(
             "SELECT p_cat FROM predictions WHERE model = ? AND digest = ?", (self.model, digest)
@@ -74,15 +92,21 @@ class PredictionCache:
         return None if row is None else row[0]
 
     def store(self, entries: Iterable[tuple[FileKey, str, float]]) -> None:
+        entries = list(entries)
         with self._db:
-            for key, digest, p_cat in entries:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?)", (self.model, digest, p_cat)
-                )
-                self._db.execute(
-                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
-                    (key.device, key.inode, key.size, key.mtime_ns, digest),
-                )
+            self._db.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?)",
+                                 [(self.model, digest, p_cat) for _, digest, p_cat in entries])
+            self._remember((key, digest) for key, digest, _ in entries)
+
+    def remember(self, entries: Iterable[tuple[FileKey, str]]) -> None:
+        """Record where known content sits, e.g. the verified copies a run placed, so that a
+        re-run recognises them without reading them."""
+        with self._db:
+            self._remember(entries)
+
+    def _remember(self, entries: Iterable[tuple[FileKey, str]]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
+                             [(k.device, k.inode, k.size, k.mtime_ns, digest) for k, digest in entries])
 
     def close(self) -> None:
         self._db.close()

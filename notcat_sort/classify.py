@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from joblib.externals.loky import get_reusable_executor
 
-from notcat_sort.cache import FileKey, PredictionCache
+from notcat_sort.cache import FileKey, PredictionCache, open_cache
 from notcat_sort.content import sha256_file
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, decode
 from notcat_sort.model import Classifier, ModelCard
@@ -76,21 +76,11 @@ _classifiers: dict[Path, Classifier] = {}
 _caches: dict[tuple[Path | None, str], PredictionCache | None] = {}
 
 
-def _open_cache(settings: ClassifySettings, readonly: bool) -> PredictionCache | None:
-    """The cache, or None when off or unusable: a broken cache or a read-only home only costs speed."""
-    if settings.cache_path is None:
-        return None
-    try:
-        return PredictionCache(settings.cache_path, settings.card.sha256, readonly=readonly)
-    except (OSError, sqlite3.Error):
-        return None
-
-
 def _worker_cache(settings: ClassifySettings) -> PredictionCache | None:
     """A worker's read-only connection, opened once and kept across batches."""
     key = (settings.cache_path, settings.card.sha256)
     if key not in _caches:
-        _caches[key] = _open_cache(settings, readonly=True)
+        _caches[key] = open_cache(settings.cache_path, settings.card.sha256, readonly=True)
     return _caches[key]
 
 
@@ -186,7 +176,7 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
 
     Files the cache knows by their stat key come first in each group of up to 256 and never
     reach a worker; worker processes are started only if something needs classifying."""
-    cache = _open_cache(settings, readonly=False)
+    cache = open_cache(settings.cache_path, settings.card.sha256)
     # Each entry: cache hits (already final), or a worker batch whose results are new to the cache.
     in_flight: deque[tuple[Future | list[Prediction], bool]] = deque()
     limit = _IN_FLIGHT_PER_JOB * settings.jobs

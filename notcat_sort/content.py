@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
+
+# How a caller learns a file's digest: by reading it (sha256_file) or from what it already knows.
+DigestOf = Callable[[Path], str]
 
 
 def sha256_file(path: Path) -> str:

@@ -8,15 +8,18 @@ so a crash at any instant leaves a report from which a re-run or `--undo` can fi
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from notcat_sort.actions import Kind, OnConflict, Outcome, Plan, execute, perform, plan
+from notcat_sort.actions import ACTIONS, Kind, OnConflict, Outcome, Plan, execute, perform, plan
 from notcat_sort.actions.conflict import resolve
+from notcat_sort.cache import FileKey, PredictionCache, open_cache
 from notcat_sort.classify import ClassifySettings, Prediction, classify
-from notcat_sort.content import sha256_file
+from notcat_sort.content import DigestOf, sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label, Policy
 from notcat_sort.report import ReportWriter, Row, Status, format_p
 from notcat_sort.scan import Candidate, scan
@@ -130,7 +133,8 @@ def _failure(settings: SortSettings, error: Exception, target: Path | None = Non
     return Outcome(Status.ERROR, target, f"{settings.action_name} failed: {reason}")
 
 
-def _plan(settings: SortSettings, prediction: Prediction, label: Label, reserved: set[Path]) -> Plan | Outcome | None:
+def _plan(settings: SortSettings, prediction: Prediction, label: Label, reserved: set[Path],
+          digest_of: DigestOf) -> Plan | Outcome | None:
     """The plan for one file, with its target reserved against the rest of the batch; or an error.
     None for `tag`, which edits a sidecar in place and keeps its own undo records."""
     if settings.action == "tag":
@@ -138,7 +142,7 @@ def _plan(settings: SortSettings, prediction: Prediction, label: Label, reserved
     try:
         planned = plan(
             settings.action or "copy", prediction.candidate.path, settings.destination(prediction.candidate, label),
-            prediction.sha256, settings.on_conflict, reserved,
+            prediction.sha256, settings.on_conflict, reserved, digest_of,
         )
     except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
         return _failure(settings, error)
@@ -237,17 +241,54 @@ def sort_files(
     one fsynced write, then execute them and record the outcomes. The plans' targets are distinct
     and already journalled, so the batch's files are acted on concurrently: their work is mostly
     waiting on the disk (fsync, reading copies back to verify them)."""
-    with ThreadPoolExecutor(ACTION_THREADS, thread_name_prefix="act") as actors:
-        yield from _sort_batches(candidates, settings, report, stop, actors)
+    places_files = settings.action in ACTIONS
+    known = open_cache(settings.classify.cache_path, settings.classify.card.sha256) if places_files else None
+    with ThreadPoolExecutor(ACTION_THREADS, thread_name_prefix="act") as actors, \
+            closing(known) if known else nullcontext():
+        yield from _sort_batches(candidates, settings, report, stop, actors, known)
+
+
+def _digest_reader(known: PredictionCache | None) -> DigestOf:
+    """How planning learns what an existing destination holds: by its stat key when the cache knows
+    it (a copy placed by an earlier run, say), else by reading it. This is what makes re-running
+    over an already-sorted library cheap."""
+    if known is None:
+        return sha256_file
+
+    def digest_of(path: Path) -> str:
+        return known.digest_at(FileKey.of(os.stat(path))) or sha256_file(path)
+
+    return digest_of
+
+
+def _remember_placed(known: PredictionCache | None, results: list[Result]) -> None:
+    """Record the stat keys of the files just placed: verified copies, renames and links all hold
+    the source's bytes."""
+    if known is None:
+        return
+    placed = []
+    for result in results:
+        destination = result.outcome.destination
+        if result.outcome.status == Status.DONE and destination is not None and result.prediction.sha256:
+            try:
+                placed.append((FileKey.of(os.stat(destination)), result.prediction.sha256))
+            except OSError:
+                continue
+    try:
+        known.remember(placed)
+    except sqlite3.Error:  # only costs the next run a re-read
+        pass
 
 
 def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, report: ReportWriter,
-                  stop: Callable[[], bool], actors: ThreadPoolExecutor) -> Iterator[Result]:
+                  stop: Callable[[], bool], actors: ThreadPoolExecutor,
+                  known: PredictionCache | None) -> Iterator[Result]:
     action = settings.action_name
+    digest_of = _digest_reader(known)
     for predictions in classify(candidates, settings.classify):
         decided = [(p, settings.policy.decide(p.p_cat)) for p in predictions]
         reserved: set[Path] = set()
-        plans = {i: _plan(settings, p, label, reserved) for i, (p, label) in enumerate(decided)
+        plans = {i: _plan(settings, p, label, reserved, digest_of) for i, (p, label) in enumerate(decided)
                  if label is not Label.ERROR}
         found = {i: _companions(settings, decided[i][0].candidate.path) for i, planned in plans.items()
                  if isinstance(planned, Plan) and planned.changes_files}  # a skipped file carries nothing
@@ -260,6 +301,8 @@ def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, repor
         results = list(actors.map(
             lambda i: _act(settings, stop, *decided[i], plans.get(i), found.get(i, [])), range(len(decided))))
         report.write((row for result in results for row in result.rows(action)), durable=settings.changes_files)
+        if settings.changes_files:
+            _remember_placed(known, results)
         yield from results
         if stop():
             return

@@ -121,3 +121,58 @@ def test_cli_rerun_uses_the_cache_and_no_cache_bypasses_it(photos, tmp_path):
     uncached_home = tmp_path / "untouched"
     assert "0 from cache" in sort(photos, uncached_home, "--no-cache")
     assert not list(uncached_home.rglob("*.sqlite3"))
+
+
+def _rewrite_keeping_stat_key(path: Path) -> None:
+    """Change a file's bytes in place while keeping its inode, size and mtime: what the stat-key
+    cache cannot see (and a person almost never does)."""
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    with open(path, "r+b") as handle:
+        handle.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+
+
+def _placed(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {Path(row["path"]).name: row for row in rows}
+
+
+def test_rerun_knows_the_copies_it_placed_by_their_stat_key(photos, run_cli, tmp_path):
+    """Re-running over an already-sorted library reads no destination: the copies were recorded
+    when placed. Proof: a copy altered behind the cache's back still counts as already sorted;
+    without the cache it is read and found different."""
+    out = tmp_path / "sorted"
+    first = run_cli(photos, "--copy", "--out", out, "-j", "1", "--report", "-")
+    assert first.returncode == 0, first.stderr
+    altered = Path(next(row["destination"] for row in first.rows()))
+    _rewrite_keeping_stat_key(altered)
+
+    cached = _placed(run_cli(photos, "--copy", "--out", out, "-j", "1", "--report", "-").rows())
+    assert {row["status"] for row in cached.values()} == {"skipped"}
+    assert cached[altered.name]["destination"] == str(altered)
+
+    uncached = _placed(run_cli(photos, "--copy", "--out", out, "-j", "1", "--no-cache", "--report", "-").rows())
+    assert uncached[altered.name]["status"] == "done"
+    assert Path(uncached[altered.name]["destination"]).name == f"{altered.stem} (1){altered.suffix}"
+
+
+def test_a_move_reads_both_files_before_removing_a_duplicate_whatever_the_cache_says(photos, run_cli, tmp_path):
+    """The cache may say a destination is identical, but a source is removed only after both
+    files are hashed again right then."""
+    out = tmp_path / "sorted"
+    assert run_cli(photos, "--copy", "--out", out, "-j", "1").returncode == 0
+    sources = sorted(photos.iterdir())
+    altered = next(out.rglob(sources[0].name))
+    _rewrite_keeping_stat_key(altered)
+
+    moved = run_cli(photos, "--move", "--out", out, "-j", "1", "--report", "-")
+    assert moved.returncode == 1
+    rows = _placed(moved.rows())
+    assert rows[sources[0].name]["status"] == "error"
+    assert "no longer holds the same bytes; source kept" in rows[sources[0].name]["error"]
+    assert sources[0].exists()
+    assert {rows[s.name]["status"] for s in sources[1:]} == {"duplicate-removed"}
+    assert not any(s.exists() for s in sources[1:])

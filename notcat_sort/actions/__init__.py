@@ -19,6 +19,7 @@ from notcat_sort.actions.copy import copy_verified
 from notcat_sort.actions.link import link_new
 from notcat_sort.actions.move import move_new, remove_duplicate
 from notcat_sort.actions.tag import tag
+from notcat_sort.content import DigestOf, sha256_file
 from notcat_sort.report import Status
 
 ACTIONS = ("move", "copy", "link")  # the ones that place files, through plan() and execute()
@@ -46,14 +47,14 @@ class Plan:
 
 def plan(
     action: str, source: Path, destination: Path, sha256: str | None, on_conflict: OnConflict,
-    reserved: Collection[Path] = (),
+    reserved: Collection[Path] = (), digest_of: DigestOf = sha256_file,
 ) -> Plan:
     """Settle what `action` will do with `source`; raises OSError when the destination cannot be examined."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
     if os.path.abspath(source) == os.path.abspath(destination):
         return Plan(action, source, destination, sha256, Kind.SKIP, "already in place")
-    state, target = resolve(source, destination, sha256, on_conflict, action != "move", reserved)
+    state, target = resolve(source, destination, sha256, on_conflict, action != "move", reserved, digest_of)
     if state == "taken":
         return Plan(action, source, target, sha256, Kind.SKIP,
                     "destination exists with different content (--on-conflict skip)")
