@@ -74,6 +74,24 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
     assert "Portrait_8.jpg\t" in capsys.readouterr().out
 
 
+def test_init_fine_tunes_an_earlier_run_again_at_another_size(tmp_path: Path, capsys) -> None:
+    """The second stage of a two-stage fit: low-resolution weights, fine-tuned at a higher size."""
+    tiny = ["fit", "--data", str(POOL), "--limit", "24", "--batch-size", "8", "--calibration", "8", "--epochs", "1"]
+    main(tiny + ["--out", str(tmp_path / "first"), "--workdir", str(tmp_path / "first-run"), "--size", "96"])
+    earlier = torch.load(tmp_path / "first-run" / "last.pt", map_location="cpu", weights_only=False)
+    marked = earlier["model"]["blocks.0.0.conv_dw.weight"].mul_(-1).clone()  # a frozen layer, marked
+    torch.save(earlier, tmp_path / "first-run" / "marked.pt")
+    main(tiny + ["--out", str(tmp_path / "second"), "--workdir", str(tmp_path / "second-run"), "--size", "128",
+                 "--init", str(tmp_path / "first-run" / "marked.pt")])
+    assert "starting from" in capsys.readouterr().out
+    model = tmp_path / "second" / "notcat-lite0.onnx"
+    assert load_card(model).input_size == 128
+    started = json.loads(model.with_suffix(".json").read_text())["training"]["started_from"]
+    assert started["size"] == 96 and started["commands"][0].endswith("--size 96")
+    later = torch.load(tmp_path / "second-run" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    torch.testing.assert_close(later["blocks.0.0.conv_dw.weight"], marked)
+
+
 def test_mapped_weights_recognise_a_cat() -> None:
     from training.model import imagenet_model
 

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--limit", type=int, default=None, help="use only N images (tiny runs)")
     fit.add_argument("--calibration", type=int, default=256, help="images for int8 calibration")
     fit.add_argument("--resume", action="store_true", help="continue from <workdir>/last.pt")
+    fit.add_argument("--init", default=None, metavar="CHECKPOINT",
+                     help="start from an earlier run's last.pt, e.g. a low-resolution run fine-tuned "
+                          "again at a higher --size")
 
     ev = commands.add_parser("evaluate", help="metrics (labelled data) or predictions (unlabelled folder)")
     ev.add_argument("--model", type=Path, default=Path("models/notcat-lite0.onnx"))
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
 
         config = Config(data=args.data, out=args.out, workdir=args.workdir, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, size=args.size, seed=args.seed,
-                        limit=args.limit, calibration=args.calibration, resume=args.resume)
+                        limit=args.limit, calibration=args.calibration, resume=args.resume,
+                        init=args.init)
         run_fit(config, "python -m training " + shlex.join(argv))
     else:
         from training.evaluate import evaluate

