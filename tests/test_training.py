@@ -41,7 +41,7 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
     tiny = ["fit", "--data", str(POOL), "--out", str(out), "--workdir", str(work), "--limit", "48",
             "--batch-size", "8", "--calibration", "8"]
     main(tiny + ["--epochs", "1"])
-    main(tiny + ["--epochs", "2", "--resume"])
+    main(tiny + ["--epochs", "2", "--resume", "--export-size", "192"])  # trained at 160, run at 192
     assert "resumed from" in capsys.readouterr().out
     model = out / "notcat-lite0.onnx"
     assert (work / "last.pt").is_file() and (work / "notcat-lite0-fp32.onnx").is_file()
@@ -49,14 +49,14 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
     assert (out / "notcat-lite0-eval" / "precision-recall.png").stat().st_size > 0
     raw = json.loads(model.with_suffix(".json").read_text())
     card = load_card(model)
-    assert card.input_size == 160 and card.labels == ("not-cat", "cat") and 0 < card.threshold < 1
+    assert card.input_size == 192 and card.labels == ("not-cat", "cat") and 0 < card.threshold < 1
     assert raw["size_bytes"] == model.stat().st_size <= 5_000_000
     assert raw["metrics"]["int8"]["overall"]["n"] == raw["training"]["val_images"] > 0
     assert raw["training"]["command"].startswith("python -m training fit")
-    assert raw["training"]["resumed_with"][0].endswith("--resume")
+    assert raw["training"]["resumed_with"][0].endswith("--export-size 192")
     assert len(raw["training"]["epoch_wall_seconds"]) == 2
 
-    probabilities = Classifier(card)._session.run(None, {"image": np.zeros((3, 160, 160, 3), np.uint8)})[0]
+    probabilities = Classifier(card)._session.run(None, {"image": np.zeros((3, 192, 192, 3), np.uint8)})[0]
     assert probabilities.shape == (3, 2) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     kinds = {n.op_type for n in __import__("onnx").load(str(model)).graph.node}

@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--batch-size", type=int, default=32)
     fit.add_argument("--lr", type=float, default=5e-4)
     fit.add_argument("--size", type=int, default=160, help="input size S of the S x S model input")
+    fit.add_argument("--export-size", type=int, default=None,
+                     help="input size of the exported model (default: --size); a larger one than the "
+                          "training size is usually more accurate (FixRes)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--limit", type=int, default=None, help="use only N images (tiny runs)")
     fit.add_argument("--calibration", type=int, default=256, help="images for int8 calibration")
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         config = Config(data=args.data, out=args.out, workdir=args.workdir, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, size=args.size, seed=args.seed,
                         limit=args.limit, calibration=args.calibration, resume=args.resume,
-                        init=args.init)
+                        init=args.init, export_size=args.export_size)
         run_fit(config, "python -m training " + shlex.join(argv))
     else:
         from training.evaluate import evaluate

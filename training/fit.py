@@ -27,6 +27,11 @@ EPOCH_VAL_IMAGES = 800
 
 @dataclass
 class Config:
+    """What a fit does; `export_size` may exceed `size`: random-resized-crop training shows objects
+    larger than whole-image inference does, so a model is more accurate run at a higher resolution
+    than it was trained at ("FixRes", Touvron et al. 2019). The validation split, calibration and
+    card all use the exported size."""
+
     data: str
     out: str = "models"
     workdir: str = "runs"
@@ -36,6 +41,7 @@ class Config:
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     size: int = 160
+    export_size: int | None = None  # None: the training size
     seed: int = 0
     limit: int | None = None
     calibration: int = CALIBRATION_IMAGES
@@ -129,7 +135,7 @@ def train(cfg: Config, command: str, train_items: list[data.Item], val_images: n
         accuracy = float(np.mean((p >= 0.5) == val_targets[subset]))
         history["epoch_seconds"].append(round(time.time() - started))
         print(f"epoch {epoch + 1}: loss {running:.4f}, {seen / (time.time() - started):.1f} img/s, "
-              f"val acc (torch, {len(subset)} images) {accuracy:.4f}", flush=True)
+              f"val acc (torch, {len(subset)} images at {val_images.shape[1]} px) {accuracy:.4f}", flush=True)
         torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch, "split_key": _split_key(cfg),
                     "history": history}, checkpoint_path)
@@ -157,21 +163,22 @@ def fit(cfg: Config, command: str) -> dict:
     train_items, val_items = data.split(items, cfg.seed)
     train_items, val_items = data.with_synthetic(train_items, val_items, *data.synthetic_counts(cfg.limit))
     print(f"{len(train_items)} training and {len(val_items)} validation images", flush=True)
-    val_images = data.runtime_batch(val_items, cfg.size)
+    size = cfg.export_size or cfg.size
+    val_images = data.runtime_batch(val_items, size)
     val_targets = np.array([item.target for item in val_items])
     val_groups = [item.group for item in val_items]
 
     net, history = train(cfg, command, train_items, val_images, val_targets)
 
     workdir, out = Path(cfg.workdir), Path(cfg.out)
-    fp32_path = export.export_onnx(net, workdir / f"{card.NAME}-fp32.onnx", cfg.size)
+    fp32_path = export.export_onnx(net, workdir / f"{card.NAME}-fp32.onnx", size)
     calibration_items = random.Random(cfg.seed).sample(train_items, min(cfg.calibration, len(train_items)))
     int8_path = export.quantize(fp32_path, out / f"{card.NAME}.onnx",
-                                data.runtime_batch(calibration_items, cfg.size), workdir)
+                                data.runtime_batch(calibration_items, size), workdir)
 
     p_torch = _p_cat_torch(net, val_images)
-    p_fp32 = _onnx_p_cat(fp32_path, cfg.size, val_images)
-    p_int8 = _onnx_p_cat(int8_path, cfg.size, val_images)
+    p_fp32 = _onnx_p_cat(fp32_path, size, val_images)
+    p_int8 = _onnx_p_cat(int8_path, size, val_images)
     photo = np.array([metrics.family(g) == "photos" for g in val_groups])
     threshold = metrics.choose_threshold(val_targets[photo], p_int8[photo])
     fp32 = metrics.report(val_targets, p_fp32, val_groups, threshold)
@@ -209,7 +216,7 @@ def fit(cfg: Config, command: str) -> dict:
                          "opset": export.OPSET, "exporter": "torch.onnx.export(dynamo=False)"},
         "evaluation_plots": [str(p.relative_to(out)) for p in pngs],
     }
-    written = card.write(card.build(int8_path, cfg.size, threshold, **details), int8_path)
+    written = card.write(card.build(int8_path, size, threshold, **details), int8_path)
     print(f"wrote {int8_path} ({int8_path.stat().st_size} bytes), {written}, {', '.join(map(str, pngs))}")
     print(f"total wall time {time.time() - started:.0f} s")
     return details
