@@ -20,7 +20,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HEIC = SHARED / "samples" / "heic"
 ORIENTATION = SHARED / "samples" / "orientation"
 CLI = Path(sys.executable).parent / "notcat-sort"
-SIZE = 160
+SIZE = load_card(default_model_path()).input_size  # what the CLI decodes to
 
 pytestmark = pytest.mark.skipif(not ORIENTATION.exists(), reason="needs ../shared/samples")
 heif = pytest.importorskip("pillow_heif", reason="needs the heif extra (pillow-heif)")
