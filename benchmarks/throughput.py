@@ -240,10 +240,10 @@ def run_baseline(files: list[Path], model: Path) -> Run:
     options.log_severity_level = 3
     started, cpu_before = time.perf_counter(), time.process_time()
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    input_name, (_, size, _, _) = session.get_inputs()[0].name, session.get_inputs()[0].shape
     for path in files:
         with Image.open(path) as image:
-            picture = ImageOps.exif_transpose(image).convert("RGB").resize((160, 160), Image.Resampling.BILINEAR)
+            picture = ImageOps.exif_transpose(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         session.run(None, {input_name: np.asarray(picture)[None]})
     return Run(len(files), time.perf_counter() - started, time.process_time() - cpu_before, 0)
 
