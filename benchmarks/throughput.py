@@ -283,7 +283,9 @@ def profile_pipeline(files: list[Path], out: Path, model: Path | None) -> None:
         "sha256 (worker)": sum(row[3] for (_, _, name), row in stats.items() if "openssl_sha256" in name),
         "decode (draft + resize + rotate)": cumulative("notcat_sort/decode.py", "decode"),
         "inference (onnxruntime)": cumulative("notcat_sort/model.py", "p_cat"),
-        "file actions (plan, copy, verify, fsync)": sum(
+        # Copies run on the pipeline's action threads, which cProfile does not see: their cost is
+        # the CPU-per-image difference between the report-only and --copy rows above.
+        "file actions, main thread (plan, journal)": sum(
             cumulative("notcat_sort/pipeline.py", name) for name in ("_plan", "_execute", "_companions", "_carry", "_tag")),
         "report (CSV journal, fsync)": cumulative("notcat_sort/report.py", "write"),
     }
