@@ -82,7 +82,7 @@ def test_init_fine_tunes_an_earlier_run_again_at_another_size(tmp_path: Path, ca
     marked = earlier["model"]["blocks.0.0.conv_dw.weight"].mul_(-1).clone()  # a frozen layer, marked
     torch.save(earlier, tmp_path / "first-run" / "marked.pt")
     main(tiny + ["--out", str(tmp_path / "second"), "--workdir", str(tmp_path / "second-run"), "--size", "128",
-                 "--init", str(tmp_path / "first-run" / "marked.pt")])
+                 "--init", str(tmp_path / "first-run" / "marked.pt"), "--resume"])  # resumable from the start
     assert "starting from" in capsys.readouterr().out
     model = tmp_path / "second" / "notcat-lite0.onnx"
     assert load_card(model).input_size == 128

@@ -82,9 +82,11 @@ def train(cfg: Config, command: str, train_items: list[data.Item], val_images: n
     cache = [data.load_for_training(item) for item in tqdm(train_items, desc="decode train", mininterval=5)]
     targets = np.array([item.target for item in train_items])
 
+    checkpoint_path = workdir / "last.pt"
+    resuming = cfg.resume and checkpoint_path.exists()
     history = {"commands": [command], "epoch_seconds": []}
     net = classifier(2)
-    if cfg.init and not cfg.resume:
+    if cfg.init and not resuming:  # a resumed run's checkpoint already holds (and records) its start
         earlier = torch.load(cfg.init, map_location="cpu", weights_only=False)
         net.load_state_dict(earlier["model"])
         history["init"] = {"checkpoint": cfg.init, "size": earlier["split_key"]["size"],
@@ -98,8 +100,7 @@ def train(cfg: Config, command: str, train_items: list[data.Item], val_images: n
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, min(200, total // 10 + 1)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     start_epoch = 0
-    checkpoint_path = workdir / "last.pt"
-    if cfg.resume and checkpoint_path.exists():
+    if resuming:
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         if state["split_key"] != _split_key(cfg):
             raise SystemExit(f"{checkpoint_path} was made with other data/seed/limit/batch/size; use another --workdir")
