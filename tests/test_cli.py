@@ -8,7 +8,6 @@ the rows say.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pty
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, features
 
+from notcat_sort.content import sha256_file
 from notcat_sort.model import default_model_path, load_card
 
 REQUIRED_COLUMNS = {"path", "label", "p_cat", "action", "destination", "status", "error"}
@@ -38,13 +38,9 @@ NOT_SCANNED = (".thumbnails/IMG_0001.jpg", "notes.txt")
 CARD_THRESHOLD = load_card(default_model_path()).threshold
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def inventory(root: Path) -> dict[str, str]:
     """Every file under `root` (hidden ones and reports included): sub-path -> content hash."""
-    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
 def real_jpegs(shared: Path, count: int) -> list[Path]:
@@ -133,12 +129,12 @@ def test_action_puts_every_image_where_its_row_says(run_cli, library: Path, tmp_
     for row in rows:
         source, destination = Path(row["path"]), Path(row["destination"])
         original = before[str(source.relative_to(library))]
-        assert sha256(destination) == original
+        assert sha256_file(destination) == original
         assert source.exists() == (action != "move")
         if action == "link":
             assert not destination.is_symlink() and os.path.samefile(source, destination)
     for sub_path in NOT_SCANNED:
-        assert sha256(library / sub_path) == before[sub_path]
+        assert sha256_file(library / sub_path) == before[sub_path]
 
 
 def test_link_across_filesystems_falls_back_to_symlinks(run_cli, library: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import signal
@@ -30,10 +29,6 @@ from notcat_sort.actions import Kind, OnConflict, common, execute, plan
 from notcat_sort.actions.common import partial_name, rename_noreplace
 from notcat_sort.content import sha256_file
 from notcat_sort.report import Status, final_rows
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_same_filesystem_move_is_a_rename_and_undo_restores_it(tmp_path: Path) -> None:
@@ -69,7 +64,7 @@ def test_cross_filesystem_move_verifies_the_copy_before_removing_the_source(tmp_
             states.append((result.returncode, (photos / "a.jpg").exists(), target is not None, len(partials)))
             for copy in [target, *partials]:
                 if copy is not None:
-                    assert _sha(copy) == _sha(image)
+                    assert sha256_file(copy) == sha256_file(image)
         assert states == [
             (-signal.SIGKILL, True, False, 1),  # copied to a hidden temporary name, fsynced; source kept
             (-signal.SIGKILL, True, True, 0),  # verified and renamed into place; source still kept

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from notcat_sort.actions.tag import untag
+from notcat_sort.content import sha256_file
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLE = SHARED / "samples" / "orientation" / "Landscape_1.jpg"
@@ -56,12 +56,8 @@ def exif_read(path: Path) -> dict:
     return record
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_tag_creates_sidecar_and_leaves_image_in_place(photos, env, tmp_path):
-    before = sha(photos / "IMG_0001.jpg")
+    before = sha256_file(photos / "IMG_0001.jpg")
     done, rows = run(env, photos, "--tag", "--report", tmp_path / "r.csv")
     assert done.returncode == 0, done.stderr[-2000:]
     sidecar = photos / "IMG_0001.jpg.xmp"
@@ -72,7 +68,7 @@ def test_tag_creates_sidecar_and_leaves_image_in_place(photos, env, tmp_path):
     assert abs(float(xmp["PCat"]) - float(row["p_cat"])) < 1e-4
     assert xmp["Model"].startswith("notcat-lite0")
     assert sorted(p.name for p in photos.iterdir()) == ["IMG_0001.jpg", "IMG_0001.jpg.xmp"]
-    assert sha(photos / "IMG_0001.jpg") == before
+    assert sha256_file(photos / "IMG_0001.jpg") == before
 
 
 def test_tag_merges_existing_sidecar_and_rerun_adds_nothing(photos, env, tmp_path):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 from pathlib import Path
+
+from notcat_sort.content import sha256_file
 
 NAME = "notcat-lite0"
 VERSION = "1.0.0"
@@ -24,17 +25,13 @@ DATA_SOURCES = [
 ]
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def build(model: Path, size: int, threshold: float, **details) -> dict:
     """The card for `model`; `details` (metrics, training, quantization...) are stored as given."""
     return {
         "name": NAME,
         "version": VERSION,
         "file": model.name,
-        "sha256": sha256(model),
+        "sha256": sha256_file(model),
         "size_bytes": model.stat().st_size,
         "date": datetime.date.today().isoformat(),
         "architecture": "timm efficientnet_lite0, 2-class linear head",
