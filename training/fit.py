@@ -79,7 +79,6 @@ def train(cfg: Config, command: str, train_items: list[data.Item], val_images: n
     """
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cache = [data.load_for_training(item) for item in tqdm(train_items, desc="decode train", mininterval=5)]
     targets = np.array([item.target for item in train_items])
 
     checkpoint_path = workdir / "last.pt"
@@ -95,7 +94,7 @@ def train(cfg: Config, command: str, train_items: list[data.Item], val_images: n
     freeze(net)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(cache) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(train_items) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, min(200, total // 10 + 1)))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -111,6 +110,9 @@ def train(cfg: Config, command: str, train_items: list[data.Item], val_images: n
         history = {**state["history"], "commands": state["history"]["commands"] + [command]}
         print(f"resumed from {checkpoint_path} after epoch {state['epoch'] + 1}")
 
+    cache = []  # decoded once into RAM, and only if an epoch is left (not for a finished run's export)
+    if start_epoch < cfg.epochs:
+        cache = [data.load_for_training(item) for item in tqdm(train_items, desc="decode train", mininterval=5)]
     rng = np.random.default_rng([cfg.seed, 1])
     subset = rng.permutation(len(val_images))[:EPOCH_VAL_IMAGES]
     for epoch in range(start_epoch, cfg.epochs):
