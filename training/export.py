@@ -87,10 +87,10 @@ def quantize(fp32: Path, out: Path, calibration_images: np.ndarray, work: Path) 
     CalibrationDataReader.register(_Calibration)
     prepared = work / (fp32.stem + "-prep.onnx")
     quant_pre_process(str(fp32), str(prepared))
-    nodes = onnx.load(str(prepared)).graph.node
+    fp32_model = onnx.load(str(prepared))
+    nodes = fp32_model.graph.node
     softmax = [n.name for n in nodes if n.op_type == "Softmax"]
-    depthwise_weights = [n.input[1] for n in nodes if n.op_type == "Conv"
-                         and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    depthwise_weights = [n.input[1] for n in nodes if n.op_type == "Conv" and _groups(n) > 1]
     normalised = next(n for n in nodes if n.op_type == "Conv").input[0]  # what the stem reads
     pixels_as_quantized = {"scale": np.array(1 / PIXEL_STEP, np.float32),
                            "zero_point": np.array(PIXEL_ZERO, np.uint8)}
@@ -109,12 +109,17 @@ def quantize(fp32: Path, out: Path, calibration_images: np.ndarray, work: Path) 
         },
     )
     model = onnx.load(str(quantized))
-    correct_biases(onnx.load(str(prepared)), model, calibration_images)
+    correct_biases(fp32_model, model, calibration_images)
     model = _read_pixels_directly(model, normalised)
     onnx.checker.check_model(model, full_check=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
     return out
+
+
+def _groups(conv: onnx.NodeProto) -> int:
+    """A Conv's group count: more than 1 for the depthwise convolutions."""
+    return next((a.i for a in conv.attribute if a.name == "group"), 1)
 
 
 def _producer(graph: onnx.GraphProto, tensor: str) -> onnx.NodeProto:
@@ -126,8 +131,7 @@ def _read_pixels_directly(model: onnx.ModelProto, normalised: str) -> onnx.Model
     so whatever read the quantized input reads the uint8 pixels (the input Cast's source) instead."""
     graph = model.graph
     quantized = next(node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] == normalised)
-    constants = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
-    scale, zero_point = (constants[name].item() for name in quantized.input[1:3])
+    scale, zero_point = (onnx.numpy_helper.to_array(_initializer(graph, name)).item() for name in quantized.input[1:3])
     if not (np.isclose(scale, 1 / PIXEL_STEP, rtol=0, atol=1e-9) and zero_point == PIXEL_ZERO):
         raise ValueError(f"input quantized with scale {scale} and zero point {zero_point}, not the pixels")
     node = _producer(graph, normalised)
@@ -203,9 +207,9 @@ def correct_biases(fp32: onnx.ModelProto, quantized: onnx.ModelProto, images: np
         weights = onnx.numpy_helper.to_array(_initializer(fp32.graph, conv.input[1]))
         _, integers, scale = _dequantized(quantized.graph, convs[conv.name].input[1])
         error = (integers * scale.reshape(-1, 1, 1, 1) - weights).sum(axis=(2, 3))  # (out, in per group)
-        groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
         out_channels, in_per_group = error.shape
-        source = (np.arange(out_channels)[:, None] // (out_channels // groups)) * in_per_group + np.arange(in_per_group)
+        source = ((np.arange(out_channels)[:, None] // (out_channels // _groups(conv))) * in_per_group
+                  + np.arange(in_per_group))
         _shift_bias(quantized.graph, convs[conv.name], (error * inputs[conv.input[0]][source]).sum(axis=1))
     targets = channel_means(fp32, [conv.output[0] for conv in float_convs], images)
     for conv in float_convs:  # what is left, in graph order: each step sees the corrected layers before it
