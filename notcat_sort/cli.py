@@ -64,8 +64,12 @@ def _dry_run_reports() -> Path:
 
 
 def _default_report(settings: SortSettings, roots: list[Path]) -> Path:
-    """Beside the sorted files when files change; in the user's cache dir for a dry run."""
-    folder = settings.output_base(roots[0].absolute()) if settings.changes_files else _dry_run_reports()
+    """Beside the sorted files when files change; in the user's cache dir for a dry run, and when
+    the first PATH is not a folder there is to write in (a mistyped one must not be created: it
+    is reported as an error instead)."""
+    base = settings.output_base(roots[0].absolute())
+    beside = settings.changes_files and (settings.out is not None or base.is_dir())
+    folder = base if beside else _dry_run_reports()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, number = folder / f"notcat-sort-{stamp}.csv", 1
     while path.exists():

@@ -221,6 +221,17 @@ def test_a_bad_file_is_an_error_row_and_the_exit_status_says_so(run_cli, library
     assert "failed: 2" in result.stderr
 
 
+def test_a_mistyped_path_is_an_error_not_a_new_empty_folder(run_cli, tmp_path: Path) -> None:
+    missing = tmp_path / "Photso"
+
+    result = run_cli(missing, "--move")
+
+    assert result.returncode == 1 and not missing.exists()
+    [row] = result.rows()
+    assert (row["path"], row["label"], row["status"]) == (str(missing), "error", "error")
+    assert "failed: 1" in result.stderr
+
+
 @pytest.mark.parametrize("args, complaint", [((), "PATH"), (("photos", "--uncertain", "0.7:0.3"), "LOW <= HIGH")])
 def test_usage_errors_exit_2_and_say_what_to_change(run_cli, args: tuple[str, ...], complaint: str) -> None:
     result = run_cli(*args)
