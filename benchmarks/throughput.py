@@ -15,7 +15,7 @@ The corpus is made from the photos in ../shared and kept in tmp/benchmarks betwe
 
 Every CLI measurement is a subprocess of the installed `notcat-sort` with XDG_CACHE_HOME in a
 temporary folder; throughput runs pass --no-cache. Peak memory is the summed RSS of the CLI
-process and all its descendants (the workers), sampled from /proc.
+process and any descendants, sampled from /proc.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class Run:
 
 
 def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant: CLI and its workers
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant: the CLI and anything it started
     return usage.ru_utime + usage.ru_stime
 
 
@@ -279,8 +279,8 @@ def profile_pipeline(files: list[Path], out: Path, model: Path | None) -> None:
         return sum(row[3] for (file, _, name), row in stats.items() if name == function and file_part in file)
 
     parts = {
-        "read files (worker)": cumulative("pathlib", "read_bytes"),
-        "sha256 (worker)": sum(row[3] for (_, _, name), row in stats.items() if "openssl_sha256" in name),
+        "read files": cumulative("pathlib", "read_bytes"),
+        "sha256": sum(row[3] for (_, _, name), row in stats.items() if "openssl_sha256" in name),
         "decode (draft + resize + rotate)": cumulative("notcat_sort/decode.py", "decode"),
         "inference (onnxruntime)": cumulative("notcat_sort/model.py", "p_cat"),
         # Copies run on the pipeline's action threads, which cProfile does not see: their cost is
@@ -341,7 +341,7 @@ def library_section(files: int, jobs: int, work: Path) -> list[bool]:
     speedup = first.seconds / again.seconds
     print(f"\nlibrary of {files} small photos (catnotcat, 32-512 px), --copy --out, with the cache")
     print(f"  first run                   {first.rate:7.1f} images/s  ({first.seconds:.1f} s, {first.cpu_seconds:.1f} CPU s)")
-    print(f"  peak RSS, CLI + workers     {first.peak_rss / 2**20:7.0f} MiB   target < {TARGET_PEAK_RSS / 2**20:.0f} MiB: "
+    print(f"  peak RSS of the CLI         {first.peak_rss / 2**20:7.0f} MiB   target < {TARGET_PEAK_RSS / 2**20:.0f} MiB: "
           f"{verdict(first.peak_rss < TARGET_PEAK_RSS)}")
     print(f"  cached re-run               {again.rate:7.1f} images/s  ({again.seconds:.2f} s, {again.cpu_seconds:.1f} CPU s, "
           f"peak RSS {again.peak_rss / 2**20:.0f} MiB)")

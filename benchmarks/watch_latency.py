@@ -1,12 +1,12 @@
 """How quickly `notcat-sort --watch` sorts a file once it is complete, and what it costs while idle.
 
 For inotify and for --polling it starts the real command on a temporary folder, waits until a
-first file is sorted (model loaded, workers up), then:
+first file is sorted (model loaded), then:
   * latency: drops N files one at a time, at random moments, (written elsewhere, renamed in, so the moment of
     completion is exact) and times until each has been moved out; prints median and max, and
     how much of it is the settle time, which is deliberate waiting;
-  * idle CPU: utime+stime from /proc/PID/stat of the watcher (and its worker processes) over
-    an idle stretch, as a % of one core.
+  * idle CPU: utime+stime from /proc/PID/stat of the watcher (all its threads; it starts no
+    other process) over an idle stretch, as a % of one core.
 
     python benchmarks/watch_latency.py [--files 8] [--settle 1.0] [--idle 10]
 """
@@ -33,13 +33,6 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15)
-
-
-def workers(pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
-    return children
 
 
 def wait_gone(path: Path, timeout: float = 120.0) -> float:
@@ -71,11 +64,9 @@ def measure(mode: str, images: list[Path], settle: float, idle: float, work: Pat
             completed = time.monotonic()
             latencies.append(wait_gone(inbox / staged.name) - completed)
         time.sleep(1.0)  # let the last batch's report writes and events die down
-        pids = [watcher.pid, *workers(watcher.pid)]
-        before_main, before_all = cpu_seconds(watcher.pid), sum(map(cpu_seconds, pids))
+        before = cpu_seconds(watcher.pid)
         time.sleep(idle)
-        main = (cpu_seconds(watcher.pid) - before_main) / idle * 100
-        total = (sum(map(cpu_seconds, pids)) - before_all) / idle * 100
+        busy = (cpu_seconds(watcher.pid) - before) / idle * 100
     finally:
         watcher.send_signal(signal.SIGTERM)
         watcher.wait(timeout=60)
@@ -83,8 +74,7 @@ def measure(mode: str, images: list[Path], settle: float, idle: float, work: Pat
     print(f"{mode:8} latency over {len(latencies)} files: median {median:.2f} s, max {max(latencies):.2f} s; "
           f"settle {settle:.2f} s is {settle / median:.0%} of the median, the rest is detection + sorting "
           f"({median - settle:.2f} s)")
-    print(f"{mode:8} idle CPU over {idle:.0f} s: watcher {main:.2f} % of one core, "
-          f"with its {len(pids) - 1} worker/helper processes {total:.2f} %")
+    print(f"{mode:8} idle CPU over {idle:.0f} s: watcher {busy:.2f} % of one core")
 
 
 def main() -> None:

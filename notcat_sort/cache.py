@@ -58,8 +58,8 @@ class FileKey:
 class PredictionCache:
     def __init__(self, path: Path, model_sha256: str, readonly: bool = False) -> None:
         self.model = model_sha256
-        if readonly:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        if readonly:  # may be handed to other threads, which then take turns on it
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
             self._db.execute("SELECT 1 FROM predictions LIMIT 0")  # fail here, not on every lookup
         else:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,15 @@
-"""Stage 2: read, decode and classify files in parallel worker processes.
+"""Stage 2: read, decode and classify files in parallel threads.
 
-The main process answers what the cache already knows (an unchanged, moved or renamed file is
-recognised by its stat key without being read) and sends only the rest to the workers, a batch
-at a time. A worker reads each file once (hashing and decoding the same bytes), checks the cache
-by content, and runs one batched onnxruntime call. Only a bounded number of batches is in flight,
-so the file list is streamed and memory stays flat however large the library is.
+The main thread answers what the cache already knows (an unchanged, moved or renamed file is
+recognised by its stat key without being read) and hands only the rest to `jobs` threads, a
+batch at a time. A thread reads each file once (hashing and decoding the same bytes), checks
+the cache by content, and runs one batched onnxruntime call. Threads are enough because the
+heavy parts release the GIL: reading, sha256, Pillow's decoding and resizing, and inference
+(one onnxruntime session, shared, one intra-op thread per call). Against worker processes this
+saves starting an interpreter per core and importing numpy, Pillow and onnxruntime into each,
+about 0.4 s a run and 5-10% of a 1 MP run (`benchmarks/throughput.py`). Only a bounded number
+of batches is in flight, so the file list is streamed and memory stays flat however large the
+library is.
 """
 
 from __future__ import annotations
@@ -12,16 +17,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import signal
 import sqlite3
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from joblib.externals.loky import get_reusable_executor
 
 from notcat_sort.cache import FileKey, PredictionCache, open_cache
 from notcat_sort.content import sha256_file
@@ -33,11 +37,9 @@ from notcat_sort.scan import Candidate
 _READ_WHOLE_LIMIT = 64 * 1024 * 1024
 # Files looked up in the cache at a time; cache hits are yielded in groups of up to this many.
 _LOOKUP_CHUNK = 256
-# Worker batches submitted but not yet yielded, per worker: enough to keep every worker busy
-# while the main process acts on finished files, few enough that memory stays flat.
+# Batches submitted but not yet yielded, per thread: enough to keep every thread busy while
+# the main thread acts on finished files, few enough that memory stays flat.
 _IN_FLIGHT_PER_JOB = 4
-# Idle worker processes exit after this long (as joblib's own default).
-_IDLE_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -71,26 +73,24 @@ def _read_problem(error: OSError) -> str:
     return f"cannot read file: {error.strerror or error}"
 
 
-# Per worker process: one onnxruntime session and one read-only cache connection, kept across batches.
+# One onnxruntime session per model file, loaded on first use and kept for the life of the
+# process, so that watch mode's later batches find it warm.
 _classifiers: dict[Path, Classifier] = {}
-_caches: dict[tuple[Path | None, str], PredictionCache | None] = {}
-
-
-def _worker_cache(settings: ClassifySettings) -> PredictionCache | None:
-    """A worker's read-only connection, opened once and kept across batches."""
-    key = (settings.cache_path, settings.card.sha256)
-    if key not in _caches:
-        _caches[key] = open_cache(settings.cache_path, settings.card.sha256, readonly=True)
-    return _caches[key]
+_loading = threading.Lock()
 
 
 def _classifier(card: ModelCard) -> Classifier:
-    if card.path not in _classifiers:
-        _classifiers[card.path] = Classifier(card)
-    return _classifiers[card.path]
+    with _loading:
+        if card.path not in _classifiers:
+            _classifiers[card.path] = Classifier(card)
+        return _classifiers[card.path]
 
 
-def _prepare(candidate: Candidate, settings: ClassifySettings, cache: PredictionCache | None):
+# Cache lookup by content digest: the cached p_cat, or None when unknown.
+LookupDigest = Callable[[str], float | None]
+
+
+def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDigest | None):
     """Either a finished Prediction (error or cache hit by content) or (key, digest, image) to classify."""
     path = candidate.path
     try:
@@ -102,7 +102,7 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, cache: Prediction
             digest = hashlib.sha256(source).hexdigest()
     except OSError as error:
         return Prediction(candidate, error=_read_problem(error))
-    p_cat = cache.lookup_digest(digest) if cache else None
+    p_cat = lookup(digest) if lookup else None
     if p_cat is not None:
         return Prediction(candidate, p_cat, digest, cached=True, file_key=key)
     try:
@@ -114,16 +114,16 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, cache: Prediction
     return key, digest, image
 
 
-def classify_batch(candidates: list[Candidate], settings: ClassifySettings) -> list[Prediction]:
-    """Worker entry point. Never raises for a bad file: failures become Predictions with an error."""
-    cache = _worker_cache(settings)
-    prepared = [_prepare(candidate, settings, cache) for candidate in candidates]
+def classify_batch(candidates: list[Candidate], settings: ClassifySettings,
+                   lookup: LookupDigest | None) -> list[Prediction]:
+    """Runs on a pool thread. Never raises for a bad file: failures become Predictions with an error."""
+    prepared = [_prepare(candidate, settings, lookup) for candidate in candidates]
     pending = [(i, item) for i, item in enumerate(prepared) if not isinstance(item, Prediction)]
     if pending:
         batch = np.stack([image for _, (_, _, image) in pending])
         try:
             probabilities = _classifier(settings.card).p_cat(batch)
-        except Exception as error:  # noqa: BLE001 - report, never kill the worker
+        except Exception as error:  # noqa: BLE001 - report the batch's files, never end the run
             probabilities = [None] * len(pending)
             failure = f"model failed on this batch: {error}"
         else:
@@ -133,11 +133,6 @@ def classify_batch(candidates: list[Candidate], settings: ClassifySettings) -> l
                 candidates[i], None if p_cat is None else float(p_cat), digest, failure, file_key=key
             )
     return prepared
-
-
-def _ignore_interrupts() -> None:
-    """Worker initializer: Ctrl-C is the main process's to handle (it finishes the file in hand)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _batched(items: Iterable[Candidate], size: int) -> Iterator[list[Candidate]]:
@@ -155,31 +150,55 @@ def _known(candidate: Candidate, cache: PredictionCache | None) -> Prediction | 
     try:
         key = FileKey.of(os.stat(candidate.path))
     except OSError:
-        return None  # the worker reports why it cannot be read
+        return None  # the classify thread reports why it cannot be read
     known = cache.lookup_file(key)
     return Prediction(candidate, known[1], known[0], cached=True, file_key=key) if known else None
 
 
-def _submit(batch: list[Candidate], settings: ClassifySettings) -> Future | list[Prediction]:
-    """Classify inline for one job, else in loky's reusable process pool, started on first use.
+class _Pool:
+    """The classify threads and the read-only cache connection they take turns on (an SQLite
+    connection is not to be used by two threads at once), started when first needed."""
 
-    The pool outlives this call, so repeated calls (watch mode) keep warm workers and their
-    model sessions; idle workers exit on their own after `_IDLE_SECONDS`."""
-    if settings.jobs == 1:
-        return classify_batch(batch, settings)
-    pool = get_reusable_executor(settings.jobs, timeout=_IDLE_SECONDS, initializer=_ignore_interrupts)
-    return pool.submit(classify_batch, batch, settings)
+    def __init__(self, settings: ClassifySettings) -> None:
+        self._settings = settings
+        self._executor: ThreadPoolExecutor | None = None
+        self._cache: PredictionCache | None = None
+        self._cache_turn = threading.Lock()
+
+    def _lookup(self, digest: str) -> float | None:
+        with self._cache_turn:
+            return self._cache.lookup_digest(digest) if self._cache else None
+
+    def submit(self, batch: list[Candidate]) -> Future:
+        if self._executor is None:
+            self._cache = open_cache(self._settings.cache_path, self._settings.card.sha256, readonly=True)
+            self._executor = ThreadPoolExecutor(self._settings.jobs, thread_name_prefix="notcat-classify")
+        return self._executor.submit(classify_batch, batch, self._settings, self._lookup)
+
+    def close(self) -> None:
+        """Drop batches not yet started and wait for those running (at most one per thread)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._cache is not None:
+            self._cache.close()
 
 
 def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Iterator[list[Prediction]]:
     """Yield predictions a group at a time, roughly in scan order, storing new ones in the cache.
 
     Files the cache knows by their stat key come first in each group of up to 256 and never
-    reach a worker; worker processes are started only if something needs classifying."""
+    reach a thread; the threads and the model are started only if something needs classifying.
+    With one job, everything runs on the calling thread."""
     cache = open_cache(settings.cache_path, settings.card.sha256)
-    # Each entry: cache hits (already final), or a worker batch whose results are new to the cache.
+    pool = _Pool(settings)
+    # Each entry: cache hits (already final), or a batch whose results are new to the cache.
     in_flight: deque[tuple[Future | list[Prediction], bool]] = deque()
     limit = _IN_FLIGHT_PER_JOB * settings.jobs
+
+    def submit(batch: list[Candidate]) -> Future | list[Prediction]:
+        if settings.jobs == 1:
+            return classify_batch(batch, settings, cache.lookup_digest if cache else None)
+        return pool.submit(batch)
 
     def ready() -> bool:
         entry = in_flight[0][0]
@@ -207,7 +226,7 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
                 in_flight.append((hits, False))
             unknown = [candidate for candidate, prediction in zip(chunk, known) if prediction is None]
             for batch in _batched(unknown, settings.batch_size):
-                in_flight.append((_submit(batch, settings), True))
+                in_flight.append((submit(batch), True))
                 while len(in_flight) > limit:
                     yield finished()
             while in_flight and ready():
@@ -215,8 +234,6 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
         while in_flight:
             yield finished()
     finally:
-        for entry, _ in in_flight:  # stopped early: drop batches not yet started
-            if isinstance(entry, Future):
-                entry.cancel()
+        pool.close()
         if cache:
             cache.close()

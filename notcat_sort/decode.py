@@ -102,7 +102,7 @@ def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
     except Image.DecompressionBombError as error:
         raise DecodeError(f"decompression bomb: {error}") from None
     except Exception as error:  # noqa: BLE001 - a malformed file can make Pillow raise almost anything
-        # (struct.error, ZeroDivisionError, ...); in a worker, an escaped one would end the whole run.
+        # (struct.error, ZeroDivisionError, ...); an escaped one would end the whole run.
         message = str(error) or type(error).__name__
         if "truncated" in message.lower():
             message = "truncated image data (the file is incomplete)"

@@ -62,7 +62,8 @@ def load_card(model_path: Path) -> ModelCard:
 
 
 class Classifier:
-    """One onnxruntime session. Parallelism comes from worker processes, so one thread each."""
+    """One onnxruntime session with one intra-op thread per call: parallelism comes from the
+    classify threads calling it at once (onnxruntime's `run` is thread-safe)."""
 
     def __init__(self, card: ModelCard, threads: int = 1) -> None:
         import onnxruntime as ort

@@ -5,8 +5,8 @@ The decisions are kept apart from the observer plumbing so they can be tested on
 `Settler` says when a file is complete (its size and mtime unchanged for the settle time and
 no process holding it open for writing), `Journal` says what the report already records as
 handled, and `should_flush` keeps batches large. `watch()` wires them to a watchdog observer
-and feeds batches through the same `pipeline.sort_files` as a one-off run; joblib's loky
-executor is reused across those calls, so the worker pool and its model sessions stay warm.
+and feeds batches through the same `pipeline.sort_files` as a one-off run; the model session
+is loaded once and kept across those calls.
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ def watch(
 ) -> Iterator[Result]:
     """Sort what is in `root`, then each image that arrives, until `stop()`; yield every Result.
 
-    A stop request lets the batches already handed to the workers finish; the files not yet
+    A stop request lets the batches already being classified finish; the files not yet
     handed over are left untouched for the next start."""
     root = Path(os.path.abspath(root))
     scope = Scope(root, tuple(settings.output_folders([root])),

@@ -4,7 +4,6 @@ changed file or a different model does; --no-cache neither reads nor writes it."
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -89,14 +88,20 @@ def test_a_different_model_does_not_use_another_models_predictions(photos, setti
     assert all(p.cached for p in run(settings, *files).values())
 
 
-def test_cached_rerun_starts_no_worker_process(photos, settings):
-    """Stat-key hits are answered in the main process: no pool, no model, no IPC."""
+def test_cached_rerun_loads_no_model(photos, settings, tmp_path):
+    """Stat-key hits are answered on the calling thread: no classify threads, no model session.
+    Shown with the same model identity (card and sha256) over a file onnxruntime cannot load."""
     files = sorted(photos.iterdir())
-    run(settings, *files)  # one job: classified in this process
-    workers_before = set(multiprocessing.active_children())
-    again = run(replace(settings, jobs=2), *files)
-    assert set(multiprocessing.active_children()) <= workers_before
-    assert list(again) == files and all(p.cached for p in again.values())
+    run(settings, *files)
+    unloadable = tmp_path / "unloadable" / settings.card.path.name
+    unloadable.parent.mkdir()
+    unloadable.write_bytes(b"not an onnx model")
+    shutil.copyfile(card_path(settings.card.path), card_path(unloadable))
+    broken = replace(settings, card=load_card(unloadable), jobs=2)
+    again = run(broken, *files)
+    assert list(again) == files and all(p.cached and p.error is None for p in again.values())
+    uncached = run(replace(broken, cache_path=None), *files)  # the same files, needing the model, fail
+    assert all(p.error and p.error.startswith("model failed") for p in uncached.values())
 
 
 def test_an_unusable_cache_only_costs_speed(photos, settings):
