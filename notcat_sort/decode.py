@@ -29,6 +29,11 @@ DEFAULT_MAX_PIXELS = 200_000_000
 
 # Pillow's own bomb check is global state and only warns below 2x its limit; we check ourselves.
 Image.MAX_IMAGE_PIXELS = None
+# Pillow warns about damage it recovers from (e.g. "Tag data larger than file" in EXIF): never a
+# reason to fail a photo, nor worth a line on the user's terminal. Filtered once, for Pillow's
+# own modules, because `warnings.catch_warnings()` swaps global state and decoding runs on
+# several threads at once.
+warnings.filterwarnings("ignore", module=r"PIL\.")
 
 _TRANSPOSE_FOR_ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -74,27 +79,25 @@ def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
         raise DecodeError("empty file")
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": not a reason to fail
-            with Image.open(stream) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise DecodeError(
-                        f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
-                        f"{max_pixels / 1e6:.0f} MP cap; raise it with --max-pixels"
-                    )
-                # pillow-heif has already applied the HEIF irot/imir transforms, which the format
-                # makes authoritative (EXIF orientation there is informative): apply nothing twice.
-                orientation = 1 if image.format == "HEIF" else exif_orientation(image)
-                if image.format == "JPEG":  # the IDCT's own downscale: the cheapest decode there is
-                    image.draft("RGB", (size, size))
-                image.seek(0)  # first frame of animations
-                image.load()
-                factor = min(image.width, image.height) // (2 * size)
-                if factor >= 2:
-                    image = image.reduce(factor)
-                rgb = _to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
-                return np.asarray(upright(rgb, orientation))
+        with Image.open(stream) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DecodeError(
+                    f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
+                    f"{max_pixels / 1e6:.0f} MP cap; raise it with --max-pixels"
+                )
+            # pillow-heif has already applied the HEIF irot/imir transforms, which the format
+            # makes authoritative (EXIF orientation there is informative): apply nothing twice.
+            orientation = 1 if image.format == "HEIF" else exif_orientation(image)
+            if image.format == "JPEG":  # the IDCT's own downscale: the cheapest decode there is
+                image.draft("RGB", (size, size))
+            image.seek(0)  # first frame of animations
+            image.load()
+            factor = min(image.width, image.height) // (2 * size)
+            if factor >= 2:
+                image = image.reduce(factor)
+            rgb = _to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(upright(rgb, orientation))
     except DecodeError:
         raise
     except UnidentifiedImageError:
