@@ -27,6 +27,7 @@ from safety_support import (
 
 from notcat_sort.actions import Kind, OnConflict, common, execute, plan
 from notcat_sort.actions.common import partial_name, rename_noreplace
+from notcat_sort.actions.copy import copy_verified
 from notcat_sort.content import sha256_file
 from notcat_sort.report import Status, final_rows
 
@@ -147,6 +148,26 @@ def test_a_name_taken_after_planning_is_never_overwritten(clash, monkeypatch) ->
             execute(planned)
         assert target.read_bytes() == b"someone else's file" and source.exists()
         target.unlink()
+
+
+@pytest.mark.parametrize("in_kernel", [True, False], ids=["copy_file_range", "read-write"])
+def test_a_copy_is_checked_against_the_classified_content(tmp_path: Path, monkeypatch, in_kernel: bool) -> None:
+    """Whether the kernel copies (copy_file_range) or this process does (elsewhere, e.g. macOS),
+    the copy read back from disk must hash to the classified digest or it is not put in place."""
+    if not in_kernel:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    source = tmp_path / "a.jpg"
+    shutil.copy2(real_images(1)[0], source)
+    out = tmp_path / "out"
+    out.mkdir()
+    copy_verified(source, out / "classified.jpg", sha256_file(source))
+    copy_verified(source, out / "unclassified.jpg", None)  # checked against the bytes as read
+    for copy in (out / "classified.jpg", out / "unclassified.jpg"):
+        assert copy.read_bytes() == source.read_bytes()
+        assert copy.stat().st_mtime_ns == source.stat().st_mtime_ns
+    with pytest.raises(OSError, match="source changed since it was classified"):
+        copy_verified(source, out / "stale.jpg", "0" * 64)
+    assert sorted(p.name for p in out.iterdir()) == ["classified.jpg", "unclassified.jpg"]  # no partial left
 
 
 def test_rename_noreplace_renames(tmp_path: Path) -> None:
