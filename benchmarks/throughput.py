@@ -282,10 +282,12 @@ def profile_pipeline(files: list[Path], out: Path, model: Path | None) -> None:
         "sha256": sum(row[3] for (_, _, name), row in stats.items() if "openssl_sha256" in name),
         "decode (draft + resize + rotate)": cumulative("notcat_sort/decode.py", "decode"),
         "inference (onnxruntime)": cumulative("notcat_sort/model.py", "p_cat"),
-        # Copies run on the pipeline's action threads, which cProfile does not see: their cost is
-        # the CPU-per-image difference between the report-only and --copy rows above.
         "file actions, main thread (plan, journal)": sum(
             cumulative("notcat_sort/pipeline.py", name) for name in ("_plan", "_execute", "_companions", "_carry", "_tag")),
+        # Copies run on the pipeline's action threads, which cProfile does not see; what shows is
+        # the main thread blocked until they finish (their CPU cost: the --copy rows above).
+        "waiting for the copies (action threads)": sum(
+            row[2] for (_, _, name), row in stats.items() if "acquire" in name and "_thread.lock" in name),
         "report (CSV journal, fsync)": cumulative("notcat_sort/report.py", "write"),
     }
     print(f"  {files[0].parent.name}: {len(files)} files, one process, --copy: {total:.2f} s "
