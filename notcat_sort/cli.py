@@ -141,7 +141,7 @@ def _undo(report: Path, quiet: bool) -> None:
               help="CSV report (and undo journal); '-' for stdout. Default: a timestamped file in the output "
                    "folder, or for a dry run in the user cache folder.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=default_jobs, show_default="all cores",
-              help="Worker processes that decode and classify.")
+              help="Threads that read, decode and classify.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Images per model call.")
 @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this (decompression bombs).")
