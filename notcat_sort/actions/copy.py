@@ -16,9 +16,8 @@ from notcat_sort.actions.common import (
     partial_name,
     rename_noreplace,
 )
-from notcat_sort.content import sha256_file
+from notcat_sort.content import READ_BLOCK, sha256_file
 
-_BLOCK = 1 << 20
 # copy_file_range errors that mean "not here" (another filesystem, an old kernel, FUSE, ...).
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL,
                    errno.EBADF, errno.EPERM, errno.ETXTBSY}
@@ -52,7 +51,7 @@ def _copy_rest(reader: BinaryIO, writer: BinaryIO, offset: int, digest=None) -> 
     """From `offset` to the end by reading and writing, feeding `digest` (a hashlib object) if given."""
     reader.seek(offset)
     writer.seek(offset)
-    for block in iter(lambda: reader.read(_BLOCK), b""):
+    for block in iter(lambda: reader.read(READ_BLOCK), b""):
         if digest is not None:
             digest.update(block)
         writer.write(block)
