@@ -13,12 +13,15 @@ import csv
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from notcat_sort.model import card_path, default_model_path
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CLI = Path(sys.executable).parent / "notcat-sort"
@@ -38,6 +41,16 @@ def cli() -> Path:
     if not CLI.exists():
         pytest.fail(f"{CLI} is missing: install the project (pip install -e '.[test]') into this venv")
     return CLI
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path) -> Path:
+    """The shipped model and its card, copied into tmp for a test that alters one of them."""
+    model = tmp_path / "model-copy" / default_model_path().name
+    model.parent.mkdir()
+    shutil.copyfile(default_model_path(), model)
+    shutil.copyfile(card_path(default_model_path()), card_path(model))
+    return model
 
 
 @pytest.fixture

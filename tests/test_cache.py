@@ -75,29 +75,23 @@ def test_a_changed_file_is_classified_again(photos, settings):
     assert again.sha256 != first.sha256
 
 
-def test_a_different_model_does_not_use_another_models_predictions(photos, settings, tmp_path):
+def test_a_different_model_does_not_use_another_models_predictions(photos, settings, model_copy):
     files = sorted(photos.iterdir())
     run(settings, *files)
-    other_model = tmp_path / "other" / "notcat-lite0.onnx"
-    other_model.parent.mkdir()
-    shutil.copyfile(settings.card.path, other_model)
-    card = json.loads(card_path(settings.card.path).read_text())
-    card_path(other_model).write_text(json.dumps({**card, "sha256": "0" * 64}))
-    other = replace(settings, card=load_card(other_model))
+    card = json.loads(card_path(model_copy).read_text())
+    card_path(model_copy).write_text(json.dumps({**card, "sha256": "0" * 64}))
+    other = replace(settings, card=load_card(model_copy))
     assert not any(p.cached for p in run(other, *files).values())
     assert all(p.cached for p in run(settings, *files).values())
 
 
-def test_cached_rerun_loads_no_model(photos, settings, tmp_path):
+def test_cached_rerun_loads_no_model(photos, settings, model_copy):
     """Stat-key hits are answered on the calling thread: no classify threads, no model session.
     Shown with the same model identity (card and sha256) over a file onnxruntime cannot load."""
     files = sorted(photos.iterdir())
     run(settings, *files)
-    unloadable = tmp_path / "unloadable" / settings.card.path.name
-    unloadable.parent.mkdir()
-    unloadable.write_bytes(b"not an onnx model")
-    shutil.copyfile(card_path(settings.card.path), card_path(unloadable))
-    broken = replace(settings, card=load_card(unloadable), jobs=2)
+    model_copy.write_bytes(b"not an onnx model")
+    broken = replace(settings, card=load_card(model_copy), jobs=2)
     again = run(broken, *files)
     assert list(again) == files and all(p.cached and p.error is None for p in again.values())
     uncached = run(replace(broken, cache_path=None), *files)  # the same files, needing the model, fail

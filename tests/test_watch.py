@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from notcat_sort.cache import FileKey
-from notcat_sort.model import DEFAULT_MODEL_FILE, card_path, default_model_path
 from notcat_sort.report import Row, Status, read_report
 from notcat_sort.pipeline import StopFlag
 from notcat_sort.watch import Journal, Scope, Settler, open_for_writing, should_flush
@@ -167,7 +166,7 @@ def _sorted_hashes(folder: Path) -> Counter:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
-def test_watch_sorts_every_arrival_exactly_once_across_a_restart(tmp_path):
+def test_watch_sorts_every_arrival_exactly_once_across_a_restart(tmp_path, model_copy):
     images = _unique_images(208)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -182,13 +181,9 @@ def test_watch_sorts_every_arrival_exactly_once_across_a_restart(tmp_path):
         put(f"early-{number}.jpg", images[number])
     # The model is loaded once and kept: its file is spoilt once the first batch is sorted, and
     # every later batch of this watcher must still be classified.
-    model = tmp_path / "model" / DEFAULT_MODEL_FILE
-    model.parent.mkdir()
-    shutil.copyfile(default_model_path(), model)
-    shutil.copyfile(card_path(default_model_path()), card_path(model))
-    watcher = _start(inbox, tmp_path, "move", "first.log", "--model", str(model), jobs=2)
+    watcher = _start(inbox, tmp_path, "move", "first.log", "--model", str(model_copy), jobs=2)
     _wait_for(lambda: all(_finished(inbox, path) for path in expected), "the files already there")
-    model.write_bytes(b"no longer a model")
+    model_copy.write_bytes(b"no longer a model")
 
     # Temporary names, written in full, are left alone until renamed.
     part, rsync_temp = inbox / "incoming.jpg.part", inbox / ".incoming-2.jpg.Xy12Ab"
