@@ -254,6 +254,7 @@ def profile_pipeline(files: list[Path], out: Path, model: Path | None) -> None:
 
     import onnxruntime
 
+    from notcat_sort.actions import Action
     from notcat_sort.classify import ClassifySettings
     from notcat_sort.decide import Policy
     from notcat_sort.model import default_model_path, load_card
@@ -263,7 +264,7 @@ def profile_pipeline(files: list[Path], out: Path, model: Path | None) -> None:
 
     onnxruntime.set_default_logger_severity(3)  # no graph-optimizer chatter in the printout
     card = load_card(model or default_model_path())
-    settings = SortSettings(ClassifySettings(card, jobs=1), Policy(card.threshold, None), action="copy", out=out)
+    settings = SortSettings(ClassifySettings(card, jobs=1), Policy(card.threshold, None), action=Action.COPY, out=out)
     report = ReportWriter(out / "report.csv")
     profiler = cProfile.Profile()
     profiler.enable()

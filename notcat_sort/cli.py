@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
 import time
@@ -12,16 +14,17 @@ import click
 from click.core import ParameterSource
 
 from notcat_sort import __version__
-from notcat_sort.actions import OnConflict
+from notcat_sort.actions import Action, OnConflict
 from notcat_sort.cache import default_cache_path
 from notcat_sort.classify import ClassifySettings, default_jobs
 from notcat_sort.decide import Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS
-from notcat_sort.model import default_model_path, load_card
+from notcat_sort.model import ModelError, default_model_path, load_card
+from notcat_sort.output import Preview
 from notcat_sort.output.plain import PlainView
 from notcat_sort.output.rich_view import RichView
 from notcat_sort.pipeline import SortSettings, StopFlag, sort_paths
-from notcat_sort.report import ReportWriter, Status
+from notcat_sort.report import ReportWriter, Status, final_rows
 from notcat_sort.scan import scan
 from notcat_sort.sidecars import SidecarName
 from notcat_sort.undo import undo, undo_report_path
@@ -34,11 +37,15 @@ EPILOG = """\b
 Examples:
   notcat-sort ~/Photos                      # dry run: classify and report, change nothing
   notcat-sort ~/Photos --move               # move into ~/Photos/cat and ~/Photos/not-cat
+  notcat-sort ~/Photos --move --remove-emptied-folders
   notcat-sort ~/Photos --copy --out ~/Sorted --uncertain 0.3:0.7
   notcat-sort ~/Photos --move --dry-run     # show where each file would go
   notcat-sort ~/Photos --tag                # leave files in place, add cat/not-cat to XMP sidecars
   notcat-sort --undo ~/Photos/notcat-sort-20261122-101500.csv
   notcat-sort --watch ~/Downloads --move    # keep running: sort each image as it arrives
+
+\b
+A file given as PATH is sorted into cat/ and not-cat/ in its own folder (or under --out).
 
 \b
 Exit status: 0 when every file was handled, 1 when any file failed (see the report's
@@ -63,18 +70,66 @@ def _dry_run_reports() -> Path:
     return default_cache_path().parent / "reports"
 
 
-def _default_report(settings: SortSettings, roots: list[Path]) -> Path:
-    """Beside the sorted files when files change; in the user's cache dir for a dry run, and when
-    the first PATH is not a folder there is to write in (a mistyped one must not be created: it
-    is reported as an error instead)."""
-    base = settings.output_base(roots[0].absolute())
-    beside = settings.changes_files and (settings.out is not None or base.is_dir())
-    folder = base if beside else _dry_run_reports()
+def _stamped_report(folder: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path, number = folder / f"notcat-sort-{stamp}.csv", 1
     while path.exists():
         path, number = folder / f"notcat-sort-{stamp}-{number}.csv", number + 1
     return path
+
+
+def _sorted_into(root: Path) -> Path:
+    """The folder a PATH sorts into (without --out): itself, or for a file its folder."""
+    root = root.absolute()
+    return root if root.is_dir() else root.parent
+
+
+def _default_report(settings: SortSettings, roots: list[Path]) -> Path:
+    """Beside the sorted files when files change (the journal --undo reads); in the user's cache
+    folder for a dry run, so that nothing in the photos changes."""
+    return _stamped_report(settings.output_base(_sorted_into(roots[0])) if settings.changes_files
+                           else _dry_run_reports())
+
+
+def _keep_out_of_the_photos(report: Path, created: list[Path]) -> Path:
+    """A run that changed nothing moves its report from the user's folders to the cache's reports
+    folder (and removes the folders made only to hold it): a no-op cron job leaves no trace."""
+    _dry_run_reports().mkdir(parents=True, exist_ok=True)
+    kept = shutil.move(report, _stamped_report(_dry_run_reports()))
+    for folder in created:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
+    return Path(kept)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _check_destinations(settings: SortSettings, roots: list[Path]) -> None:
+    """Refuse, before any file is read, an output folder this process cannot create or write in
+    (else every file would fail one by one)."""
+    if not settings.changes_files:
+        return
+    for base in [settings.out] if settings.out is not None else [_sorted_into(root) for root in roots]:
+        missing = _missing_folders(base)
+        existing = missing[-1].parent if missing else base
+        if not existing.is_dir():
+            problem = f"{existing} is not a folder"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"cannot write in {existing}: permission denied"
+        else:
+            continue
+        if settings.out is not None:
+            raise click.BadParameter(problem, param_hint="--out")
+        raise click.BadParameter(f"{problem}; sort elsewhere with --out DIR", param_hint="PATH")
 
 
 def _dry_run_hint(settings: SortSettings) -> list[str]:
@@ -97,6 +152,12 @@ def _install_stop_handlers(stop: StopFlag, log) -> None:
 
 def _undo(report: Path, quiet: bool) -> None:
     """Run --undo, log what failed and a summary on stderr, and exit."""
+    rows = final_rows(report)
+    if rows and all(row.status == Status.PLANNED or row.action == "none" for row in rows):
+        if not quiet:
+            click.echo(f"undo: {report} is the report of a dry run: it changed nothing, so there is nothing "
+                       "to undo", err=True)
+        sys.exit(0)
     undo_report = undo_report_path(report)
     writer = ReportWriter(undo_report)
     statuses: Counter[str] = Counter()
@@ -113,13 +174,53 @@ def _undo(report: Path, quiet: bool) -> None:
     sys.exit(EXIT_FAILED if statuses[Status.ERROR] else 0)
 
 
+def _note_action(ctx: click.Context, param: click.Parameter, given: bool) -> None:
+    """Collect the action flags given, so that two of them are a usage error, not "the last wins"."""
+    if given:
+        ctx.meta.setdefault("notcat_actions", []).append(Action(param.name))
+
+
+def _chosen_action(ctx: click.Context) -> Action | None:
+    actions: list[Action] = ctx.meta.get("notcat_actions", [])
+    if len(actions) > 1:
+        raise click.UsageError(f"{' and '.join(f'--{action}' for action in actions)} are different actions: "
+                               "choose one")
+    return actions[0] if actions else None
+
+
+# Options that mean something only with some actions: option -> (the actions, what to say).
+_NEEDS_ACTION = {
+    "sidecar_name": ((Action.TAG,), "--sidecar-name names the sidecars --tag writes"),
+    "with_raw": ((Action.MOVE, Action.COPY, Action.LINK),
+                 "--with-raw carries RAW files with --move, --copy or --link; "
+                 "with --tag each RAW file that is scanned is tagged on its own"),
+    "on_conflict": ((Action.MOVE, Action.COPY, Action.LINK),
+                    "--on-conflict is for --move, --copy or --link (tagging merges into the sidecar)"),
+    "out": ((None, Action.MOVE, Action.COPY, Action.LINK), "--out is where --move, --copy or --link sort to; "
+                                                           "--tag leaves every image where it is"),
+    "remove_emptied_folders": ((Action.MOVE,), "--remove-emptied-folders goes with --move"),
+}
+
+
+def _check_options_fit(ctx: click.Context, action: Action | None) -> None:
+    for name, (actions, complaint) in _NEEDS_ACTION.items():
+        if action not in actions and ctx.get_parameter_source(name) is not ParameterSource.DEFAULT:
+            raise click.UsageError(complaint)
+
+
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--move", "action", flag_value="move", help="Move each image into cat/, not-cat/ (or unsure/).")
-@click.option("--copy", "action", flag_value="copy", help="Copy each image, leaving the original.")
-@click.option("--link", "action", flag_value="link", help="Hard-link each image (symlink across filesystems).")
-@click.option("--tag", "action", flag_value="tag",
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--move", is_flag=True, expose_value=False, callback=_note_action,
+              help="Move each image into cat/, not-cat/ (or unsure/).")
+@click.option("--copy", is_flag=True, expose_value=False, callback=_note_action,
+              help="Copy each image, leaving the original.")
+@click.option("--link", is_flag=True, expose_value=False, callback=_note_action,
+              help="Hard-link each image (symlink across filesystems).")
+@click.option("--tag", is_flag=True, expose_value=False, callback=_note_action,
               help="Leave each image in place; add its label to the keywords of its XMP sidecar.")
+@click.option("--remove-emptied-folders", is_flag=True,
+              help="With --move: remove the source folders the move left empty (journalled: --undo "
+                   "recreates them).")
 @click.option("--sidecar-name", type=click.Choice([naming.value for naming in SidecarName]), default="append",
               show_default=True,
               help="Name for a new XMP sidecar with --tag: IMG_1.jpg.xmp (append) or IMG_1.xmp (replace). "
@@ -138,8 +239,9 @@ def _undo(report: Path, quiet: bool) -> None:
 @click.option("--on-conflict", type=click.Choice([mode.value for mode in OnConflict]), default="rename",
               show_default=True, help="When a different file already has the destination name.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-              help="CSV report (and undo journal); '-' for stdout. Default: a timestamped file in the output "
-                   "folder, or for a dry run in the user cache folder.")
+              help="CSV report (and undo journal); '-' for stdout (a run that changes files still journals to "
+                   "the default file). Default: a timestamped file in the output folder, or for a dry run (or "
+                   "a run that changed nothing) in the user cache folder.")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=default_jobs, show_default="all cores",
               help="Threads that read, decode and classify.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Images per model call.")
@@ -149,7 +251,8 @@ def _undo(report: Path, quiet: bool) -> None:
               help="Do not read or write the prediction cache (in the user cache folder; it lets a re-run, "
                    "or a run over moved or renamed files, skip classifying what it has seen).")
 @click.option("--undo", "undo_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Put back every file the run recorded in this report moved, copied or linked.")
+              help="Put back what the run that wrote this report did: move files back, remove copies and "
+                   "links, take its tags out of the sidecars.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
 @click.option("--watch", "watch_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Keep running: sort what is in DIR, then each image that lands there, until Ctrl-C or "
@@ -159,7 +262,8 @@ def _undo(report: Path, quiet: bool) -> None:
 @click.option("--polling", is_flag=True,
               help="With --watch: poll for changes instead of inotify (network filesystems miss remote writes).")
 @click.version_option(__version__, prog_name="notcat-sort")
-def main(paths: tuple[Path, ...], action: str | None, sidecar_name: str, with_raw: bool, dry_run: bool, out: Path | None, model: Path | None,
+def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: str, with_raw: bool, dry_run: bool,
+         out: Path | None, model: Path | None,
          threshold: float | None, uncertain: tuple[float, float] | None, on_conflict: str,
          report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, no_cache: bool,
          undo_path: Path | None, quiet: bool, watch_dir: Path | None, settle: float, polling: bool) -> None:
@@ -169,59 +273,74 @@ def main(paths: tuple[Path, ...], action: str | None, sidecar_name: str, with_ra
     report says where it would go. Nothing is ever overwritten, and every run can be undone
     with --undo REPORT.
     """
+    ctx = click.get_current_context()
+    action = _chosen_action(ctx)
     if undo_path is not None:
         if paths or action or watch_dir:
-            raise click.UsageError("--undo takes only the report: drop the PATHS, --watch and --move/--copy/--link")
+            raise click.UsageError("--undo takes only the report: drop the PATHS, --watch and --move/--copy/--link/--tag")
         _undo(undo_path, quiet)
     if watch_dir is not None and paths:
         raise click.UsageError("--watch takes one folder: give no other PATHS")
     if not paths and watch_dir is None:
         raise click.UsageError("give at least one PATH to sort")
-    settle_given = click.get_current_context().get_parameter_source("settle") is not ParameterSource.DEFAULT
+    settle_given = ctx.get_parameter_source("settle") is not ParameterSource.DEFAULT
     if watch_dir is None and (polling or settle_given):
         raise click.UsageError("--settle and --polling go with --watch DIR")
-    if with_raw and action == "tag":
-        raise click.UsageError("--with-raw carries RAW files with --move, --copy or --link; "
-                               "with --tag each RAW file that is scanned is tagged on its own")
-    card = load_card(model or default_model_path())
+    _check_options_fit(ctx, action)
+    try:
+        card = load_card(model or default_model_path())
+    except ModelError as error:
+        raise click.ClickException(str(error)) from None
     roots = [Path(path) for path in paths] or [watch_dir]
     settings = SortSettings(
         classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path()),
         policy=Policy(card.threshold if threshold is None else threshold, uncertain),
         action=action, dry_run=dry_run, out=out, on_conflict=OnConflict(on_conflict),
-        sidecar_name=SidecarName(sidecar_name), with_raw=with_raw,
+        sidecar_name=SidecarName(sidecar_name), with_raw=with_raw, remove_emptied_folders=remove_emptied_folders,
     )
+    _check_destinations(settings, roots)
     to_stdout = report_path == Path("-")
+    given_report = None if to_stdout else report_path
+    # A run that changes files always journals to a file; `--report -` then gets a copy of the final rows.
+    default_needed = given_report is None and (settings.changes_files or not to_stdout)
     if watch_dir is not None:
-        report_file = None if to_stdout else (
-            report_path or default_watch_report(settings, watch_dir, _dry_run_reports()))
+        report_file = default_watch_report(settings, watch_dir, _dry_run_reports()) if default_needed else given_report
         journal = Journal.from_report(settings.action_name, report_file)
-        view = PlainView(quiet=quiet)
+        view = PlainView(quiet=quiet, each_file=True)
         view.log(f"watching {watch_dir} ({'polling' if polling else 'inotify'}, settle {settle:g} s); "
                  "Ctrl-C or SIGTERM stops after the batch in hand")
     else:
-        report_file = None if to_stdout else (report_path or _default_report(settings, roots))
-        if sys.stderr.isatty() and not quiet:
-            view = RichView(lambda: sum(1 for _ in scan(roots, settings.output_folders(roots))))
+        report_file = _default_report(settings, roots) if default_needed else given_report
+        # The bar is drawn on stderr; with the CSV on the same terminal the two would interleave.
+        if sys.stderr.isatty() and not quiet and not (to_stdout and sys.stdout.isatty()):
+            view = RichView(lambda: sum(1 for _ in scan(roots, settings.output_folders(roots))),
+                            "sorting" if settings.changes_files else "classifying")
         else:
             view = PlainView(quiet=quiet)
+    created = _missing_folders(report_file.parent) if report_file is not None else []
     stop = StopFlag()
     _install_stop_handlers(stop, view.log)
     try:
-        report = ReportWriter(report_file)
+        report = ReportWriter(report_file, copy_to_stdout=to_stdout)
     except FileExistsError as error:
         raise click.BadParameter(f"{error.filename} {error.strerror}: choose another file", param_hint="--report") from None
     except OSError as error:
         raise click.ClickException(f"cannot write the report {report_file}: {error.strerror}; choose another place with --report") from None
+    preview = Preview(lambda result: settings.label_folder(result.prediction.candidate, result.label))
     try:
         with view:
             results = (watch(watch_dir, settings, report, journal, stop, settle, polling) if watch_dir is not None
                        else sort_paths(roots, settings, report, stop))
             for result in results:
                 view.add(result)
+                preview.add(result)
     finally:
         report.close(compact=watch_dir is None)  # a watch report may name one path twice: keep every row
-    view.finish(_dry_run_hint(settings) + ([f"report: {report_file}"] if report_file else []))
+    if report_file is not None and given_report is None and watch_dir is None and settings.changes_files \
+            and not report.journalled:
+        report_file = _keep_out_of_the_photos(report_file, created)
+    view.finish((preview.lines() if not settings.changes_files else []) + _dry_run_hint(settings)
+                + ([f"report: {report_file}"] if report_file else []))
     if stop.requested and watch_dir is None:
         sys.exit(EXIT_INTERRUPTED)
     if view.tally.failed:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from notcat_sort.content import sha256_file
+
 DEFAULT_MODEL_FILE = "notcat-lite0.onnx"
 
 
@@ -45,20 +47,36 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_FILE
 
 
+class ModelError(ValueError):
+    """A model that cannot be used: missing, without a readable card, or not the file its card describes."""
+
+
 def load_card(model_path: Path) -> ModelCard:
+    """The card of `model_path`, once the model file is shown to be the one the card describes:
+    the card's sha256 is the model's identity (the prediction cache is keyed on it)."""
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise FileNotFoundError(f"model not found: {model_path}")
-    raw = json.loads(card_path(model_path).read_text(encoding="utf-8"))
-    return ModelCard(
-        path=model_path,
-        name=raw["name"],
-        version=raw["version"],
-        input_size=int(raw["input"]["size"]),
-        labels=tuple(raw["output"]["labels"]),
-        threshold=float(raw["threshold"]),
-        sha256=raw["sha256"],
-    )
+        raise ModelError(f"model not found: {model_path}")
+    card_file = card_path(model_path)
+    try:
+        raw = json.loads(card_file.read_text(encoding="utf-8"))
+        card = ModelCard(
+            path=model_path,
+            name=raw["name"],
+            version=raw["version"],
+            input_size=int(raw["input"]["size"]),
+            labels=tuple(raw["output"]["labels"]),
+            threshold=float(raw["threshold"]),
+            sha256=raw["sha256"],
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
+        raise ModelError(f"cannot read the model card {card_file}: {reason}") from None
+    actual = sha256_file(model_path)
+    if actual != card.sha256:
+        raise ModelError(f"{model_path} is not the model its card {card_file} describes: the file's sha256 is "
+                         f"{actual}, the card says {card.sha256}")
+    return card
 
 
 class Classifier:

@@ -15,7 +15,8 @@ from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from notcat_sort.actions import ACTIONS, Kind, OnConflict, Outcome, Plan, execute, perform, plan
+from notcat_sort.actions import Action, Kind, OnConflict, Outcome, Plan, execute, perform, plan
+from notcat_sort.actions.common import remove_empty_folder
 from notcat_sort.actions.conflict import resolve
 from notcat_sort.cache import FileKey, PredictionCache, open_cache
 from notcat_sort.classify import ClassifySettings, Prediction, classify
@@ -32,20 +33,26 @@ ACTION_THREADS = 4  # files of one batch acted on at once; the work is mostly wa
 class SortSettings:
     classify: ClassifySettings
     policy: Policy
-    action: str | None = None  # a key of notcat_sort.actions.ACTIONS; None: only report
+    action: Action | None = None  # None: only report
     dry_run: bool = False  # work out what `action` would do, change nothing
     out: Path | None = None  # None: sort into each PATH itself
     on_conflict: OnConflict = OnConflict.RENAME
     sidecar_name: SidecarName = SidecarName.APPEND  # for `tag`, when the image has no sidecar yet
     with_raw: bool = False  # carry RAW partners (IMG_0001.CR2 beside IMG_0001.JPG) with the image
 
+    remove_emptied_folders: bool = False  # with move: remove the source folders the move left empty
+
     @property
     def changes_files(self) -> bool:
         return self.action is not None and not self.dry_run
 
     @property
+    def places_files(self) -> bool:
+        return self.action is not None and self.action.places_files
+
+    @property
     def action_name(self) -> str:
-        return self.action or "none"
+        return str(self.action or "none")
 
     def __post_init__(self) -> None:
         """`out` made absolute once, so the report's destinations are valid from any working directory."""
@@ -56,14 +63,20 @@ class SortSettings:
         return self.out if self.out is not None else root
 
     def output_folders(self, roots: Iterable[Path]) -> list[Path]:
-        if self.action == "tag":
+        if self.action is Action.TAG:
             return []
         return [self.output_base(Path(root).absolute()) / label.value for root in roots for label in SORTED_LABELS]
 
+    def label_folder(self, candidate: Candidate, label: Label) -> Path:
+        """Where `label`'s images from `candidate`'s PATH go (tagging leaves them where they are)."""
+        if self.action is Action.TAG:
+            return candidate.path.parent
+        return self.output_base(candidate.root) / label.value
+
     def destination(self, candidate: Candidate, label: Label) -> Path:
-        if self.action == "tag":
+        if self.action is Action.TAG:
             return xmp_path(candidate.path, self.sidecar_name)
-        return self.output_base(candidate.root) / label.value / candidate.relative
+        return self.label_folder(candidate, label) / candidate.relative
 
 
 @dataclass(frozen=True)
@@ -137,11 +150,11 @@ def _plan(settings: SortSettings, prediction: Prediction, label: Label, reserved
           digest_of: DigestOf) -> Plan | Outcome | None:
     """The plan for one file, with its target reserved against the rest of the batch; or an error.
     None for `tag`, which edits a sidecar in place and keeps its own undo records."""
-    if settings.action == "tag":
+    if settings.action is Action.TAG:
         return None
     try:
         planned = plan(
-            settings.action or "copy", prediction.candidate.path, settings.destination(prediction.candidate, label),
+            settings.action or Action.COPY, prediction.candidate.path, settings.destination(prediction.candidate, label),
             prediction.sha256, settings.on_conflict, reserved, digest_of,
         )
     except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
@@ -166,7 +179,7 @@ def _perform(settings: SortSettings, source: Path, destination: Path, sha256: st
              on_conflict: OnConflict, **details: object) -> Outcome:
     try:
         return perform(
-            settings.action or "copy", source, destination, sha256, on_conflict,
+            settings.action or Action.COPY, source, destination, sha256, on_conflict,
             dry_run=not settings.changes_files, **details,
         )
     except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
@@ -193,7 +206,7 @@ def _act(settings: SortSettings, stop: Callable[[], bool], prediction: Predictio
 
 def _companions(settings: SortSettings, image: Path) -> list[Companion]:
     """What travels with `image` under a move/copy/link, hashed when files will change."""
-    if settings.action in (None, "tag"):
+    if not settings.places_files:
         return []
     return [Companion(path, sha256_file(path) if settings.changes_files else "")
             for path in companions(image, settings.with_raw)]
@@ -241,8 +254,7 @@ def sort_files(
     one fsynced write, then execute them and record the outcomes. The plans' targets are distinct
     and already journalled, so the batch's files are acted on concurrently: their work is mostly
     waiting on the disk (fsync, reading copies back to verify them)."""
-    places_files = settings.action in ACTIONS
-    known = open_cache(settings.classify.cache_path, settings.classify.card.sha256) if places_files else None
+    known = open_cache(settings.classify.cache_path, settings.classify.card.sha256) if settings.places_files else None
     with ThreadPoolExecutor(ACTION_THREADS, thread_name_prefix="act") as actors, \
             closing(known) if known else nullcontext():
         yield from _sort_batches(candidates, settings, report, stop, actors, known)
@@ -303,9 +315,39 @@ def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, repor
         report.write((row for result in results for row in result.rows(action)), durable=settings.changes_files)
         if settings.changes_files:
             _remember_placed(known, results)
+            if settings.remove_emptied_folders:
+                _remove_emptied_folders(results, report)
         yield from results
         if stop():
             return
+
+
+def _is_empty_folder(folder: Path) -> bool:
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return False
+    with os.scandir(folder) as entries:
+        return next(entries, None) is None
+
+
+def _remove_emptied_folders(results: list[Result], report: ReportWriter) -> None:
+    """Remove the source folders these moves left empty, from the innermost up to (not including)
+    the PATH, each journalled first, so that --undo recreates them."""
+    left: set[Path] = set()
+    for result in results:
+        if result.outcome.status in (Status.DONE, Status.DUPLICATE_REMOVED):
+            candidate = result.prediction.candidate
+            folder = candidate.path.parent
+            while folder != candidate.root and folder.is_relative_to(candidate.root):
+                left.add(folder)
+                folder = folder.parent
+    for folder in sorted(left, key=lambda path: len(path.parts), reverse=True):  # children first
+        if not _is_empty_folder(folder):
+            continue
+        row = Row(path=str(folder), label="", p_cat="", action=str(Action.MOVE), destination="",
+                  status=Status.STARTED_REMOVE_FOLDER, error="")
+        report.write([row], durable=True)
+        if remove_empty_folder(folder):
+            report.write([replace(row, status=Status.FOLDER_REMOVED)], durable=True)
 
 
 def sort_paths(

@@ -13,6 +13,7 @@ import csv
 import errno
 import os
 import stat
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,6 +27,8 @@ class Status:
     DONE = "done"
     DUPLICATE_REMOVED = "duplicate-removed"  # move: an identical copy was already at `destination`
     SKIPPED = "skipped"  # nothing to do, e.g. already sorted
+    STARTED_REMOVE_FOLDER = "started-remove-folder"  # journal: about to remove a folder a move emptied
+    FOLDER_REMOVED = "folder-removed"  # --remove-emptied-folders: `path` is a source folder the move emptied
     UNDONE = "undone"  # --undo put it back
     ERROR = "error"
 
@@ -53,46 +56,57 @@ def format_p(p_cat: float | None) -> str:
 class ReportWriter:
     """Append-only CSV writer; `write(..., durable=True)` fsyncs, for journal entries."""
 
-    def __init__(self, path: Path | None) -> None:
-        """`path=None` streams to stdout (`--report -`)."""
+    def __init__(self, path: Path | None, copy_to_stdout: bool = False) -> None:
+        """`path=None` streams to stdout only (`--report -` of a run that changes nothing);
+        `copy_to_stdout` also streams the final rows there while the file keeps the journal."""
         self.path = path
-        self._handle: TextIO
-        if path is None:
-            import sys
-
-            self._handle = sys.stdout
-            new = True
-        else:
+        self.journalled = False  # a journal row was written: the run set out to change a file
+        self._stdout = _csv_writer(sys.stdout) if path is None or copy_to_stdout else None
+        self._handle: TextIO | None = None
+        self._csv: csv.DictWriter | None = None
+        new = True
+        if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             new = not path.exists() or path.stat().st_size == 0
             if not new and _is_regular(path) and not _is_report(path):
                 raise FileExistsError(errno.EEXIST, "exists and is not a notcat-sort report", str(path))
             self._handle = open(path, "a", **_ENCODING)
-        self._csv = csv.DictWriter(self._handle, fieldnames=FIELDS, lineterminator="\n")
+            self._csv = _csv_writer(self._handle, header=new)
         # One row per file already, unless journal rows are written or an earlier run's are there.
         self._needs_compacting = not new
-        if new:
-            self._csv.writeheader()
-            self._handle.flush()
 
     def write(self, rows: Iterable[Row], durable: bool = False) -> None:
         for row in rows:
+            record = vars(row)  # flat string fields: no need for asdict's deep copy
             if row.status.startswith(Status.STARTED):
-                if self.path is None:
-                    continue  # journal rows: stdout can be neither fsynced nor compacted, so only final rows
-                self._needs_compacting = True
-            self._csv.writerow(vars(row))  # flat string fields: no need for asdict's deep copy
-        self._handle.flush()
-        if durable and self.path is not None:
-            os.fsync(self._handle.fileno())
+                self.journalled = self._needs_compacting = True
+            elif self._stdout is not None:  # stdout can be neither fsynced nor compacted: only final rows
+                self._stdout.writerow(record)
+            if self._csv is not None:
+                self._csv.writerow(record)
+        if self._stdout is not None:
+            sys.stdout.flush()
+        if self._handle is not None:
+            self._handle.flush()
+            if durable:
+                os.fsync(self._handle.fileno())
 
     def close(self, compact: bool = True) -> None:
-        if self.path is None:
-            self._handle.flush()
+        if self._stdout is not None:
+            sys.stdout.flush()
+        if self._handle is None or self.path is None:
             return
         self._handle.close()
         if compact and self._needs_compacting and _is_regular(self.path):  # never replace /dev/null, a FIFO or a symlink with a file
             compact_report(self.path)
+
+
+def _csv_writer(handle: TextIO, header: bool = True) -> csv.DictWriter:
+    writer = csv.DictWriter(handle, fieldnames=FIELDS, lineterminator="\n")
+    if header:
+        writer.writeheader()
+        handle.flush()
+    return writer
 
 
 def _is_regular(path: Path) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from notcat_sort.actions import ACTIONS
+from notcat_sort.actions import Action
 from notcat_sort.actions.common import partial_name, remove
 from notcat_sort.content import sha256_file
 from notcat_sort.actions.copy import copy_verified
@@ -26,6 +26,7 @@ from notcat_sort.report import ReportWriter, Row, Status, final_rows
 
 _PLACED = {Status.STARTED, Status.DONE, Status.ERROR}
 _DUPLICATE_REMOVED = {Status.STARTED_REMOVE_DUPLICATE, Status.DUPLICATE_REMOVED}
+_FOLDER_REMOVED = {Status.STARTED_REMOVE_FOLDER, Status.FOLDER_REMOVED}
 
 
 def undo_report_path(report: Path) -> Path:
@@ -106,23 +107,35 @@ def _undo_tag(row: Row) -> tuple[str, str]:
     return status, outcome.error or ("removed the tag" if status == Status.UNDONE else "")
 
 
+def _action(row: Row) -> Action | None:
+    """The action the row records; None for a report-only run ("none")."""
+    try:
+        return Action(row.action)
+    except ValueError:
+        return None
+
+
 def undo_row(row: Row) -> tuple[str, str]:
     """(status, reason) after undoing what `row` records, if anything."""
-    if row.action == "tag" and row.destination and row.status in (Status.STARTED, Status.DONE):
+    action = _action(row)
+    if row.status in _FOLDER_REMOVED:
+        os.makedirs(row.path, exist_ok=True)
+        return Status.UNDONE, "recreated the folder the move emptied"
+    if action is Action.TAG and row.destination and row.status in (Status.STARTED, Status.DONE):
         return _undo_tag(row)
-    if row.action not in ACTIONS or not row.destination:
+    if action is None or not action.places_files or not row.destination:
         return Status.SKIPPED, "nothing was done"
     source, target = Path(row.path), Path(row.destination)
-    if row.status in _DUPLICATE_REMOVED and row.action == "move":
+    if row.status in _DUPLICATE_REMOVED and action is Action.MOVE:
         return _undo_duplicate_removal(source, target, row.sha256)
     if row.status not in _PLACED:
         return Status.SKIPPED, "nothing was done"
     partial = partial_name(target)
     if os.path.lexists(partial):
         remove(partial)  # a copy killed before it was verified
-    if row.action == "move":
+    if action is Action.MOVE:
         result = _undo_move(source, target, row.sha256)
-    elif row.action == "copy":
+    elif action is Action.COPY:
         result = _undo_copy(target, row.sha256)
     else:
         result = _undo_link(source, target)

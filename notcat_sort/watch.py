@@ -27,8 +27,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
-from notcat_sort.content import sha256_file
+from notcat_sort.actions import Action
 from notcat_sort.cache import FileKey
+from notcat_sort.content import sha256_file
 from notcat_sort.pipeline import Result, SortSettings, StopFlag, sort_files
 from notcat_sort.report import ReportWriter, Row, Status, final_rows
 from notcat_sort.scan import Candidate, is_image_file, scan
@@ -226,7 +227,7 @@ class Journal:
         entry = self._entries.get(path)
         if entry is None or (entry.action != self.action and entry.status != Status.UNDONE):
             return False
-        if entry.action == "move" and entry.status == Status.DONE:
+        if entry.action == Action.MOVE and entry.status == Status.DONE:
             return False
         if entry.file_key is not None and entry.file_key == signature:
             return True

@@ -23,15 +23,21 @@ import pytest
 
 from notcat_sort.model import card_path, default_model_path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from shared_data import IN_CI, SHARED, missing, need
+
 CLI = Path(sys.executable).parent / "notcat-sort"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under CI a missing ../shared fails the run up front, instead of skipping most of it."""
+    if IN_CI and not (SHARED / "datasets" / "catnotcat").is_dir():
+        pytest.exit(f"CI=true: {missing(SHARED / 'datasets' / 'catnotcat')}", returncode=1)
 
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    """The read-only ../shared data folder; tests that need it skip when it is absent."""
-    if not (SHARED / "datasets" / "catnotcat").is_dir():
-        pytest.skip("../shared/datasets/catnotcat is not here")
+    """The read-only ../shared data folder; tests that need it skip when it is absent (fail under CI)."""
+    need(SHARED / "datasets" / "catnotcat")
     return SHARED
 
 
@@ -56,7 +62,7 @@ def model_copy(tmp_path: Path) -> Path:
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """The environment for CLI subprocesses: the prediction cache and dry-run reports in tmp."""
-    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg-cache")}
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg-cache"), "XDG_DATA_HOME": str(tmp_path / "xdg-data")}
 
 
 def read_csv(text: str) -> list[dict[str, str]]:

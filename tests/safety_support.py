@@ -1,4 +1,6 @@
-"""Helpers shared by the safety tests: real image trees, content inventories, CLI runs."""
+"""Helpers shared by the safety tests: image trees, content inventories, CLI runs.
+
+The images are generated (tests/photos.py), so these tests run from a bare checkout too."""
 
 from __future__ import annotations
 
@@ -10,28 +12,20 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
+from photos import photos
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-IMAGES = SHARED / "datasets" / "catnotcat"
 CLI = Path(sys.executable).parent / "notcat-sort"
 KILL_HOOK = "NOTCAT_SORT_TEST_KILL_AFTER_OPS"
 
 
-def need_shared() -> None:
-    if not IMAGES.is_dir():
-        pytest.skip("../shared/datasets/catnotcat is not here")
-
-
-def real_images(count: int) -> list[Path]:
-    need_shared()
-    found = sorted((IMAGES / "cat").glob("*.jpg"))[: count // 2] + sorted((IMAGES / "not-cat").glob("*.jpg"))
-    return found[:count]
+def sample_photos(count: int) -> list[Path]:
+    """`count` distinct small JPEGs to copy from."""
+    return photos(count)
 
 
 def image_tree(root: Path, count: int) -> Path:
-    """`count` real images, half in a subfolder, one with a space in its name."""
-    for number, image in enumerate(real_images(count)):
+    """`count` images, half in a subfolder, one with a space in its name."""
+    for number, image in enumerate(sample_photos(count)):
         folder = root / ("sub" if number % 2 else "")
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy2(image, folder / (f"photo {number}.jpg" if number == 0 else image.name))
@@ -62,7 +56,7 @@ def run_cli(*args: object, cache: Path, env: dict[str, str] | None = None, user:
     if user is not None:
         command = ["setpriv", f"--reuid={user}", f"--regid={user if user != 'nobody' else 'nogroup'}",
                    "--clear-groups", *command]
-    environment = {**os.environ, "XDG_CACHE_HOME": str(cache), **(env or {})}
+    environment = {**os.environ, "XDG_CACHE_HOME": str(cache), "XDG_DATA_HOME": str(cache / "data"), **(env or {})}
     result = subprocess.run(command, capture_output=True, env=environment, timeout=300)
     if check:
         assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
@@ -80,7 +74,7 @@ def other_filesystem(than: Path) -> Path | None:
 def sort_in_process(roots: list[Path], action: str | None, report: Path, out: Path | None = None,
                     on_conflict: str = "rename"):
     """The real pipeline and model, in this process with one job: fast enough for many examples."""
-    from notcat_sort.actions import OnConflict
+    from notcat_sort.actions import Action, OnConflict
     from notcat_sort.classify import ClassifySettings
     from notcat_sort.decide import Policy
     from notcat_sort.model import default_model_path, load_card
@@ -88,7 +82,8 @@ def sort_in_process(roots: list[Path], action: str | None, report: Path, out: Pa
     from notcat_sort.report import ReportWriter
 
     card = load_card(default_model_path())
-    settings = SortSettings(ClassifySettings(card, jobs=1, batch_size=4), Policy(card.threshold), action=action,
+    settings = SortSettings(ClassifySettings(card, jobs=1, batch_size=4), Policy(card.threshold),
+                            action=Action(action) if action else None,
                             out=out, on_conflict=OnConflict(on_conflict))
     writer = ReportWriter(report)
     try:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from safety_support import SHARED, inventory, real_images, run_cli, sort_in_process
+from safety_support import inventory, run_cli, sample_photos, sort_in_process
+from shared_data import SHARED, need
 
 from notcat_sort.actions import OnConflict, execute, plan
 from notcat_sort.content import sha256_file
@@ -36,7 +37,7 @@ def _with_damaged_exif(jpeg: bytes) -> bytes:
 def _build_bad_tree(root: Path) -> dict[str, str]:
     """Bad inputs (name -> words its error must contain), good images with awkward names,
     and the malformed-EXIF camera samples."""
-    good, other = real_images(2)
+    good, other = sample_photos(2)
     root.mkdir()
     (root / "empty.jpg").write_bytes(b"")
     (root / "truncated.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
@@ -96,7 +97,7 @@ def test_each_bad_file_is_an_error_row_with_a_reason_and_stays_put(bad_run, name
 def test_malformed_exif_samples_are_sorted_or_reported_never_lost(bad_run) -> None:
     camera = [row for path, row in bad_run["rows"].items() if b"/camera/" in path]
     if not camera:
-        pytest.skip("../shared/samples/camera is not here")
+        need(CAMERA)
     assert all(row.status in (Status.DONE, Status.ERROR) and (row.status == Status.DONE or row.error) for row in camera)
     assert sorted(bad_run["after_move"].values()) == sorted(bad_run["before"].values())
 
@@ -125,7 +126,7 @@ def test_a_file_that_vanishes_before_it_is_read_is_an_error(tmp_path: Path) -> N
 
 def test_a_file_that_vanishes_before_it_is_moved_is_an_error(tmp_path: Path) -> None:
     source = tmp_path / "a.jpg"
-    shutil.copy2(real_images(1)[0], source)
+    shutil.copy2(sample_photos(1)[0], source)
     planned = plan("move", source, tmp_path / "cat" / "a.jpg", sha256_file(source), OnConflict.RENAME)
     source.unlink()
     with pytest.raises(FileNotFoundError):
@@ -134,31 +135,40 @@ def test_a_file_that_vanishes_before_it_is_moved_is_an_error(tmp_path: Path) -> 
 
 
 def test_unreadable_files_and_an_unwritable_destination_as_an_unprivileged_user(tmp_path: Path) -> None:
-    """Root reads anything, so the CLI runs as `nobody`: a file it may not read, and an --out it may not write."""
+    """Root reads anything, so the CLI runs as `nobody`: a file it may not read is an error row; an
+    --out it may not write is refused before any file is read, naming --out."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run the CLI as another user")
     base = Path(tempfile.mkdtemp(prefix="notcat-nobody-"))
     try:
         os.chmod(base, 0o755)
-        photos, locked_out = base / "photos", base / "locked"
+        photos, locked_out, open_out = base / "photos", base / "locked", base / "open"
         photos.mkdir()
         locked_out.mkdir(mode=0o755)  # root's: read-only for nobody
-        for image in real_images(2):
+        for image in sample_photos(2):
             shutil.copy2(image, photos / image.name)
         secret = photos / "secret.jpg"
-        shutil.copy2(real_images(3)[-1], secret)
+        shutil.copy2(sample_photos(3)[-1], secret)
         os.chmod(secret, 0)
         (base / "cache").mkdir()
-        subprocess.run(["chown", "-R", "nobody:nogroup", str(photos), str(base / "cache")], check=True)
+        open_out.mkdir()
+        subprocess.run(["chown", "-R", "nobody:nogroup", str(photos), str(base / "cache"), str(open_out)], check=True)
         os.chown(secret, 0, 0)
         before = inventory(photos)
-        result = run_cli(photos, "--move", "--out", locked_out, "-j", "1", "--report", base / "cache" / "r.csv",
+
+        refused = run_cli(photos, "--move", "--out", locked_out / "sorted", "-j", "1",
+                          cache=base / "cache", user="nobody")
+        assert refused.returncode == 2 and b"--out" in refused.stderr and b"--report" not in refused.stderr
+        assert f"cannot write in {locked_out}".encode() in refused.stderr, refused.stderr
+        assert b"error: " not in refused.stderr and inventory(photos) == before  # no file was tried
+
+        result = run_cli(photos, "--copy", "--out", open_out, "-j", "1", "--report", base / "cache" / "r.csv",
                          cache=base / "cache", user="nobody")
         assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr[-2000:]
         rows = {Path(row.path).name: row for row in final_rows(base / "cache" / "r.csv")}
         assert rows["secret.jpg"].status == Status.ERROR and "permission denied" in rows["secret.jpg"].error
         others = [row for name, row in rows.items() if name != "secret.jpg"]
-        assert len(others) == 2 and all(r.status == Status.ERROR and "ermission denied" in r.error for r in others)
+        assert len(others) == 2 and all(r.status == Status.DONE for r in others)
         assert inventory(photos) == before and stat.S_IMODE(secret.stat().st_mode) == 0
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -179,7 +189,7 @@ def small_tmpfs(tmp_path: Path):
 def _big_images(folder: Path, count: int) -> None:
     """Real images padded past 100 kB each (JPEG ignores bytes after its end marker)."""
     folder.mkdir()
-    for image in real_images(count):
+    for image in sample_photos(count):
         (folder / image.name).write_bytes(image.read_bytes() + os.urandom(100_000))
 
 

@@ -8,6 +8,8 @@ the rows say.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import pty
 import re
@@ -17,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from photos import photos
 from PIL import Image, features
 
 from notcat_sort.content import sha256_file
@@ -43,22 +46,12 @@ def inventory(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
-def real_jpegs(shared: Path, count: int) -> list[Path]:
-    """Real JPEG photos of both labels (180 px), so the converted formats are real photos too."""
-    pool = shared / "datasets" / "catnotcat"
-    cats, others = sorted((pool / "cat").glob("petimages-*.jpg")), sorted((pool / "not-cat").glob("petimages-*.jpg"))
-    picked = [photo for pair in zip(cats, others) for photo in pair][:count]
-    if len(picked) < count:
-        pytest.skip("not enough petimages photos in ../shared")
-    return picked
-
-
 @pytest.fixture
-def library(tmp_path: Path, shared: Path) -> Path:
+def library(tmp_path: Path) -> Path:
     """A photo tree: nested folders, a same-named file in two folders, every format converted
-    from a real JPEG with Pillow, a JPEG without extension, a hidden folder and a text file."""
+    from a JPEG with Pillow, a JPEG without extension, a hidden folder and a text file."""
     root = tmp_path / "photos"
-    jpegs = iter(real_jpegs(shared, len(IMAGES) + 1))
+    jpegs = iter(photos(len(IMAGES) + 1))
     for sub_path in IMAGES:
         target = root / sub_path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +68,10 @@ def library(tmp_path: Path, shared: Path) -> Path:
     shutil.copyfile(next(jpegs), root / NOT_SCANNED[0])
     (root / NOT_SCANNED[1]).write_text("not an image, and not named like one\n")
     return root
+
+
+def read_csv_file(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline="")))
 
 
 def expected_label(p_cat: float, threshold: float, band: tuple[float, float] | None = None) -> str | None:
@@ -206,30 +203,84 @@ def test_threshold_overrides_the_model_card(run_cli, library: Path, tmp_path: Pa
 
 
 def test_a_bad_file_is_an_error_row_and_the_exit_status_says_so(run_cli, library: Path) -> None:
-    (library / "2020" / "broken.jpg").write_text("this is text, not a JPEG")
-    missing = library.parent / "no-such-folder"
+    broken = library / "2020" / "broken.jpg"
+    broken.write_text("this is text, not a JPEG")
 
-    result = run_cli(library, missing, "--copy", "-j", "1")
+    result = run_cli(library, "--copy", "-j", "1")
 
     assert result.returncode == 1
     rows = {row["path"]: row for row in result.rows()}
-    for path in (library / "2020" / "broken.jpg", missing):
-        row = rows.pop(str(path))
-        assert (row["label"], row["status"], row["destination"]) == ("error", "error", "")
-        assert row["error"] and f"error: {path}: {row['error']}" in result.stderr
+    row = rows.pop(str(broken))
+    assert (row["label"], row["status"], row["destination"]) == ("error", "error", "")
+    assert row["error"] and f"error: {broken}: {row['error']}" in result.stderr
     assert len(rows) == len(IMAGES) and {row["status"] for row in rows.values()} == {"done"}
-    assert "failed: 2" in result.stderr
-
-
-def test_a_mistyped_path_is_an_error_not_a_new_empty_folder(run_cli, tmp_path: Path) -> None:
-    missing = tmp_path / "Photso"
-
-    result = run_cli(missing, "--move")
-
-    assert result.returncode == 1 and not missing.exists()
-    [row] = result.rows()
-    assert (row["path"], row["label"], row["status"]) == (str(missing), "error", "error")
     assert "failed: 1" in result.stderr
+
+
+def test_a_mistyped_path_is_a_usage_error_before_anything_runs(run_cli, library: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "Photoz"
+    before = inventory(library)
+
+    result = run_cli(library, missing, "--move")
+
+    assert result.returncode == 2 and str(missing) in result.stderr and "does not exist" in result.stderr
+    assert not missing.exists() and inventory(library) == before  # not even the good PATH was sorted
+    assert not (tmp_path / "xdg-cache" / "notcat-sort" / "reports").exists()  # and no report anywhere
+
+
+def test_a_file_given_as_path_is_sorted_into_its_own_folder(run_cli, library: Path) -> None:
+    image = library / "2019" / "IMG_0001.jpg"
+
+    result = run_cli(image, "--copy", "-j", "1")
+
+    assert result.returncode == 0, result.stderr
+    [row] = result.rows()
+    assert row["destination"] == str(library / "2019" / row["label"] / "IMG_0001.jpg")
+    assert sha256_file(Path(row["destination"])) == sha256_file(image)
+
+
+@pytest.mark.parametrize("flags", [("--move", "--copy"), ("--tag", "--move"), ("--copy", "--link"),
+                                   ("--link", "--tag")])
+def test_two_actions_are_a_usage_error_naming_both(run_cli, library: Path, flags: tuple[str, str]) -> None:
+    before = inventory(library)
+
+    result = run_cli(library, *flags)
+
+    assert result.returncode == 2 and all(flag in result.stderr for flag in flags), result.stderr
+    assert inventory(library) == before
+
+
+@pytest.mark.parametrize("options, named", [
+    (("--move", "--sidecar-name", "replace"), "--sidecar-name"),
+    (("--sidecar-name", "append"), "--sidecar-name"),  # even the default value, when given, is a mistake here
+    (("--tag", "--with-raw"), "--with-raw"),
+    (("--with-raw",), "--with-raw"),
+    (("--tag", "--on-conflict", "skip"), "--on-conflict"),
+    (("--tag", "--out", "elsewhere"), "--out"),
+    (("--copy", "--remove-emptied-folders"), "--remove-emptied-folders"),
+], ids=["sidecar-name-move", "sidecar-name-dry", "with-raw-tag", "with-raw-dry", "on-conflict-tag", "out-tag",
+        "remove-emptied-copy"])
+def test_an_option_for_another_mode_is_a_usage_error(run_cli, library: Path, options: tuple[str, ...],
+                                                      named: str) -> None:
+    before = inventory(library)
+
+    result = run_cli(library, *options)
+
+    assert result.returncode == 2 and named in result.stderr, result.stderr
+    assert inventory(library) == before
+
+
+def test_an_out_that_cannot_be_written_is_refused_first_and_named(run_cli, library: Path, tmp_path: Path) -> None:
+    """A --out below a file can never be made; the unwritable-for-a-user case is in test_bad_input."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    before = inventory(library)
+
+    result = run_cli(library, "--copy", "--out", blocker / "sorted", "-j", "1")
+
+    assert result.returncode == 2 and "--out" in result.stderr and "--report" not in result.stderr, result.stderr
+    assert "not a folder" in result.stderr and "error: " not in result.stderr  # no file was tried
+    assert inventory(library) == before
 
 
 @pytest.mark.parametrize("args, complaint", [((), "PATH"), (("photos", "--uncertain", "0.7:0.3"), "LOW <= HIGH")])
@@ -240,14 +291,90 @@ def test_usage_errors_exit_2_and_say_what_to_change(run_cli, args: tuple[str, ..
 
 
 def test_report_dash_gives_csv_on_stdout_and_logs_on_stderr(run_cli, library: Path) -> None:
-    result = run_cli(library, "--move", "--report", "-", "-j", "1")
+    result = run_cli(library, "--report", "-", "-j", "1")
 
     assert result.returncode == 0, result.stderr
     header = result.stdout.splitlines()[0].split(",")
     assert REQUIRED_COLUMNS <= set(header)
-    check_rows(result.rows(), library, library, "move", "done")  # one final row per file, no journal rows
-    assert "path," not in result.stderr and "failed: 0" in result.stderr and result.report_path is None
-    assert not [name for name in inventory(library) if name.endswith(".csv")]  # no report file besides
+    check_rows(result.rows(), library, library, "none", "planned")
+    assert "path," not in result.stderr and "failed: 0" in result.stderr and "report: " not in result.stderr
+
+
+def test_report_dash_of_a_run_that_changes_files_still_journals_to_a_file(run_cli, library: Path) -> None:
+    result = run_cli(library, "--move", "--report", "-", "-j", "1")
+
+    assert result.returncode == 0, result.stderr
+    streamed = result.rows()
+    check_rows(streamed, library, library, "move", "done")  # one final row per file, no journal rows
+    [journal] = re.findall(r"^report: (.+)$", result.stderr, flags=re.MULTILINE)
+    assert Path(journal).parent == library and read_csv_file(Path(journal)) == streamed
+    undone = run_cli("--undo", journal)
+    assert undone.returncode == 0 and all(Path(row["path"]).exists() for row in streamed)
+
+
+def test_a_run_that_changes_nothing_leaves_no_report_in_the_photos(run_cli, library: Path, tmp_path: Path) -> None:
+    first = run_cli(library, "--copy", "--out", tmp_path / "sorted", "-j", "1")
+    assert first.returncode == 0 and first.report_path.parent == tmp_path / "sorted"
+    after_first = inventory(tmp_path / "sorted")
+
+    again = [run_cli(library, "--copy", "--out", tmp_path / "sorted", "-j", "1") for _ in range(2)]
+
+    assert [run.returncode for run in again] == [0, 0]
+    assert inventory(tmp_path / "sorted") == after_first  # no notcat-sort-...-1.csv piling up
+    for run in again:
+        assert run.report_path.is_relative_to(tmp_path / "xdg-cache")
+        assert {row["status"] for row in run.rows()} == {"skipped"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = run_cli(empty, "--move", "--out", tmp_path / "new-out")
+    assert nothing.returncode == 0 and not (tmp_path / "new-out").exists()  # not even the folder for the report
+
+
+def test_remove_emptied_folders_after_a_move_and_undo_brings_them_back(run_cli, library: Path) -> None:
+    (library / "scans" / "keep-me").mkdir()  # empty before the run: not the move's doing, stays
+    folders_before = sorted(str(p.relative_to(library)) for p in library.rglob("*") if p.is_dir())
+
+    result = run_cli(library, "--move", "--remove-emptied-folders", "-j", "1")
+
+    assert result.returncode == 0, result.stderr
+    left = {str(p.relative_to(library)) for p in library.rglob("*") if p.is_dir()}
+    for emptied in ("2019", "2020", "2020/party", "scans/old"):
+        assert emptied not in left
+    assert {"scans", "scans/keep-me", ".thumbnails"} <= left  # not emptied by the move: kept
+    undo = run_cli("--undo", result.report_path)
+    assert undo.returncode == 0, undo.stderr
+    assert sorted(str(p.relative_to(library)) for p in library.rglob("*") if p.is_dir()) == folders_before
+    assert all((library / sub_path).is_file() for sub_path in IMAGES)
+
+
+def test_dry_run_shows_where_things_would_go(run_cli, library: Path, tmp_path: Path) -> None:
+    result = run_cli(library, "--out", tmp_path / "sorted", "-j", "1")
+
+    assert result.returncode == 0, result.stderr
+    rows = result.rows()
+    lines = result.stderr.splitlines()
+    counted = {}
+    for line in lines[lines.index("would go to:") + 1:lines.index("for example:")]:
+        count, folder = line.split()
+        counted[folder] = int(count)
+    expected = {}
+    for row in rows:
+        folder = str(tmp_path / "sorted" / row["label"])
+        expected[folder] = expected.get(folder, 0) + 1
+    assert counted == expected
+    examples = [f"  {row['path']} -> {row['destination']}" for row in rows]
+    shown = lines[lines.index("for example:") + 1:]
+    assert any(line in examples for line in shown)
+    assert f"report: {result.report_path}" in lines
+
+
+def test_undo_of_a_dry_run_report_says_so(run_cli, library: Path) -> None:
+    dry = run_cli(library, "-j", "1")
+
+    result = run_cli("--undo", dry.report_path)
+
+    assert result.returncode == 0 and "dry run" in result.stderr and "skipped" not in result.stderr, result.stderr
+    assert "take its tags out of the sidecars" in " ".join(run_cli("--help").stdout.split())
 
 
 def test_quiet_prints_only_errors(run_cli, library: Path) -> None:
@@ -284,12 +411,13 @@ def test_plain_lines_when_stderr_is_not_a_terminal(run_cli, library: Path) -> No
     assert any(line.startswith("labels: ") for line in summary) and "failed: 0" in summary
 
 
-def test_rich_bar_and_summary_on_a_terminal(cli: Path, cli_env: dict[str, str], library: Path) -> None:
-    """stderr on a pseudo-terminal, as when a person runs it: a live bar with img/s, then the summary."""
+def on_a_terminal(cli: Path, env: dict[str, str], *args: object, stdout_too: bool = False) -> str:
+    """Run the command with stderr (and with `stdout_too` stdout) on a pseudo-terminal, as when a
+    person runs it; return what the terminal showed."""
     primary, secondary = pty.openpty()
-    env = {**cli_env, "TERM": "xterm-256color", "COLUMNS": "120"}
-    process = subprocess.Popen([str(cli), str(library), "-j", "1"], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=secondary, env=env)
+    env = {**env, "TERM": "xterm-256color", "COLUMNS": "200"}
+    process = subprocess.Popen([str(cli), *map(str, args)], stdin=subprocess.DEVNULL,
+                               stdout=secondary if stdout_too else subprocess.DEVNULL, stderr=secondary, env=env)
     os.close(secondary)
     screen = b""
     while True:
@@ -302,10 +430,34 @@ def test_rich_bar_and_summary_on_a_terminal(cli: Path, cli_env: dict[str, str], 
         screen += chunk
     os.close(primary)
     assert process.wait(timeout=120) == 0
-    text = screen.decode("utf-8", "replace")
+    return screen.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("action, doing", [(None, "classifying"), ("--copy", "sorting")])
+def test_rich_bar_and_summary_on_a_terminal(cli: Path, cli_env: dict[str, str], library: Path, tmp_path: Path,
+                                            action: str | None, doing: str) -> None:
+    """A live bar with img/s, labelled times and live label counts, then the summary."""
+    args = [library, "-j", "1", "--report", tmp_path / "report.csv"] + ([action, "--out", tmp_path / "out"] if action else [])
+
+    text = on_a_terminal(cli, cli_env, *args)
+
     assert "━" in text and "img/s" in text and "\x1b[" in text  # a drawn, coloured bar
-    assert f"{len(IMAGES)}/{len(IMAGES)}" in text
+    assert f"{len(IMAGES)}/{len(IMAGES)}" in text and doing in text
+    assert "elapsed" in text and "remaining" in text
+    labels = {row["label"] for row in read_csv_file(tmp_path / "report.csv")}
+    counts = {label: sum(row["label"] == label for row in read_csv_file(tmp_path / "report.csv")) for label in labels}
+    final = f"cat {counts.get('cat', 0)} · not-cat {counts.get('not-cat', 0)} · unsure 0"
+    assert final in text
     assert f"{len(IMAGES)} files in " in text and "failed: 0" in text
+
+
+def test_report_dash_on_a_terminal_is_not_mixed_into_a_progress_bar(cli: Path, cli_env: dict[str, str],
+                                                                      library: Path) -> None:
+    text = on_a_terminal(cli, cli_env, library, "-j", "1", "--report", "-", stdout_too=True)
+
+    assert "━" not in text  # no bar redrawn between the CSV lines
+    lines = [line for line in text.replace("\r", "").splitlines() if line.startswith(str(library))]
+    assert len(lines) == len(IMAGES) and all(line.count(",") >= 6 for line in lines)
 
 
 def test_report_never_clobbers_a_file_that_is_not_a_report(run_cli, library: Path, tmp_path: Path) -> None:
@@ -322,3 +474,13 @@ def test_report_never_clobbers_a_file_that_is_not_a_report(run_cli, library: Pat
     received = reader.communicate(timeout=60)[0]
     assert streamed.returncode == 0, streamed.stderr
     assert fifo.is_fifo() and len(received.splitlines()) == len(IMAGES) + 1
+
+
+def test_a_model_that_is_not_the_one_its_card_describes_is_refused(run_cli, library: Path, model_copy: Path) -> None:
+    model_copy.write_bytes(model_copy.read_bytes() + b"\x32\x05other")  # still a valid ONNX file, but another one
+
+    result = run_cli(library, "--model", model_copy)
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{model_copy} is not the model its card" in result.stderr and "sha256" in result.stderr
+    assert result.stdout == "" and "report: " not in result.stderr

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from shared_data import SHARED, requires
+
 from notcat_sort.decode import DecodeError, decode
 from notcat_sort.model import default_model_path, load_card
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLES = SHARED / "samples"
 SIZE = load_card(default_model_path()).input_size  # what the CLI decodes to
 
-pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/samples is not there")
+pytestmark = requires(SAMPLES)
 
 
 def full_decode(path: Path) -> np.ndarray:

@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
+from shared_data import SHARED, requires
+
 from notcat_sort.decode import decode
 from notcat_sort.model import Classifier, default_model_path, load_card
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HEIC = SHARED / "samples" / "heic"
 ORIENTATION = SHARED / "samples" / "orientation"
 CLI = Path(sys.executable).parent / "notcat-sort"
 SIZE = load_card(default_model_path()).input_size  # what the CLI decodes to
 
-pytestmark = pytest.mark.skipif(not ORIENTATION.exists(), reason="needs ../shared/samples")
+pytestmark = requires(ORIENTATION)
 heif = pytest.importorskip("pillow_heif", reason="needs the heif extra (pillow-heif)")
 
 

@@ -19,7 +19,7 @@ from safety_support import (
     image_tree,
     inventory,
     other_filesystem,
-    real_images,
+    sample_photos,
     run_cli,
     sort_in_process,
     undo_in_process,
@@ -49,7 +49,7 @@ def test_cross_filesystem_move_verifies_the_copy_before_removing_the_source(tmp_
     other = other_filesystem(tmp_path)
     if other is None:
         pytest.skip("/dev/shm is not a separate filesystem here")
-    [image] = real_images(1)
+    [image] = sample_photos(1)
     out = Path(tempfile.mkdtemp(dir=other, prefix="notcat-xfs-"))
     try:
         states = []
@@ -80,7 +80,7 @@ def test_cross_filesystem_move_keeps_the_source_when_verification_fails(tmp_path
     if other is None:
         pytest.skip("/dev/shm is not a separate filesystem here")
     source = tmp_path / "a.jpg"
-    shutil.copy2(real_images(1)[0], source)
+    shutil.copy2(sample_photos(1)[0], source)
     out = Path(tempfile.mkdtemp(dir=other, prefix="notcat-xfs-"))
     try:
         planned = plan("move", source, out / "cat" / "a.jpg", "0" * 64, OnConflict.RENAME)  # not its hash
@@ -94,7 +94,7 @@ def test_cross_filesystem_move_keeps_the_source_when_verification_fails(tmp_path
 @pytest.fixture
 def clash(tmp_path: Path) -> tuple[Path, Path, Path]:
     """A source, a destination already holding identical bytes, and one holding different bytes."""
-    first, second = real_images(2)
+    first, second = sample_photos(2)
     source = tmp_path / "in" / "a.jpg"
     source.parent.mkdir()
     shutil.copy2(first, source)
@@ -157,7 +157,7 @@ def test_a_copy_is_checked_against_the_classified_content(tmp_path: Path, monkey
     if not in_kernel:
         monkeypatch.delattr(os, "copy_file_range", raising=False)
     source = tmp_path / "a.jpg"
-    shutil.copy2(real_images(1)[0], source)
+    shutil.copy2(sample_photos(1)[0], source)
     out = tmp_path / "out"
     out.mkdir()
     copy_verified(source, out / "classified.jpg", sha256_file(source))
@@ -182,7 +182,7 @@ def test_rename_noreplace_renames(tmp_path: Path) -> None:
 
 def test_a_stale_partial_from_a_crash_is_replaced_not_kept(tmp_path: Path) -> None:
     source = tmp_path / "a.jpg"
-    shutil.copy2(real_images(1)[0], source)
+    shutil.copy2(sample_photos(1)[0], source)
     target = tmp_path / "out" / "a.jpg"
     target.parent.mkdir()
     partial_name(target).write_bytes(b"half a cop")

@@ -24,7 +24,7 @@ from safety_support import (
     image_tree,
     inventory,
     other_filesystem,
-    real_images,
+    sample_photos,
     run_cli,
 )
 
@@ -38,7 +38,7 @@ def _tree_with_clashes(tmp_path: Path, out: Path) -> tuple[Path, Counter]:
     source = image_tree(tmp_path / "photos", 6)
     (source / "notes.jpg").write_text("not an image")  # an error row: must stay untouched
     duplicate, clashing = sorted(source.glob("*.jpg"))[1], sorted((source / "sub").glob("*.jpg"))[0]
-    stranger = real_images(8)[-1]
+    stranger = sample_photos(8)[-1]
     for label in ("cat", "not-cat"):
         (out / label / "sub").mkdir(parents=True)
         shutil.copy2(duplicate, out / label / duplicate.name)

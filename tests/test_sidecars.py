@@ -11,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from shared_data import SHARED, requires
+
 from notcat_sort.sidecars import companion_name, companions
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLE = SHARED / "samples" / "orientation" / "Landscape_1.jpg"
 CLI = Path(sys.executable).parent / "notcat-sort"
 SIDECARS = {"IMG_0001.jpg.xmp": b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>", "IMG_0001.xmp": b"<lr/>",
             "IMG_0001.AAE": b"<plist/>"}
 
-pytestmark = pytest.mark.skipif(not SAMPLE.exists(), reason="needs ../shared/samples")
+pytestmark = requires(SAMPLE)
 
 
 @pytest.fixture

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from shared_data import SHARED, requires
+
 from notcat_sort.actions.tag import untag
 from notcat_sort.content import sha256_file
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLE = SHARED / "samples" / "orientation" / "Landscape_1.jpg"
 CLI = Path(sys.executable).parent / "notcat-sort"
 
 pytestmark = [
-    pytest.mark.skipif(not SAMPLE.exists(), reason="needs ../shared/samples"),
+    requires(SAMPLE),
     pytest.mark.skipif(shutil.which("exiftool") is None, reason="needs exiftool (libimage-exiftool-perl)"),
 ]
 

@@ -13,14 +13,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from photos import photos
 
 from notcat_sort.cache import FileKey
 from notcat_sort.report import Row, Status, read_report
 from notcat_sort.pipeline import StopFlag
 from notcat_sort.watch import Journal, Scope, Settler, open_for_writing, should_flush
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATASET = SHARED / "datasets" / "catnotcat"
 CLI = Path(sys.executable).parent / "notcat-sort"
 SETTLE = 0.5
 OUTPUT_FOLDERS = ("cat", "not-cat", "unsure")
@@ -114,24 +113,12 @@ def test_journal_skips_only_unchanged_files_with_a_final_row_for_the_same_action
 # --- the real command ---------------------------------------------------------------------------
 
 def _unique_images(count: int) -> list[bytes]:
-    """The smallest images of the data set, distinct by content."""
-    if not DATASET.is_dir():
-        pytest.skip(f"{DATASET} is not there")
-    files = sorted((p for folder in ("cat", "not-cat") for p in (DATASET / folder).glob("*.jpg")),
-                   key=lambda p: (p.stat().st_size, p.name))
-    images, seen = [], set()
-    for file in files:
-        data = file.read_bytes()
-        if sha256(data) not in seen:
-            seen.add(sha256(data))
-            images.append(data)
-        if len(images) == count:
-            return images
-    pytest.skip("not enough distinct images in the data set")
+    """`count` small images, distinct by content."""
+    return [path.read_bytes() for path in photos(count)]
 
 
 def _start(folder: Path, tmp_path: Path, action: str, log_name: str, *options: str, jobs: int = 1) -> subprocess.Popen:
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_DATA_HOME": str(tmp_path / "data")}
     log = open(tmp_path / log_name, "wb")
     return subprocess.Popen(
         [str(CLI), "--watch", str(folder), f"--{action}", "--settle", str(SETTLE), "-j", str(jobs), *options],
@@ -268,3 +255,8 @@ def test_watch_copy_restart_processes_nothing_twice_and_polling_sees_arrivals(tm
     assert {row.status for row in rows} == {Status.DONE}
     assert all((inbox / f"photo-{n}.jpg").read_bytes() == images[n] for n in range(5))
     assert _sorted_hashes(inbox) == Counter(sha256(image) for image in images)
+    # The log says what happened to each file as it happens, not a periodic count.
+    logged = (tmp_path / "first.log").read_text() + (tmp_path / "second.log").read_text()
+    for row in rows:
+        assert f"done {row.label}: {row.path} -> {row.destination}" in logged, logged
+    assert "files so far" not in logged and "sorted 1 files" not in logged

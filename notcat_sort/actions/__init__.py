@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from notcat_sort.actions.common import Outcome
@@ -22,7 +23,26 @@ from notcat_sort.actions.tag import tag
 from notcat_sort.content import DigestOf, sha256_file
 from notcat_sort.report import Status
 
-ACTIONS = ("move", "copy", "link")  # the ones that place files, through plan() and execute()
+
+
+class Action(str, Enum):
+    """What a run does with each image; a run without one only reports."""
+
+    MOVE = "move"
+    COPY = "copy"
+    LINK = "link"
+    TAG = "tag"  # leaves the image in place and edits its XMP sidecar
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def places_files(self) -> bool:
+        """Puts the image somewhere in cat/, not-cat/ or unsure/ (through plan() and execute())."""
+        return self is not Action.TAG
+
+
+PLACING_ACTIONS = tuple(action for action in Action if action.places_files)
 
 
 class Kind:
@@ -33,7 +53,7 @@ class Kind:
 
 @dataclass(frozen=True)
 class Plan:
-    action: str
+    action: Action
     source: Path
     target: Path | None
     sha256: str | None
@@ -46,20 +66,21 @@ class Plan:
 
 
 def plan(
-    action: str, source: Path, destination: Path, sha256: str | None, on_conflict: OnConflict,
+    action: Action, source: Path, destination: Path, sha256: str | None, on_conflict: OnConflict,
     reserved: Collection[Path] = (), digest_of: DigestOf = sha256_file,
 ) -> Plan:
     """Settle what `action` will do with `source`; raises OSError when the destination cannot be examined."""
-    if action not in ACTIONS:
-        raise ValueError(f"unknown action {action!r}")
+    action = Action(action)  # the word ("move") will do too
+    if not action.places_files:
+        raise ValueError(f"{action} places no files")
     if os.path.abspath(source) == os.path.abspath(destination):
         return Plan(action, source, destination, sha256, Kind.SKIP, "already in place")
-    state, target = resolve(source, destination, sha256, on_conflict, action != "move", reserved, digest_of)
+    state, target = resolve(source, destination, sha256, on_conflict, action is not Action.MOVE, reserved, digest_of)
     if state == "taken":
         return Plan(action, source, target, sha256, Kind.SKIP,
                     "destination exists with different content (--on-conflict skip)")
     if state == "identical":
-        if action == "move":
+        if action is Action.MOVE:
             return Plan(action, source, target, sha256, Kind.REMOVE_DUPLICATE)
         return Plan(action, source, target, sha256, Kind.SKIP, "already sorted: an identical copy is there")
     return Plan(action, source, target, sha256, Kind.PLACE)
@@ -75,9 +96,9 @@ def execute(planned: Plan) -> Outcome:
         remove_duplicate(source, target)
         return Outcome(Status.DUPLICATE_REMOVED, target, "already sorted: an identical copy is there")
     target.parent.mkdir(parents=True, exist_ok=True)
-    if planned.action == "move":
+    if planned.action is Action.MOVE:
         move_new(source, target, planned.sha256)
-    elif planned.action == "copy":
+    elif planned.action is Action.COPY:
         copy_verified(source, target, planned.sha256)
     else:
         link_new(source, target)
@@ -85,12 +106,12 @@ def execute(planned: Plan) -> Outcome:
 
 
 def perform(
-    action: str, source: Path, destination: Path, sha256: str | None,
+    action: Action, source: Path, destination: Path, sha256: str | None,
     on_conflict: OnConflict, dry_run: bool = False, **details: object,
 ) -> Outcome:
     """Plan and execute in one step, for callers that journal nothing in between. `tag` (which
     keeps its own undo records) takes `details`: the label, p_cat and model."""
-    if action == "tag":
+    if action is Action.TAG:
         return tag(source, destination, sha256, on_conflict, dry_run, **details)
     planned = plan(action, source, destination, sha256, on_conflict)
     if dry_run:
@@ -98,4 +119,4 @@ def perform(
     return execute(planned)
 
 
-__all__ = ["ACTIONS", "Kind", "OnConflict", "Outcome", "Plan", "execute", "perform", "plan"]
+__all__ = ["PLACING_ACTIONS", "Action", "Kind", "OnConflict", "Outcome", "Plan", "execute", "perform", "plan"]

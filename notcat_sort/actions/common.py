@@ -99,3 +99,14 @@ def remove(path: Path) -> None:
     os.unlink(path)
     operation_done()
     fsync_dir(path.parent)
+
+
+def remove_empty_folder(folder: Path) -> bool:
+    """Remove `folder` if it is empty; False (and nothing changed) when it is not, or is gone."""
+    try:
+        os.rmdir(folder)
+    except OSError:
+        return False
+    operation_done()
+    fsync_dir(folder.parent)
+    return True

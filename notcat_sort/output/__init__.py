@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from notcat_sort.pipeline import Result
+from notcat_sort.report import Status
 
 
 @dataclass
@@ -50,3 +53,38 @@ class Tally:
 def describe_failure(result: Result) -> str:
     reason = result.prediction.error or result.outcome.error
     return f"error: {result.prediction.candidate.path}: {reason}"
+
+
+def describe(result: Result) -> str:
+    """One line per file: what happened to it and where it went."""
+    if result.failed:
+        return describe_failure(result)
+    outcome, source = result.outcome, result.prediction.candidate.path
+    where = f" -> {outcome.destination}" if outcome.destination is not None else ""
+    why = f" ({outcome.error})" if outcome.error else ""
+    return f"{outcome.status} {result.label}: {source}{where}{why}"
+
+
+@dataclass
+class Preview:
+    """What a dry run would do: how many images each destination folder would get, with a few examples."""
+
+    folder_of: Callable[[Result], Path]
+    examples_per_folder: int = 2
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[Path, list[str]] = field(default_factory=dict)
+
+    def add(self, result: Result) -> None:
+        if result.outcome.status != Status.PLANNED:
+            return
+        folder = self.folder_of(result)
+        self.counts[folder] += 1
+        shown = self.examples.setdefault(folder, [])
+        if len(shown) < self.examples_per_folder:
+            shown.append(f"  {result.prediction.candidate.path} -> {result.outcome.destination}")
+
+    def lines(self) -> list[str]:
+        if not self.counts:
+            return ["would change nothing"]
+        lines = ["would go to:"] + [f"  {count:6d}  {folder}" for folder, count in sorted(self.counts.items())]
+        return lines + ["for example:"] + [line for folder in sorted(self.examples) for line in self.examples[folder]]

@@ -9,21 +9,25 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from notcat_sort.decide import Label
 from notcat_sort.output import Tally, describe_failure
 from notcat_sort.pipeline import Result
 
 
 class RichView:
-    def __init__(self, count_files: Callable[[], int] | None = None) -> None:
-        """`count_files` runs in a background thread to give the bar its total while sorting starts."""
+    def __init__(self, count_files: Callable[[], int] | None = None, doing: str = "sorting") -> None:
+        """`count_files` runs in a background thread to give the bar its total while sorting starts;
+        `doing` names the work ("classifying" in a dry run)."""
         self.tally = Tally()
         self.console = Console(stderr=True)
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("sorting"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:.1f} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.1f} img/s"),
+            TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("remaining"), TimeRemainingColumn(),
+            TextColumn("cat {task.fields[cat]} · not-cat {task.fields[not_cat]} · unsure {task.fields[unsure]}"),
             TextColumn("[red]{task.fields[failed]} failed"), console=self.console, transient=False,
         )
-        self._task = self._progress.add_task("sort", total=None, rate=0.0, failed=0)
+        self._task = self._progress.add_task(doing, total=None, rate=0.0, failed=0, **self._labels())
         self._count_files = count_files
 
     def __enter__(self) -> RichView:
@@ -45,7 +49,13 @@ class RichView:
         self.tally.add(result)
         if result.failed:
             self._progress.console.print(describe_failure(result), style="red", highlight=False, markup=False)
-        self._progress.update(self._task, advance=1, rate=self.tally.rate(), failed=self.tally.failed)
+        self._progress.update(self._task, advance=1, rate=self.tally.rate(), failed=self.tally.failed,
+                              **self._labels())
+
+    def _labels(self) -> dict[str, int]:
+        labels = self.tally.labels
+        return {"cat": labels[Label.CAT.value], "not_cat": labels[Label.NOT_CAT.value],
+                "unsure": labels[Label.UNSURE.value]}
 
     def finish(self, extra: list[str]) -> None:
         self._progress.stop()
