@@ -4,6 +4,10 @@ Re-running over a library classifies nothing twice. A file is known by the sha25
 A second table remembers which content sits at which (device, inode, size, mtime), so an
 unchanged file, or one that was only moved or renamed on the same filesystem, is recognised
 without reading it at all.
+
+A broken cache only costs speed: the file's `user_version` names its schema and the decoding it
+was made with, and a cache of another version is emptied when opened for writing (and not used
+when opened read-only); any error in a look-up counts as a miss.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from platformdirs import user_cache_dir
+
+from notcat_sort.decode import PREPROCESSING_VERSION
+
+SCHEMA_VERSION = 1  # bump when the tables change
+# Stored as SQLite's `PRAGMA user_version`.
+VERSION = SCHEMA_VERSION * 1000 + PREPROCESSING_VERSION
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -60,35 +70,57 @@ class PredictionCache:
         self.model = model_sha256
         if readonly:  # may be handed to other threads, which then take turns on it
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
-            self._db.execute("SELECT 1 FROM predictions LIMIT 0")  # fail here, not on every lookup
+            if self._version() != VERSION:  # fail here, not on every lookup
+                self._db.close()
+                raise sqlite3.DatabaseError(f"prediction cache {path} is of another version")
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            if self._version() != VERSION:
+                self._recreate()
+
+    def _version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _recreate(self) -> None:
+        """Empty a cache of another version (or a new file) and give it this version's tables."""
+        with self._db:
+            self._db.execute("DROP TABLE IF EXISTS predictions")
+            self._db.execute("DROP TABLE IF EXISTS files")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {VERSION}")
+
+    def _one(self, query: str, parameters: tuple) -> tuple | None:
+        """The first row of a look-up; None when there is none, or the cache cannot answer."""
+        try:
+            return self._db.execute(query, parameters).fetchone()
+        except sqlite3.Error:
+            return None
 
     def lookup_file(self, key: FileKey) -> tuple[str, float] | None:
         """(digest, p_cat) for an unchanged file this model has seen."""
-        return self._db.execute(
+        row = self._one(
             "SELECT f.digest, p.p_cat FROM files f JOIN predictions p"
             " ON p.digest = f.digest AND p.model = ?"
             " WHERE f.device = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ?",
             (self.model, key.device, key.inode, key.size, key.mtime_ns),
-        ).fetchone()
+        )
+        return None if row is None else (row[0], row[1])
 
     def digest_at(self, key: FileKey) -> str | None:
         """The content digest known to sit at an unchanged file, whatever model classified it."""
-        row = self._db.execute(
+        row = self._one(
             "SELECT digest FROM files WHERE device = ? AND inode = ? AND size = ? AND mtime_ns = ?",
             (key.device, key.inode, key.size, key.mtime_ns),
-        ).fetchone()
+        )
         return None if row is None else row[0]
 
     def lookup_digest(self, digest: str) -> float | None:
-        row = self._db.execute(
-            "SELECT p_cat FROM predictions WHERE model = ? AND digest = ?", (self.model, digest)
-        ).fetchone()
+        row = self._one("SELECT p_cat FROM predictions WHERE model = ? AND digest = ?", (self.model, digest))
         return None if row is None else row[0]
 
     def store(self, entries: Iterable[tuple[FileKey, str, float]]) -> None:

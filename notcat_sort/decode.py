@@ -26,6 +26,8 @@ except ImportError:  # pragma: no cover - depends on the install
     pillow_heif = None
 
 DEFAULT_MAX_PIXELS = 200_000_000
+# Bump when `decode` gives other pixels for the same bytes: cached predictions then no longer hold.
+PREPROCESSING_VERSION = 1
 
 # Pillow's own bomb check is global state and only warns below 2x its limit; we check ourselves.
 Image.MAX_IMAGE_PIXELS = None

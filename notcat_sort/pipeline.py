@@ -22,7 +22,7 @@ from notcat_sort.cache import FileKey, PredictionCache, open_cache
 from notcat_sort.classify import ClassifySettings, Prediction, classify
 from notcat_sort.content import DigestOf, sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label, Policy
-from notcat_sort.report import ReportWriter, Row, Status, format_p
+from notcat_sort.report import ReportWriter, Row, Status, format_p, run_key
 from notcat_sort.scan import Candidate, scan
 from notcat_sort.sidecars import SidecarName, companion_name, companions, xmp_path
 
@@ -186,21 +186,21 @@ def _perform(settings: SortSettings, source: Path, destination: Path, sha256: st
         return _failure(settings, error)
 
 
-def _tag(settings: SortSettings, prediction: Prediction, label: Label) -> Outcome:
+def _tag(settings: SortSettings, prediction: Prediction, label: Label, run: str) -> Outcome:
     card = settings.classify.card
     return _perform(settings, prediction.candidate.path, settings.destination(prediction.candidate, label),
                     prediction.sha256, settings.on_conflict,
-                    label=label.value, p_cat=prediction.p_cat, model=f"{card.name} {card.version}")
+                    label=label.value, p_cat=prediction.p_cat, model=f"{card.name} {card.version}", run=run)
 
 
-def _act(settings: SortSettings, stop: Callable[[], bool], prediction: Prediction, label: Label,
+def _act(settings: SortSettings, stop: Callable[[], bool], run: str, prediction: Prediction, label: Label,
          planned: Plan | Outcome | None, found: list[Companion]) -> Result:
     """Carry out one file's plan (and its companions'), unless a stop was asked for first."""
     if label is Label.ERROR:
         return Result(prediction, label, Outcome(Status.ERROR))
     if stop():
         return Result(prediction, label, Outcome(Status.SKIPPED, None, getattr(stop, "reason", "interrupted")))
-    outcome = _tag(settings, prediction, label) if planned is None else _execute(settings, planned)
+    outcome = _tag(settings, prediction, label, run) if planned is None else _execute(settings, planned)
     return Result(prediction, label, outcome, _carry(settings, prediction.candidate.path, outcome, found))
 
 
@@ -296,6 +296,7 @@ def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, repor
                   stop: Callable[[], bool], actors: ThreadPoolExecutor,
                   known: PredictionCache | None) -> Iterator[Result]:
     action = settings.action_name
+    run = run_key(report.path) if report.path is not None else ""
     digest_of = _digest_reader(known)
     for predictions in classify(candidates, settings.classify):
         decided = [(p, settings.policy.decide(p.p_cat)) for p in predictions]
@@ -311,7 +312,7 @@ def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, repor
             if journal:
                 report.write(journal, durable=True)
         results = list(actors.map(
-            lambda i: _act(settings, stop, *decided[i], plans.get(i), found.get(i, [])), range(len(decided))))
+            lambda i: _act(settings, stop, run, *decided[i], plans.get(i), found.get(i, [])), range(len(decided))))
         report.write((row for result in results for row in result.rows(action)), durable=settings.changes_files)
         if settings.changes_files:
             _remember_placed(known, results)

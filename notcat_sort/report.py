@@ -49,6 +49,11 @@ FIELDS = [field.name for field in fields(Row)]
 _ENCODING = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
 
 
+def run_key(report: Path) -> str:
+    """What names a run in the records kept outside its report (tag undo): the report's path."""
+    return os.path.abspath(report)
+
+
 def format_p(p_cat: float | None) -> str:
     return "" if p_cat is None else f"{p_cat:.4f}"
 

@@ -22,7 +22,7 @@ from notcat_sort.content import sha256_file
 from notcat_sort.actions.copy import copy_verified
 from notcat_sort.actions.move import move_new
 from notcat_sort.actions.tag import untag
-from notcat_sort.report import ReportWriter, Row, Status, final_rows
+from notcat_sort.report import ReportWriter, Row, Status, final_rows, run_key
 
 _PLACED = {Status.STARTED, Status.DONE, Status.ERROR}
 _DUPLICATE_REMOVED = {Status.STARTED_REMOVE_DUPLICATE, Status.DUPLICATE_REMOVED}
@@ -100,9 +100,9 @@ def _undo_duplicate_removal(source: Path, target: Path, sha256: str) -> tuple[st
     return Status.UNDONE, "restored from its identical copy, which stays"
 
 
-def _undo_tag(row: Row) -> tuple[str, str]:
+def _undo_tag(row: Row, run: str) -> tuple[str, str]:
     """`tag` keeps its own undo records (see actions/tag.py): hand over to it."""
-    outcome = untag(Path(row.path), Path(row.destination))
+    outcome = untag(Path(row.path), Path(row.destination), run)
     status = Status.UNDONE if outcome.status == Status.DONE else outcome.status
     return status, outcome.error or ("removed the tag" if status == Status.UNDONE else "")
 
@@ -115,14 +115,14 @@ def _action(row: Row) -> Action | None:
         return None
 
 
-def undo_row(row: Row) -> tuple[str, str]:
-    """(status, reason) after undoing what `row` records, if anything."""
+def undo_row(row: Row, run: str) -> tuple[str, str]:
+    """(status, reason) after undoing what `row` of the run `run` (see run_key) records, if anything."""
     action = _action(row)
     if row.status in _FOLDER_REMOVED:
         os.makedirs(row.path, exist_ok=True)
         return Status.UNDONE, "recreated the folder the move emptied"
     if action is Action.TAG and row.destination and row.status in (Status.STARTED, Status.DONE):
-        return _undo_tag(row)
+        return _undo_tag(row, run)
     if action is None or not action.places_files or not row.destination:
         return Status.SKIPPED, "nothing was done"
     source, target = Path(row.path), Path(row.destination)
@@ -148,7 +148,7 @@ def undo(report: Path, writer: ReportWriter) -> Iterator[Row]:
     """Undo the run recorded in `report`, last action first, writing and yielding a row per file."""
     for row in reversed(final_rows(report)):
         try:
-            status, reason = undo_row(row)
+            status, reason = undo_row(row, run_key(report))
         except OSError as error:
             status = Status.ERROR
             reason = f"undo failed: {error.strerror or error}" + (f": {error.filename}" if error.filename else "")

@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from photos import photos as generated_photos
 
+from notcat_sort.cache import VERSION
 from notcat_sort.classify import ClassifySettings, Prediction, classify
 from notcat_sort.content import sha256_file
 from notcat_sort.model import card_path, default_model_path, load_card
@@ -177,3 +180,49 @@ def test_a_move_reads_both_files_before_removing_a_duplicate_whatever_the_cache_
     assert sources[0].exists()
     assert {rows[s.name]["status"] for s in sources[1:]} == {"duplicate-removed"}
     assert not any(s.exists() for s in sources[1:])
+
+
+def _stale_cache(path: Path, version: int, model: str, digest: str, p_cat: float) -> None:
+    """A cache file as another version of notcat-sort left it, with a prediction for `digest`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE predictions (model TEXT, digest TEXT, p_cat REAL, PRIMARY KEY (model, digest))")
+        db.execute("INSERT INTO predictions VALUES (?, ?, ?)", (model, digest, p_cat))
+        db.execute(f"PRAGMA user_version = {version}")
+
+
+@pytest.mark.parametrize("version", [0, VERSION + 1], ids=["unversioned", "other-version"])
+def test_a_cache_of_another_version_is_emptied_not_believed(photos, settings, version):
+    image = sorted(photos.iterdir())[0]
+    _stale_cache(settings.cache_path, version, settings.card.sha256, sha256_file(image), 0.123456)
+
+    prediction = run(settings, image)[image]
+
+    assert not prediction.cached and prediction.p_cat != 0.123456
+    with closing(sqlite3.connect(settings.cache_path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == VERSION
+        assert db.execute("SELECT p_cat FROM predictions").fetchall() == [(prediction.p_cat,)]
+    assert run(settings, image)[image].cached  # and the new entry serves the next run
+
+
+def _unfit_cache(path: Path) -> None:
+    """The right version but tables that do not fit: every look-up fails."""
+    path.parent.mkdir(parents=True)
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE predictions (nothing_here TEXT)")
+        db.execute("CREATE TABLE files (nor_here TEXT)")
+        db.execute(f"PRAGMA user_version = {VERSION}")
+
+
+def test_a_cache_that_cannot_answer_only_costs_speed(photos, settings, tmp_path):
+    files = sorted(photos.iterdir())
+    _unfit_cache(settings.cache_path)
+
+    predictions = run(replace(settings, jobs=2), *files)
+
+    assert all(p.p_cat is not None and p.error is None and not p.cached for p in predictions.values())
+    _unfit_cache(tmp_path / "xdg" / "notcat-sort" / "predictions.sqlite3")  # where the CLI looks
+    result = subprocess.run([str(CLI), str(photos), "--copy", "--out", tmp_path / "out", "-j", "1"],
+                            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}, capture_output=True, text=True)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert len(list((tmp_path / "out").rglob("*.jpg"))) == len(files)

@@ -16,6 +16,7 @@ from shared_data import SHARED, requires
 
 from notcat_sort.actions.tag import untag
 from notcat_sort.content import sha256_file
+from notcat_sort.report import run_key
 
 SAMPLE = SHARED / "samples" / "orientation" / "Landscape_1.jpg"
 CLI = Path(sys.executable).parent / "notcat-sort"
@@ -28,9 +29,10 @@ pytestmark = [
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    """A private cache (predictions and tag undo records) for the CLI and for in-process untag."""
+    """A private cache (predictions) and data folder (tag undo records) for the CLI and in-process untag."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_DATA_HOME": str(tmp_path / "data")}
 
 
 @pytest.fixture
@@ -142,22 +144,42 @@ def test_untag_restores_previous_content_or_removes_created_sidecar(photos, env,
     run(env, photos, "--tag", "--threshold", "1", "--report", tmp_path / "r2.csv")
     assert exif_read(kept)["Subject"] == ["holiday", "not-cat"]
 
-    assert untag(photos / "IMG_0001.jpg", kept).status == "done"  # undo the second run ...
+    first, second = run_key(tmp_path / "r1.csv"), run_key(tmp_path / "r2.csv")
+    assert untag(photos / "IMG_0001.jpg", kept, second).status == "done"  # undo the second run ...
     assert exif_read(kept)["Subject"] == ["holiday", "cat"]
-    assert untag(photos / "IMG_0001.jpg", kept).status == "done"  # ... then the first
+    assert untag(photos / "IMG_0001.jpg", kept, first).status == "done"  # ... then the first
     assert kept.read_bytes() == original
-    assert untag(photos / "IMG_0001.jpg", kept).status == "skipped"  # nothing left to undo
+    assert untag(photos / "IMG_0001.jpg", kept, first).status == "skipped"  # nothing left to undo
 
-    untag(photos / "IMG_0002.jpg", created)
-    untag(photos / "IMG_0002.jpg", created)
+    untag(photos / "IMG_0002.jpg", created, second)
+    untag(photos / "IMG_0002.jpg", created, first)
     assert not created.exists()
+
+
+def test_undo_of_an_older_tag_run_keeps_the_newer_runs_tag(photos, env, tmp_path):
+    kept = photos / "IMG_0001.jpg.xmp"
+    subprocess.run(["exiftool", "-q", "-o", str(kept), "-XMP-dc:Subject=holiday",
+                    str(photos / "IMG_0001.jpg")], check=True)
+    original = kept.read_bytes()
+    run(env, photos, "--tag", "--threshold", "0", "--report", tmp_path / "older.csv")
+    run(env, photos, "--tag", "--threshold", "1", "--report", tmp_path / "newer.csv")
+
+    older = subprocess.run([str(CLI), "--undo", str(tmp_path / "older.csv")], env=env, capture_output=True, text=True)
+
+    assert older.returncode == 0, older.stderr
+    assert exif_read(kept)["Subject"] == ["holiday", "not-cat"]  # the newer run's tag is still there
+    newer = subprocess.run([str(CLI), "--undo", str(tmp_path / "newer.csv")], env=env, capture_output=True, text=True)
+    assert newer.returncode == 0, newer.stderr
+    assert kept.read_bytes() == original  # as before either run
+    assert (tmp_path / "data" / "notcat-sort" / "tag-undo").is_dir()  # kept as data, not in the cache
+    assert not (tmp_path / "cache" / "notcat-sort" / "tag-undo").exists()
 
 
 def test_untag_after_the_user_edited_the_sidecar_keeps_the_edits(photos, env, tmp_path):
     run(env, photos, "--tag", "--threshold", "0", "--report", tmp_path / "r.csv")
     sidecar = photos / "IMG_0001.jpg.xmp"
     subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-dc:Subject+=edited", str(sidecar)], check=True)
-    outcome = untag(photos / "IMG_0001.jpg", sidecar)
+    outcome = untag(photos / "IMG_0001.jpg", sidecar, run_key(tmp_path / "r.csv"))
     assert outcome.status == "done" and "edited" in outcome.error
     xmp = exif_read(sidecar)
     assert xmp["Subject"] == ["edited"]

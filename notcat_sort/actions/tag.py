@@ -7,9 +7,11 @@ run is replaced, but a keyword the user had already is never removed. Sidecars a
 atomically (temporary file, fsync, rename).
 
 Undo: before a sidecar is changed, its previous content (or the fact that there was none) is
-kept in an undo record under the user's cache folder, keyed by the sidecar's path. `untag()`
-puts that content back, or deletes a sidecar this tool created; if the sidecar was edited since,
-it removes only what this tool wrote and keeps the edits.
+kept in an undo record under the user's data folder (not the cache, which users clear), one
+record per sidecar with an entry per run, keyed by the run's report. `untag()` undoes the entry
+of the run it is given: it puts that content back, or deletes a sidecar this tool created; if
+the sidecar was edited since, it removes only what this tool wrote and keeps the edits; if a
+later run tagged it since, that tag stays.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 
 from notcat_sort.actions.common import Outcome, fsync_dir, rename_noreplace
 from notcat_sort.actions.conflict import OnConflict
-from notcat_sort.cache import default_cache_path
+from platformdirs import user_data_dir
+
 from notcat_sort.report import Status, format_p
 
 NOTCAT_NS = "https://notcat-sort.dev/ns/1.0/"
@@ -214,7 +217,7 @@ def write_atomically(path: Path, data: bytes, replace: bool) -> None:
 
 
 def undo_folder() -> Path:
-    return default_cache_path().parent / "tag-undo"
+    return Path(user_data_dir("notcat-sort")) / "tag-undo"
 
 
 def _undo_record(sidecar: Path) -> Path:
@@ -244,9 +247,10 @@ def _save_entries(sidecar: Path, entries: list[dict]) -> None:
 
 def tag(
     source: Path, destination: Path, sha256: str | None, on_conflict: OnConflict, dry_run: bool,
-    *, label: str, p_cat: float | None, model: str,
+    *, label: str, p_cat: float | None, model: str, run: str,
 ) -> Outcome:
-    """Record `label` for the image `source` in its sidecar `destination` (see sidecars.xmp_path)."""
+    """Record `label` for the image `source` in its sidecar `destination` (see sidecars.xmp_path);
+    `run` names the run (its report) for `untag`."""
     before = _read(destination)
     try:
         after = tagged(before, label, format_p(p_cat), model)
@@ -258,6 +262,7 @@ def tag(
         return Outcome(Status.PLANNED, destination)
     entries = _load_entries(destination)
     entries.append({
+        "run": run,
         "before": None if before is None else base64.b64encode(before).decode("ascii"),
         "after_sha256": _sha256(after),
     })
@@ -266,16 +271,19 @@ def tag(
     return Outcome(Status.DONE, destination)
 
 
-def untag(source: Path, destination: Path, dry_run: bool = False) -> Outcome:
-    """Undo the last `tag` of the sidecar `destination`: restore what was there before it.
+def untag(source: Path, destination: Path, run: str, dry_run: bool = False) -> Outcome:
+    """Undo the `tag` that the run `run` made to the sidecar `destination`.
 
-    If the sidecar is unchanged since, its previous bytes come back exactly (or it is deleted if
-    this tool created it). If it was edited since, only this tool's keyword and properties are
-    taken out (and the earlier run's put back), so the edits survive."""
+    If it is the sidecar's latest tag and the sidecar is unchanged since, its previous bytes come
+    back exactly (or it is deleted if this tool created it). If it was edited since, only this
+    tool's keyword and properties are taken out (and the earlier run's put back), so the edits
+    survive. If a later run has tagged it since, that tag stays, and undoing that run later puts
+    back the sidecar as it was before this one."""
     entries = _load_entries(destination)
-    if not entries:
-        return Outcome(Status.SKIPPED, destination, "no tag by notcat-sort recorded for this sidecar")
-    entry = entries[-1]
+    index = next((i for i in reversed(range(len(entries))) if entries[i].get("run") == run), None)
+    if index is None:
+        return Outcome(Status.SKIPPED, destination, "no tag by this run recorded for this sidecar")
+    entry = entries[index]
     before = None if entry["before"] is None else base64.b64decode(entry["before"])
     current = _read(destination)
     note = ""
@@ -283,6 +291,11 @@ def untag(source: Path, destination: Path, dry_run: bool = False) -> Outcome:
         return Outcome(Status.SKIPPED, destination, "sidecar no longer exists; nothing to undo")
     if dry_run:
         return Outcome(Status.PLANNED, destination)
+    if index < len(entries) - 1:
+        entries[index + 1] = {**entries[index + 1], "before": entry["before"]}
+        _save_entries(destination, entries[:index] + entries[index + 1:])
+        return Outcome(Status.DONE, destination, "a later run has tagged this sidecar since: kept its tag; "
+                                                 "undoing that run now restores the sidecar from before this one")
     if _sha256(current) == entry["after_sha256"]:
         if before is None:
             destination.unlink()
@@ -297,5 +310,5 @@ def untag(source: Path, destination: Path, dry_run: bool = False) -> Outcome:
             return Outcome(Status.ERROR, destination, f"sidecar changed since tagging and {error}")
         write_atomically(destination, _serialize(root), replace=True)
         note = "sidecar was edited since tagging: removed only the tag, kept the edits"
-    _save_entries(destination, entries[:-1])
+    _save_entries(destination, entries[:index])
     return Outcome(Status.DONE, destination, note)
