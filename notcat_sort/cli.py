@@ -43,6 +43,7 @@ Examples:
   notcat-sort ~/Photos --tag                # leave files in place, add cat/not-cat to XMP sidecars
   notcat-sort --undo ~/Photos/notcat-sort-20261122-101500.csv
   notcat-sort --watch ~/Downloads --move    # keep running: sort each image as it arrives
+  notcat-sort serve --report REPORT.csv     # a local web page to check photos and correct a run
 
 \b
 A file given as PATH is sorted into cat/ and not-cat/ in its own folder (or under --out).
@@ -208,7 +209,24 @@ def _check_options_fit(ctx: click.Context, action: Action | None) -> None:
             raise click.UsageError(complaint)
 
 
-@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _SortOrServe(click.Command):
+    """`notcat-sort serve ...` is the web app (see `notcat-sort serve --help`); anything else sorts.
+    (A folder named `serve` is sorted as `./serve`.)"""
+
+    def main(self, args=None, prog_name=None, **extra):  # type: ignore[no-untyped-def, override]
+        args = list(sys.argv[1:] if args is None else args)
+        if args[:1] != ["serve"]:
+            return super().main(args, prog_name, **extra)
+        try:
+            from notcat_sort.serve.command import serve
+        except ImportError as error:
+            click.echo(f"notcat-sort serve needs the serve extra ({error.name} is missing): "
+                       "pip install 'notcat-sort[serve]'", err=True)
+            sys.exit(2)
+        return serve.main(args[1:], f"{prog_name or 'notcat-sort'} serve", **extra)
+
+
+@click.command(cls=_SortOrServe, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--move", is_flag=True, expose_value=False, callback=_note_action,
               help="Move each image into cat/, not-cat/ (or unsure/).")

@@ -1,0 +1,439 @@
+"""`notcat-sort serve`: the API against the real app, in process (Starlette's TestClient) and under
+a real uvicorn on a loopback port, with real runs of the CLI to compare with and to review."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette", reason="the serve extra is not installed")
+
+import warnings  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+with warnings.catch_warnings():  # Starlette 1.x asks for httpx2; httpx is the client its docs still show
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient  # noqa: E402
+
+from notcat_sort.decide import Label, Policy  # noqa: E402
+from notcat_sort.model import card_path, default_model_path, load_card  # noqa: E402
+from notcat_sort.report import FIELDS  # noqa: E402
+from notcat_sort.serve.app import ServeConfig, create_app  # noqa: E402
+from notcat_sort.serve.corrections import CorrectionsFolder  # noqa: E402
+from notcat_sort.serve.review import Review, other_label_path  # noqa: E402
+from tests.serve_support import environment, library, read_rows, run_cli, start_server, tree  # noqa: E402
+
+TOKEN = "test-token-0123456789"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return environment(tmp_path)
+
+
+@pytest.fixture
+def make_client(tmp_path: Path):
+    """`make_client(report=None, max_upload=...)`: a TestClient on the real app (lifespan run)."""
+    clients = []
+
+    def make(report: Path | None = None, max_upload: int = 50 * 1024 * 1024) -> TestClient:
+        card = load_card(default_model_path())
+        review = Review(report, CorrectionsFolder(tmp_path / "corrections")) if report else None
+        config = ServeConfig(card, Policy(card.threshold), TOKEN, review, max_upload=max_upload, workers=2)
+        client = TestClient(create_app(config), base_url="http://127.0.0.1")
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def _moved_run(folder: Path, shared: Path):
+    photos, out, report = folder / "photos", folder / "sorted", folder / "run.csv"
+    library(shared, photos)
+    before = tree(photos)
+    run_cli(photos, "--move", "--out", out, "--report", report, "-j", "1", "--no-cache", env=environment(folder))
+    return photos, out, report, before
+
+
+@pytest.fixture
+def moved_run(tmp_path: Path, shared: Path):
+    """A real `--move --out` run over a small library; (photos, out, report, the library before the run)."""
+    return _moved_run(tmp_path, shared)
+
+
+@pytest.fixture(scope="module")
+def untouched_run(tmp_path_factory: pytest.TempPathFactory, shared: Path):
+    """The same, shared by the tests that prove a request changes nothing."""
+    return _moved_run(tmp_path_factory.mktemp("untouched"), shared)
+
+
+def _entry_for(client: TestClient, label: str | None = None) -> dict:
+    entries = client.get("/api/review", params={"token": TOKEN}).json()["entries"]
+    return next(entry for entry in entries if label is None or entry["label"] == label)
+
+
+# --- classify ------------------------------------------------------------------------------------
+
+def test_classify_gives_the_clis_label_and_probability(make_client, tmp_path, shared, env):
+    photos = tmp_path / "photos"
+    library(shared, photos)
+    for extra in ("orientation/Landscape_6.jpg", "heic/IMG_5195.HEIC"):  # EXIF rotation, HEIC: decoded alike
+        if (shared / "samples" / extra).exists():
+            (photos / Path(extra).name).write_bytes((shared / "samples" / extra).read_bytes())
+    rows = {Path(row["path"]): row for row in
+            read_rows_from(run_cli(photos, "--report", "-", "-j", "1", "--no-cache", env=env).stdout)}
+    client = make_client()
+    for number, (path, row) in enumerate(sorted(rows.items())):
+        body = path.read_bytes()
+        if number % 2:  # multipart, as a form or curl -F sends it
+            response = client.post("/api/classify", files={"file": (path.name, body, "image/jpeg")})
+        else:  # the raw body
+            response = client.post("/api/classify", content=body, headers={"content-type": "image/jpeg"})
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["label"] == row["label"], path
+        assert f"{answer['p_cat']:.4f}" == row["p_cat"], path
+        assert answer["sha256"] == row["sha256"] == hashlib.sha256(body).hexdigest()
+        assert answer["threshold"] == load_card(default_model_path()).threshold
+    assert len(rows) >= 6 and not any(row["label"] == "error" for row in rows.values())
+
+
+def read_rows_from(text: str) -> list[dict[str, str]]:
+    import csv
+
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def test_health_and_the_model_card(make_client):
+    client = make_client()
+    health = client.get("/api/health").json()
+    card = load_card(default_model_path())
+    assert health["status"] == "ok" and health["model"] == f"{card.name} {card.version}" and health["review"] is False
+    assert client.get("/api/model").json() == json.loads(card_path(default_model_path()).read_text())
+
+
+def test_concurrent_uploads_share_model_calls(make_client, shared):
+    """Requests that arrive together are classified in fewer model calls than there are images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = make_client()
+    body = sorted((shared / "datasets" / "catnotcat" / "cat").iterdir())[0].read_bytes()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: client.post("/api/classify", content=body).json(), range(48)))
+    assert len({answer["p_cat"] for answer in answers}) == 1
+    health = client.get("/api/health").json()
+    assert health["images_classified"] == 48 and health["model_calls"] < 48
+
+
+def _jpeg(size=(64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 120, 40)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("send, status, says", [
+    (dict(content=b""), 400, "empty upload"),
+    (dict(content=b"hello, this is text and no image at all"), 415, "not an image"),
+    (dict(content=_jpeg()[:200]), 422, "cannot read this image"),
+    (dict(files={"other": ("a.jpg", _jpeg(), "image/jpeg")}), 400, '"file" part'),
+    (dict(content=b"--xyz\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=xyz"}), 400, "multipart"),
+    (dict(content=_jpeg((600, 600)) * 4), 413, "limit"),
+    (dict(files={"file": ("big.jpg", _jpeg((600, 600)) * 4, "image/jpeg")}), 413, "limit"),
+    (dict(content=iter([_jpeg((600, 600))] * 4)), 413, "limit"),  # chunked: no Content-Length
+])
+def test_bad_uploads_get_a_4xx_with_a_reason(make_client, send, status, says):
+    client = make_client(max_upload=20_000)
+    response = client.post("/api/classify", **send)
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]
+
+
+def test_unknown_routes_and_methods_answer_json(make_client):
+    client = make_client()
+    assert client.get("/api/classify").status_code == 405
+    missing = client.get("/api/nothing")
+    assert missing.status_code == 404 and "error" in missing.json()
+    review = client.get("/api/review", params={"token": TOKEN})
+    assert review.status_code == 404 and "--report" in review.json()["error"]
+
+
+def test_pages_and_safety_headers(make_client):
+    client = make_client()
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert client.get("/static/review.js").status_code == 200
+
+
+def test_a_foreign_host_header_is_refused(make_client):
+    """A page on another site that rebinds its name to 127.0.0.1 still sends its own Host."""
+    client = make_client()
+    assert client.get("/api/health", headers={"host": "evil.example"}).status_code == 400
+
+
+# --- review and corrections ----------------------------------------------------------------------
+
+def test_review_lists_the_runs_photos_with_thumbnails(make_client, moved_run):
+    photos, out, report, before = moved_run
+    client = make_client(report)
+    listing = client.get("/api/review", params={"token": TOKEN}).json()
+    rows = read_rows(report)
+    assert {entry["path"] for entry in listing["entries"]} == {row["destination"] for row in rows}
+    assert {(entry["label"], f"{entry['p_cat']:.4f}") for entry in listing["entries"]} == \
+        {(row["label"], row["p_cat"]) for row in rows}
+    thumbnail = client.get(f"/api/review/{listing['entries'][0]['id']}/thumbnail", params={"token": TOKEN})
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumbnail.content)).size) <= 320
+
+
+def test_a_correction_moves_the_file_journals_it_and_undo_puts_everything_back(make_client, moved_run, env, tmp_path):
+    photos, out, report, before = moved_run
+    client = make_client(report)
+    entry = _entry_for(client)
+    old = Path(entry["path"])
+    new_label = "not-cat" if entry["label"] == "cat" else "cat"
+    sidecar = old.with_name(old.name + ".xmp")
+    sidecar.write_text("<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")  # a sidecar beside it travels with it
+    content = old.read_bytes()
+
+    response = client.post(f"/api/review/{entry['id']}/label", json={"label": new_label},
+                           headers={"x-notcat-token": TOKEN})
+    assert response.status_code == 200, response.text
+    moved = Path(response.json()["path"])
+    assert moved == out / new_label / old.relative_to(out / entry["label"])
+    assert moved.read_bytes() == content and not old.exists()
+    assert moved.with_name(moved.name + ".xmp").exists() and not sidecar.exists()
+    journal = read_rows(report)[-2:]
+    assert [(row["path"], row["destination"], row["status"], row["label"]) for row in journal] == [
+        (str(old), str(moved), "done", new_label),
+        (str(sidecar), str(moved.with_name(moved.name + ".xmp")), "done", new_label)]
+    # kept for training, in the folder layout `python -m training fit --data` reads
+    corrections = tmp_path / "corrections"
+    kept = list((corrections / new_label).iterdir())
+    assert [path.read_bytes() for path in kept] == [content] and list((corrections / entry["label"]).iterdir()) == []
+    logged = read_rows(corrections / "corrections.csv")
+    assert [(row["label"], row["previous_label"], row["source"]) for row in logged] == \
+        [(new_label, entry["label"], str(next(Path(row["path"]) for row in read_rows(report)
+                                             if row["destination"] == str(old))))]
+    # the same correction again changes nothing
+    journal = report.read_bytes()
+    again = client.post(f"/api/review/{entry['id']}/label", json={"label": new_label}, headers={"x-notcat-token": TOKEN})
+    assert again.status_code == 200 and report.read_bytes() == journal
+
+    run_cli("--undo", report, env=env)
+    assert tree(photos) == before
+    assert sidecar.exists()  # made after the run, in OUT/cat: put back there, where the correction found it
+    assert not [path for path in out.rglob("*") if path.is_file() and path.suffix == ".jpg"]
+
+
+def test_correcting_back_keeps_one_training_copy(make_client, moved_run, tmp_path):
+    photos, out, report, before = moved_run
+    client = make_client(report)
+    entry = _entry_for(client)
+    first, back = ("not-cat", "cat") if entry["label"] == "cat" else ("cat", "not-cat")
+    for label in (first, back):
+        assert client.post(f"/api/review/{entry['id']}/label", json={"label": label},
+                           headers={"x-notcat-token": TOKEN}).status_code == 200
+    corrections = tmp_path / "corrections"
+    assert len(list((corrections / back).iterdir())) == 1 and list((corrections / first).iterdir()) == []
+    assert len(read_rows(corrections / "corrections.csv")) == 2
+
+
+def test_a_restarted_review_sees_the_corrections(make_client, moved_run, tmp_path):
+    photos, out, report, before = moved_run
+    client = make_client(report)
+    entry = _entry_for(client)
+    new_label = "not-cat" if entry["label"] == "cat" else "cat"
+    moved = client.post(f"/api/review/{entry['id']}/label", json={"label": new_label},
+                        headers={"x-notcat-token": TOKEN}).json()
+    again = Review(report, CorrectionsFolder(tmp_path / "corrections")).entry(entry["id"])
+    assert (again.label.value, str(again.location)) == (new_label, moved["path"])
+    assert again.run_label.value == entry["label"]
+
+
+def test_a_dry_run_correction_changes_only_the_report(make_client, tmp_path, shared, env):
+    photos, report = tmp_path / "photos", tmp_path / "dry.csv"
+    library(shared, photos)
+    run_cli(photos, "--report", report, "-j", "1", "--no-cache", env=env)
+    before = tree(photos)
+    client = make_client(report)
+    entry = _entry_for(client)
+    new_label = "not-cat" if entry["label"] == "cat" else "cat"
+    response = client.post(f"/api/review/{entry['id']}/label", json={"label": new_label},
+                           headers={"x-notcat-token": TOKEN})
+    assert response.status_code == 200 and response.json()["label"] == new_label
+    assert tree(photos) == before
+    last = read_rows(report)[-1]
+    assert (last["path"], last["label"], last["status"]) == (entry["path"], new_label, "planned")
+    assert f"{Path(last['destination']).parent.name}" in (new_label, Path(entry["path"]).parent.name)
+    assert new_label in Path(last["destination"]).parts
+    assert len(list((tmp_path / "corrections" / new_label).iterdir())) == 1
+
+
+@pytest.mark.parametrize("headers, body, status", [
+    ({}, {"label": "cat"}, 401),
+    ({"x-notcat-token": "wrong"}, {"label": "cat"}, 403),
+    ({"x-notcat-token": TOKEN, "content-type": "application/json"}, b"{not json", 400),
+    ({"x-notcat-token": TOKEN}, {"label": "dog"}, 400),
+    ({"x-notcat-token": TOKEN}, {"label": "unsure"}, 400),
+    ({"x-notcat-token": TOKEN}, {"path": "/etc/passwd"}, 400),
+    ({"x-notcat-token": TOKEN, "content-type": "text/plain"}, b'{"label": "cat"}', 415),
+])
+def test_a_refused_correction_changes_nothing(make_client, untouched_run, headers, body, status):
+    photos, out, report, before = untouched_run
+    client = make_client(report)
+    before, journal = tree(out), report.read_bytes()
+    for entry in client.get("/api/review", params={"token": TOKEN}).json()["entries"]:
+        send = dict(json=body) if isinstance(body, dict) else dict(content=body)
+        response = client.post(f"/api/review/{entry['id']}/label", headers=headers, **send)
+        assert response.status_code == status, response.text
+        assert response.json()["error"]
+    assert tree(out) == before and report.read_bytes() == journal
+
+
+def test_the_token_in_the_query_is_not_enough_to_correct(make_client, untouched_run):
+    photos, out, report, before = untouched_run
+    client = make_client(report)
+    before = tree(out)
+    entry = _entry_for(client)
+    response = client.post(f"/api/review/{entry['id']}/label", params={"token": TOKEN}, json={"label": "cat"})
+    assert response.status_code == 401 and tree(out) == before
+
+
+def test_reading_the_review_needs_the_token(make_client, untouched_run):
+    photos, out, report, before = untouched_run
+    client = make_client(report)
+    assert client.get("/api/review").status_code == 401
+    assert client.get("/api/review/0/thumbnail").status_code == 401
+    assert client.get("/api/review/0/thumbnail", params={"token": "nope"}).status_code == 403
+
+
+@pytest.mark.parametrize("path", [
+    "/api/review/../../../../etc/passwd/thumbnail",
+    "/api/review/%2e%2e%2f%2e%2e%2fetc%2fpasswd/thumbnail",
+    "/api/review/-1/thumbnail",
+    "/api/review/99999/thumbnail",
+    "/api/review/0x1/thumbnail",
+    "/static/../../../../etc/passwd",
+    "/static/%2e%2e/%2e%2e/%2e%2e/pyproject.toml",
+    "/static/..%2f..%2f..%2fpyproject.toml",
+    "/static//etc/passwd",
+])
+def test_path_traversal_is_refused(make_client, untouched_run, path):
+    photos, out, report, before = untouched_run
+    client = make_client(report)
+    response = client.get(path, params={"token": TOKEN})
+    assert response.status_code in (400, 404), (path, response.status_code)
+    assert b"root:" not in response.content and b"[project]" not in response.content
+
+
+def test_a_vanished_file_is_a_clear_error_and_nothing_changes(make_client, moved_run):
+    photos, out, report, before = moved_run
+    client = make_client(report)
+    entry = _entry_for(client)
+    Path(entry["path"]).unlink()
+    before, journal = tree(out), report.read_bytes()
+    thumbnail = client.get(f"/api/review/{entry['id']}/thumbnail", params={"token": TOKEN})
+    assert thumbnail.status_code == 410 and "not there any more" in thumbnail.json()["error"]
+    response = client.post(f"/api/review/{entry['id']}/label", json={"label": "cat" if entry["label"] != "cat" else "not-cat"},
+                           headers={"x-notcat-token": TOKEN})
+    assert response.status_code == 409 and "Nothing was changed" in response.json()["error"]
+    assert tree(out) == before and report.read_bytes() == journal
+
+
+def test_a_file_changed_since_the_run_is_not_moved(make_client, moved_run):
+    photos, out, report, before = moved_run
+    client = make_client(report)
+    entry = _entry_for(client)
+    Path(entry["path"]).write_bytes(_jpeg())
+    before, journal = tree(out), report.read_bytes()
+    response = client.post(f"/api/review/{entry['id']}/label", json={"label": "cat" if entry["label"] != "cat" else "not-cat"},
+                           headers={"x-notcat-token": TOKEN})
+    assert response.status_code == 409 and "changed since the run" in response.json()["error"]
+    assert tree(out) == before and report.read_bytes() == journal
+
+
+@pytest.mark.parametrize("first_line, says", [
+    ("path,label,p_cat,action,destination,status,error\n", "another version"),
+    ("name,size\n", "not a notcat-sort report"),
+])
+def test_a_report_it_cannot_read_is_a_usage_error(tmp_path, env, first_line, says):
+    report = tmp_path / "old.csv"
+    report.write_text(first_line + "/x.jpg,cat,0.9,move,/o/cat/x.jpg,done,\n")
+    done = run_cli("serve", "--report", report, "--port", "0", env=env, check=False)
+    assert done.returncode == 2 and says in done.stderr
+    assert FIELDS[0] == "path"
+
+
+@pytest.mark.parametrize("source, placed, old, new, expected", [
+    ("/p/2020/a.jpg", "/p/cat/2020/a.jpg", "cat", "not-cat", "/p/not-cat/2020/a.jpg"),  # in place
+    ("/p/a.jpg", "/o/cat/a (1).jpg", "cat", "not-cat", "/o/not-cat/a (1).jpg"),  # --out, renamed
+    ("/p/cat/a.jpg", "/o/cat/cat/a.jpg", "cat", "not-cat", "/o/not-cat/cat/a.jpg"),  # --out, a sub-folder named cat
+    ("/home/cat/a.jpg", "/home/cat/cat/a.jpg", "cat", "not-cat", "/home/cat/not-cat/a.jpg"),  # sorting a folder named cat
+    ("/p/x/a.jpg", "/p/unsure/x/a.jpg", "unsure", "cat", "/p/cat/x/a.jpg"),
+    ("/p/a.jpg", "/p/elsewhere/a.jpg", "cat", "not-cat", None),
+])
+def test_the_other_label_folder(source, placed, old, new, expected):
+    found = other_label_path(Path(source), Path(placed), Label(old), Label(new))
+    assert found == (Path(expected) if expected else None)
+
+
+# --- a real server ---------------------------------------------------------------------------------
+
+def test_a_real_uvicorn_server_classifies_and_corrects(moved_run, env, tmp_path):
+    photos, out, report, before = moved_run
+    server = start_server("--report", report, "--corrections", tmp_path / "fixes", "-j", "2", env=env)
+    try:
+        assert server.base.startswith("http://127.0.0.1:")
+        with server.client() as client:
+            rows = read_rows(report)
+            photo = Path(rows[0]["destination"])
+            answer = client.post("/api/classify", files={"file": (photo.name, photo.read_bytes())}).json()
+            assert (answer["label"], f"{answer['p_cat']:.4f}") == (rows[0]["label"], rows[0]["p_cat"])
+            assert client.post("/api/classify", content=b"not an image").status_code == 415
+            entry = client.get("/api/review", params={"token": server.token}).json()["entries"][0]
+            new_label = "not-cat" if entry["label"] == "cat" else "cat"
+            assert client.post(f"/api/review/{entry['id']}/label", json={"label": new_label}).status_code == 401
+            response = client.post(f"/api/review/{entry['id']}/label", json={"label": new_label},
+                                   headers={"x-notcat-token": server.token})
+            assert response.status_code == 200, response.text
+            assert Path(response.json()["path"]).parent.parent.name == new_label
+            assert Path(response.json()["path"]).exists() and not Path(entry["path"]).exists()
+            assert len(list((tmp_path / "fixes" / new_label).iterdir())) == 1
+    finally:
+        assert server.stop() == 0
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its first non-loopback interface (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.255.255.255", 1))
+            address = probe.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+def test_by_default_it_listens_on_loopback_only(env):
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no non-loopback address to try")
+    server = start_server(env=env)
+    try:
+        port = int(server.base.rsplit(":", 1)[1])
+        with pytest.raises(OSError):
+            socket.create_connection((outward, port), timeout=5).close()
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        server.stop()
