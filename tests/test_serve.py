@@ -3,6 +3,7 @@ a real uvicorn on a loopback port, with real runs of the CLI to compare with and
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -13,21 +14,22 @@ import pytest
 
 pytest.importorskip("starlette", reason="the serve extra is not installed")
 
-import warnings  # noqa: E402
+import warnings
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
 with warnings.catch_warnings():  # Starlette 1.x asks for httpx2; httpx is the client its docs still show
     warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient  # noqa: E402
+    from starlette.testclient import TestClient
 
-from notcat_sort.decide import Label, Policy  # noqa: E402
-from notcat_sort.model import card_path, default_model_path, load_card  # noqa: E402
-from notcat_sort.report import FIELDS  # noqa: E402
-from notcat_sort.serve.app import ServeConfig, create_app  # noqa: E402
-from notcat_sort.serve.corrections import CorrectionsFolder  # noqa: E402
-from notcat_sort.serve.review import Review, other_label_path  # noqa: E402
-from tests.serve_support import environment, library, read_rows, run_cli, start_server, tree  # noqa: E402
+from serve_support import environment, library, read_rows, run_cli, start_server, tree
+
+from notcat_sort.decide import Label, Policy
+from notcat_sort.model import card_path, default_model_path, load_card
+from notcat_sort.report import FIELDS
+from notcat_sort.serve.app import ServeConfig, create_app
+from notcat_sort.serve.corrections import CorrectionsFolder
+from notcat_sort.serve.review import Review, other_label_path
 
 TOKEN = "test-token-0123456789"
 
@@ -108,8 +110,6 @@ def test_classify_gives_the_clis_label_and_probability(make_client, tmp_path, sh
 
 
 def read_rows_from(text: str) -> list[dict[str, str]]:
-    import csv
-
     return list(csv.DictReader(io.StringIO(text, newline="")))
 
 
@@ -126,7 +126,7 @@ def test_concurrent_uploads_share_model_calls(make_client, shared):
     from concurrent.futures import ThreadPoolExecutor
 
     client = make_client()
-    body = sorted((shared / "datasets" / "catnotcat" / "cat").iterdir())[0].read_bytes()
+    body = min((shared / "datasets" / "catnotcat" / "cat").iterdir()).read_bytes()
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda _: client.post("/api/classify", content=body).json(), range(48)))
     assert len({answer["p_cat"] for answer in answers}) == 1
@@ -184,7 +184,7 @@ def test_a_foreign_host_header_is_refused(make_client):
 # --- review and corrections ----------------------------------------------------------------------
 
 def test_review_lists_the_runs_photos_with_thumbnails(make_client, moved_run):
-    photos, out, report, before = moved_run
+    _, _, report, _ = moved_run
     client = make_client(report)
     listing = client.get("/api/review", params={"token": TOKEN}).json()
     rows = read_rows(report)
@@ -237,7 +237,7 @@ def test_a_correction_moves_the_file_journals_it_and_undo_puts_everything_back(m
 
 
 def test_correcting_back_keeps_one_training_copy(make_client, moved_run, tmp_path):
-    photos, out, report, before = moved_run
+    _, _, report, _ = moved_run
     client = make_client(report)
     entry = _entry_for(client)
     first, back = ("not-cat", "cat") if entry["label"] == "cat" else ("cat", "not-cat")
@@ -250,7 +250,7 @@ def test_correcting_back_keeps_one_training_copy(make_client, moved_run, tmp_pat
 
 
 def test_a_restarted_review_sees_the_corrections(make_client, moved_run, tmp_path):
-    photos, out, report, before = moved_run
+    _, _, report, _ = moved_run
     client = make_client(report)
     entry = _entry_for(client)
     new_label = "not-cat" if entry["label"] == "cat" else "cat"
@@ -290,7 +290,7 @@ def test_a_dry_run_correction_changes_only_the_report(make_client, tmp_path, sha
     ({"x-notcat-token": TOKEN, "content-type": "text/plain"}, b'{"label": "cat"}', 415),
 ])
 def test_a_refused_correction_changes_nothing(make_client, untouched_run, headers, body, status):
-    photos, out, report, before = untouched_run
+    _, out, report, before = untouched_run
     client = make_client(report)
     before, journal = tree(out), report.read_bytes()
     for entry in client.get("/api/review", params={"token": TOKEN}).json()["entries"]:
@@ -302,7 +302,7 @@ def test_a_refused_correction_changes_nothing(make_client, untouched_run, header
 
 
 def test_the_token_in_the_query_is_not_enough_to_correct(make_client, untouched_run):
-    photos, out, report, before = untouched_run
+    _, out, report, before = untouched_run
     client = make_client(report)
     before = tree(out)
     entry = _entry_for(client)
@@ -311,7 +311,7 @@ def test_the_token_in_the_query_is_not_enough_to_correct(make_client, untouched_
 
 
 def test_reading_the_review_needs_the_token(make_client, untouched_run):
-    photos, out, report, before = untouched_run
+    _, _, report, _ = untouched_run
     client = make_client(report)
     assert client.get("/api/review").status_code == 401
     assert client.get("/api/review/0/thumbnail").status_code == 401
@@ -330,7 +330,7 @@ def test_reading_the_review_needs_the_token(make_client, untouched_run):
     "/static//etc/passwd",
 ])
 def test_path_traversal_is_refused(make_client, untouched_run, path):
-    photos, out, report, before = untouched_run
+    _, _, report, _ = untouched_run
     client = make_client(report)
     response = client.get(path, params={"token": TOKEN})
     assert response.status_code in (400, 404), (path, response.status_code)
@@ -338,7 +338,7 @@ def test_path_traversal_is_refused(make_client, untouched_run, path):
 
 
 def test_a_vanished_file_is_a_clear_error_and_nothing_changes(make_client, moved_run):
-    photos, out, report, before = moved_run
+    _, out, report, before = moved_run
     client = make_client(report)
     entry = _entry_for(client)
     Path(entry["path"]).unlink()
@@ -352,7 +352,7 @@ def test_a_vanished_file_is_a_clear_error_and_nothing_changes(make_client, moved
 
 
 def test_a_file_changed_since_the_run_is_not_moved(make_client, moved_run):
-    photos, out, report, before = moved_run
+    _, out, report, before = moved_run
     client = make_client(report)
     entry = _entry_for(client)
     Path(entry["path"]).write_bytes(_jpeg())
@@ -391,7 +391,7 @@ def test_the_other_label_folder(source, placed, old, new, expected):
 # --- a real server ---------------------------------------------------------------------------------
 
 def test_a_real_uvicorn_server_classifies_and_corrects(moved_run, env, tmp_path):
-    photos, out, report, before = moved_run
+    _, _, report, _ = moved_run
     server = start_server("--report", report, "--corrections", tmp_path / "fixes", "-j", "2", env=env)
     try:
         assert server.base.startswith("http://127.0.0.1:")
@@ -437,3 +437,30 @@ def test_by_default_it_listens_on_loopback_only(env):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     finally:
         server.stop()
+
+
+def test_an_unsure_photo_goes_to_the_label_it_is_given(make_client, tmp_path, shared, env):
+    photos, out, report = tmp_path / "photos", tmp_path / "sorted", tmp_path / "run.csv"
+    library(shared, photos, cats=1, not_cats=1)
+    before = tree(photos)
+    run_cli(photos, "--move", "--out", out, "--uncertain", "0:1", "--report", report, "-j", "1", "--no-cache", env=env)
+    client = make_client(report)
+    entry = _entry_for(client, "unsure")
+    response = client.post(f"/api/review/{entry['id']}/label", json={"label": "cat"}, headers={"x-notcat-token": TOKEN})
+    assert response.status_code == 200
+    assert Path(response.json()["path"]) == out / "cat" / Path(entry["path"]).relative_to(out / "unsure")
+    run_cli("--undo", report, env=env)
+    assert tree(photos) == before and not any(path.is_file() for path in out.rglob("*"))
+
+
+def test_a_tag_run_is_not_corrected_here(make_client, tmp_path, shared, env):
+    photos, report = tmp_path / "photos", tmp_path / "tag.csv"
+    library(shared, photos, cats=1, not_cats=1)
+    run_cli(photos, "--tag", "--report", report, "-j", "1", "--no-cache", env=env)
+    before, journal = tree(photos), report.read_bytes()
+    client = make_client(report)
+    entry = _entry_for(client)
+    response = client.post(f"/api/review/{entry['id']}/label", json={"label": "cat" if entry["label"] != "cat" else "not-cat"},
+                           headers={"x-notcat-token": TOKEN})
+    assert response.status_code == 409 and "--tag" in response.json()["error"]
+    assert tree(photos) == before and report.read_bytes() == journal

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +68,11 @@ def _error(status: int, message: str) -> JSONResponse:
 class _SafetyHeaders:
     """No referrer (the page's URL holds the token), no content sniffing, nothing from elsewhere."""
 
-    HEADERS = [
+    HEADERS = (
         (b"referrer-policy", b"no-referrer"),
         (b"x-content-type-options", b"nosniff"),
         (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'"),
-    ]
+    )
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -80,7 +80,7 @@ class _SafetyHeaders:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + self.HEADERS
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
             await send(message)
 
         await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
@@ -102,7 +102,7 @@ async def _read_upload(request: Request, limit: int) -> bytes:
         chunks.append(chunk)
     body = b"".join(chunks)
     if multipart:
-        async def whole() -> AsyncIterator[bytes]:
+        async def whole() -> AsyncGenerator[bytes, None]:
             yield body
 
         try:

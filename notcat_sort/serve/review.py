@@ -20,7 +20,15 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from notcat_sort.actions import ACTIONS, Kind, OnConflict, Outcome, execute, perform, plan
+from notcat_sort.actions import (
+    ACTIONS,
+    Kind,
+    OnConflict,
+    Outcome,
+    execute,
+    perform,
+    plan,
+)
 from notcat_sort.content import sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label
 from notcat_sort.report import FIELDS, ReportWriter, Row, Status, read_report

@@ -10,7 +10,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, exif_orientation, upright
+from notcat_sort.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodeError,
+    exif_orientation,
+    upright,
+)
 
 
 class Thumbnails:

@@ -1,0 +1,117 @@
+"""The pages in a real browser: Debian's headless chromium, driven by selenium through the
+system's chromedriver (nothing downloads a browser). Classify a photo on the first page, correct
+one photo on the review page, check the file on disk and the report, and save a screenshot of each
+page (to $NOTCAT_SORT_SCREENSHOTS, default tmp/screenshots/ in the checkout; docs/ holds copies for
+the README). Skips where chromium is missing, except under CI, where it fails."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from serve_support import environment, library, read_rows, run_cli, start_server
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SCREENSHOTS = Path(os.environ.get("NOTCAT_SORT_SCREENSHOTS") or Path(__file__).resolve().parents[1] / "tmp" / "screenshots")
+
+
+def _missing() -> str | None:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        return "chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+    for module in ("selenium", "starlette"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed (the test and serve extras)"
+    return None
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    reason = _missing()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the browser test: {reason}")
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager must never fetch a browser or a driver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _wait(driver, condition, timeout: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def test_classify_and_correct_in_a_browser(browser, tmp_path: Path, shared: Path):
+    from selenium.webdriver.common.by import By
+
+    env = environment(tmp_path)
+    photos, out, report = tmp_path / "photos", tmp_path / "sorted", tmp_path / "run.csv"
+    library(shared, photos, cats=4, not_cats=4)
+    run_cli(photos, "--move", "--out", out, "--report", report, "-j", "1", "--no-cache", env=env)
+    rows = {row["destination"]: row for row in read_rows(report)}
+    server = start_server("--report", report, "--corrections", tmp_path / "fixes", env=env)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        # The classify page: pick a photo, see its label and probability, as the CLI gave them.
+        browser.get(f"{server.base}/?token={server.token}")
+        photo = next(iter(rows))
+        browser.find_element(By.ID, "pick").send_keys(photo)
+        card = _wait(browser, lambda driver: driver.find_element(By.CSS_SELECTOR, "#results .card[data-label]"))
+        assert card.get_attribute("data-label") == rows[photo]["label"]
+        assert f"{float(rows[photo]['p_cat']):.3f}" in card.text
+        assert browser.find_element(By.ID, "review-link").is_displayed()
+        browser.save_screenshot(str(SCREENSHOTS / "serve-classify.png"))
+
+        # The review page: correct the first photo with its button (the other label).
+        browser.get(f"{server.base}/review?token={server.token}")
+        _wait(browser, lambda driver: driver.find_element(By.CSS_SELECTOR, "body[data-ready]"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".card")) == len(rows)
+        _wait(browser, lambda driver: driver.execute_script(
+            "return [...document.images].every((img) => img.complete && img.naturalWidth > 0)"))
+        first = browser.find_element(By.CSS_SELECTOR, ".card")
+        was = first.get_attribute("data-label")
+        path = Path(first.find_element(By.CSS_SELECTOR, ".name").get_attribute("title"))
+        other = "not-cat" if was == "cat" else "cat"
+        first.find_element(By.CSS_SELECTOR, f"button[data-label='{other}']").click()
+        _wait(browser, lambda driver: first.get_attribute("data-label") == other)
+        assert "corrected" in first.text
+        browser.save_screenshot(str(SCREENSHOTS / "serve-review.png"))
+
+        # The file moved to the other label's folder, and the report says so.
+        moved = out / other / path.relative_to(out / was)
+        assert moved.is_file() and not path.exists()
+        assert hashlib.sha256(moved.read_bytes()).hexdigest() == rows[str(path)]["sha256"]
+        last = read_rows(report)[-1]
+        assert (last["path"], last["destination"], last["status"], last["label"]) == (str(path), str(moved), "done", other)
+
+        # A key press corrects the next photo (n: not-cat, c: cat), and the page says so.
+        second = browser.find_elements(By.CSS_SELECTOR, ".card")[1]
+        key = "c" if second.get_attribute("data-label") != "cat" else "n"
+        second.click()
+        second.send_keys(key)
+        _wait(browser, lambda driver: second.get_attribute("data-label") == ("cat" if key == "c" else "not-cat"))
+        assert len(read_rows(tmp_path / "fixes" / "corrections.csv")) == 2
+    finally:
+        server.stop()
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    if os.environ.get("NOTCAT_SORT_UPDATE_DOCS") == "1":  # refresh the README's copies
+        for name in ("serve-classify.png", "serve-review.png"):
+            shutil.copyfile(SCREENSHOTS / name, docs / name)
