@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from notcat_sort.actions import OnConflict, perform
+from notcat_sort.actions import Action, OnConflict, perform
 from notcat_sort.actions.common import remove
 from notcat_sort.content import sha256_file
 from notcat_sort.decide import Label
@@ -51,7 +51,7 @@ class CorrectionsFolder:
         for folder in TRAINING_LABELS:
             (self.root / folder.value).mkdir(parents=True, exist_ok=True)
         name = f"{sha256[:16]}-{photo.name}"
-        outcome = perform("copy", photo, self.root / label.value / name, sha256, OnConflict.SKIP)
+        outcome = perform(Action.COPY, photo, self.root / label.value / name, sha256, OnConflict.SKIP)
         for other in TRAINING_LABELS:
             stale = self.root / other.value / name
             if other is not label and stale.is_file() and sha256_file(stale) == sha256:

@@ -20,15 +20,7 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from notcat_sort.actions import (
-    ACTIONS,
-    Kind,
-    OnConflict,
-    Outcome,
-    execute,
-    perform,
-    plan,
-)
+from notcat_sort.actions import PLACING_ACTIONS, Action, Kind, OnConflict, Outcome, execute, perform, plan
 from notcat_sort.content import sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label
 from notcat_sort.report import FIELDS, ReportWriter, Row, Status, read_report
@@ -133,7 +125,7 @@ class Review:
         for row in read_report(self.report):
             owner = placed_at.get(Path(row.path))
             if owner is not None and row.path != owner.row.path:
-                if row.action == "move" and _moved(row):
+                if row.action == Action.MOVE and _moved(row):
                     del placed_at[owner.location]
                     owner.location, owner.label = Path(row.destination), Label(row.label)
                     placed_at[owner.location] = owner
@@ -143,7 +135,7 @@ class Review:
             earlier = by_source.get(row.path)
             if earlier is not None:
                 placed_at.pop(earlier.location, None)
-            placed = row.action in ACTIONS and row.status in _PLACED and bool(row.destination)
+            placed = row.action in PLACING_ACTIONS and row.status in _PLACED and bool(row.destination)
             entry = Entry(earlier.id if earlier else len(by_source), row, Label(row.label),
                           Path(row.destination) if placed else Path(row.path), placed,
                           earlier.run_label if earlier else Label(row.label))
@@ -176,7 +168,7 @@ class Review:
             return entry
 
     def _check(self, entry: Entry) -> None:
-        if entry.row.action == "tag":
+        if entry.row.action == Action.TAG:
             raise Refused("this run tagged sidecars; run `notcat-sort --tag` again to change a tag. Nothing was changed")
         if not (entry.placed or entry.row.status in _RELABEL_ONLY):
             raise Refused(f"the run's status for this photo is {entry.row.status}: re-run it first. Nothing was changed")
@@ -200,11 +192,11 @@ class Review:
             raise Refused(f"cannot tell which folder above {entry.location} is its {entry.label.value}/ folder. "
                           "Nothing was changed")
         image = entry.location
-        planned = plan("move", image, target, entry.row.sha256, OnConflict.RENAME)
+        planned = plan(Action.MOVE, image, target, entry.row.sha256, OnConflict.RENAME)
         assert planned.target is not None  # RENAME always finds a name
         carried = [(path, sha256_file(path)) for path in companions(image, with_raw=True)]
         started = Status.STARTED_REMOVE_DUPLICATE if planned.kind == Kind.REMOVE_DUPLICATE else Status.STARTED
-        image_row = Row(str(image), label.value, entry.row.p_cat, "move", str(planned.target), started, "",
+        image_row = Row(str(image), label.value, entry.row.p_cat, Action.MOVE.value, str(planned.target), started, "",
                         entry.row.sha256)
         companion_rows = [replace(image_row, path=str(path), destination=str(companion_name(path, image, planned.target)),
                                   status=Status.STARTED, sha256=digest) for path, digest in carried]
@@ -224,7 +216,7 @@ class Review:
     def _carry(row: Row) -> Row:
         """Move a sidecar after its image, never renamed on its own (as the CLI carries it)."""
         try:
-            outcome = perform("move", Path(row.path), Path(row.destination), row.sha256, OnConflict.SKIP)
+            outcome = perform(Action.MOVE, Path(row.path), Path(row.destination), row.sha256, OnConflict.SKIP)
         except OSError as error:
             outcome = Outcome(Status.ERROR, Path(row.destination), f"move failed: {error.strerror or error}")
         if outcome.status == Status.SKIPPED:
