@@ -29,6 +29,7 @@ from notcat_sort.model import card_path, default_model_path, load_card
 from notcat_sort.serve.app import ServeConfig, create_app
 from notcat_sort.serve.corrections import CorrectionsFolder
 from notcat_sort.serve.review import Review, other_label_path
+from training.data import layout, load_items  # what `python -m training fit --data` reads; needs no torch
 
 TOKEN = "test-token-0123456789"
 
@@ -220,6 +221,8 @@ def test_a_correction_moves_the_file_journals_it_and_undo_puts_everything_back(m
     corrections = tmp_path / "corrections"
     kept = list((corrections / new_label).iterdir())
     assert [path.read_bytes() for path in kept] == [content] and list((corrections / entry["label"]).iterdir()) == []
+    assert layout(corrections) == "folders"
+    assert [(item.label, item.path) for item in load_items(corrections)] == [(new_label, kept[0])]
     logged = read_rows(corrections / "corrections.csv")
     assert [(row["label"], row["previous_label"], row["source"]) for row in logged] == \
         [(new_label, entry["label"], str(next(Path(row["path"]) for row in read_rows(report)
