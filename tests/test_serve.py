@@ -465,3 +465,9 @@ def test_a_tag_run_is_not_corrected_here(make_client, tmp_path, shared, env):
                            headers={"x-notcat-token": TOKEN})
     assert response.status_code == 409 and "--tag" in response.json()["error"]
     assert tree(photos) == before and report.read_bytes() == journal
+
+
+def test_serve_is_a_subcommand_of_the_installed_command(env):
+    help_text = run_cli("serve", "--help", env=env).stdout
+    assert "--report" in help_text and "--host" in help_text and "notcat-sort serve" in help_text
+    assert "notcat-sort serve" in run_cli("--help", env=env).stdout
