@@ -17,6 +17,7 @@ from notcat_sort.model import Classifier, load_card  # noqa: E402
 from notcat_sort.scan import scan  # noqa: E402
 from training import data  # noqa: E402
 from training.__main__ import main  # noqa: E402
+from training.evaluate import evaluate, run_model  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -33,63 +34,87 @@ if not (POOL / "manifest.csv").is_file():
 def real_images() -> np.ndarray:
     """A few real cats and not-cats, decoded exactly as the runtime does."""
     items = data.limit(data.load_items(POOL), 8, seed=1)
-    return np.stack([decode(item.path, 160) for item in items])
+    return np.stack([decode(item.path, 224) for item in items])
 
 
 def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
+    """fit on a few dozen real images: folds, the teacher's cached outputs, int8 model, card, evaluate."""
     out, work = tmp_path / "models", tmp_path / "runs"
-    tiny = ["fit", "--data", str(POOL), "--out", str(out), "--workdir", str(work), "--limit", "48",
-            "--batch-size", "8", "--calibration", "8"]
-    main(tiny + ["--epochs", "1"])
-    main(tiny + ["--epochs", "2", "--resume", "--export-size", "192"])  # trained at 160, run at 192
-    assert "resumed from" in capsys.readouterr().out
+    tiny = ["fit", "--data", str(POOL), "--out", str(out), "--workdir", str(work), "--limit", "64",
+            "--calibration", "8", "--folds", "2"]
+    main(tiny)
+    first = capsys.readouterr().out
+    assert "features at 224 px" in first or "images x 1 views" in first  # the frozen teacher ran once ...
+    cached = sorted((work / "features").glob("*.npz"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
     model = out / "notcat-lite0.onnx"
-    assert (work / "last.pt").is_file() and (work / "notcat-lite0-fp32.onnx").is_file()
-    assert (out / "notcat-lite0-eval" / "confusion.png").stat().st_size > 0
-    assert (out / "notcat-lite0-eval" / "precision-recall.png").stat().st_size > 0
     raw = json.loads(model.with_suffix(".json").read_text())
-    card = load_card(model)
-    assert card.input_size == 192 and card.labels == ("not-cat", "cat") and 0 < card.threshold < 1
-    assert raw["size_bytes"] == model.stat().st_size <= 5_000_000
-    assert raw["metrics"]["int8"]["overall"]["n"] == raw["training"]["val_images"] > 0
-    assert raw["training"]["command"].startswith("python -m training fit")
-    assert raw["training"]["resumed_with"][0].endswith("--export-size 192")
-    assert len(raw["training"]["epoch_wall_seconds"]) == 2
 
-    probabilities = Classifier(card)._session.run(None, {"image": np.zeros((3, 192, 192, 3), np.uint8)})[0]
+    main(tiny)  # ... and a rerun reuses its outputs instead of running it again
+    assert "views in" not in capsys.readouterr().out
+    assert cached[0].stat().st_mtime_ns == stamp and sorted((work / "features").glob("*.npz")) == cached
+    assert json.loads(model.with_suffix(".json").read_text())["validation"]["fold_probes"] == \
+        raw["validation"]["fold_probes"]  # deterministic
+
+    card = load_card(model)
+    assert card.input_size == 224 and card.labels == ("not-cat", "cat") and 0 < card.threshold < 1
+    assert raw["size_bytes"] == model.stat().st_size <= 4_000_000
+    assert raw["training"]["command"].startswith("python -m training fit")
+    assert raw["validation"]["chosen"] in {row["variant"] for row in raw["validation"]["comparison"]}
+    assert len(raw["validation"]["fold_probes"]) == 2
+    assert raw["calibration"]["temperature"] > 0
+    outside = raw["metrics"]["out_of_source"]["int8"]["overall"]["n"]
+    inside = raw["metrics"]["in_source"]["int8"]["overall"]["n"]
+    assert outside > 0 and inside > 0 and outside + inside == raw["training"]["images"]
+    assert (out / "notcat-lite0-eval" / "confusion.png").stat().st_size > 0
+    assert not list(out.glob(".fit-*"))  # the staging folder is gone
+
+    session = Classifier(card)._session
+    names = [o.name for o in session.get_outputs()]
+    assert names == ["probabilities", "embedding", "evidence"]
+    probabilities, embedding, evidence = session.run(None, {"image": np.zeros((3, 224, 224, 3), np.uint8)})
     assert probabilities.shape == (3, 2) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert embedding.shape == (3, 1280) and evidence.shape == (3, 17)
     kinds = {n.op_type for n in __import__("onnx").load(str(model)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= kinds
 
+    # evaluate reproduces the card's out-of-source figures from the model file alone
     capsys.readouterr()
+    reproduced = evaluate(model, [POOL], "out-of-source", None, None)
+    assert reproduced["overall"] == raw["metrics"]["out_of_source"]["int8"]["overall"]
+
     camera = SHARED / "samples" / "camera"
     main(["evaluate", "--model", str(model), "--data", str(camera)])
     printed = capsys.readouterr().out
     images = [candidate.path for candidate in scan([camera])]  # the files the CLI would sort
     assert f"{len(images)} files" in printed  # the malformed ones included: rows, not a crash
     assert all(f"{path}\t" in printed for path in images)
-    assert "Nikon_D70.jpg\t" in printed
-    main(["evaluate", "--model", str(model), "--data", str(SHARED / "samples" / "orientation")])
-    assert "Portrait_8.jpg\t" in capsys.readouterr().out
 
 
-def test_init_fine_tunes_an_earlier_run_again_at_another_size(tmp_path: Path, capsys) -> None:
-    """The second stage of a two-stage fit: low-resolution weights, fine-tuned at a higher size."""
-    tiny = ["fit", "--data", str(POOL), "--limit", "24", "--batch-size", "8", "--calibration", "8", "--epochs", "1"]
-    main(tiny + ["--out", str(tmp_path / "first"), "--workdir", str(tmp_path / "first-run"), "--size", "96"])
-    earlier = torch.load(tmp_path / "first-run" / "last.pt", map_location="cpu", weights_only=False)
-    marked = earlier["model"]["blocks.0.0.conv_dw.weight"].mul_(-1).clone()  # a frozen layer, marked
-    torch.save(earlier, tmp_path / "first-run" / "marked.pt")
-    main(tiny + ["--out", str(tmp_path / "second"), "--workdir", str(tmp_path / "second-run"), "--size", "128",
-                 "--init", str(tmp_path / "first-run" / "marked.pt"), "--resume"])  # resumable from the start
-    assert "starting from" in capsys.readouterr().out
-    model = tmp_path / "second" / "notcat-lite0.onnx"
-    assert load_card(model).input_size == 128
-    started = json.loads(model.with_suffix(".json").read_text())["training"]["started_from"]
-    assert started["size"] == 96 and started["commands"][0].endswith("--size 96")
-    later = torch.load(tmp_path / "second-run" / "last.pt", map_location="cpu", weights_only=False)["model"]
-    torch.testing.assert_close(later["blocks.0.0.conv_dw.weight"], marked)
+def test_evaluate_on_empty_class_folders_says_so(tmp_path: Path) -> None:
+    for label in data.LABELS:
+        (tmp_path / label).mkdir()
+    with pytest.raises(SystemExit, match="no labelled images"):
+        main(["evaluate", "--data", str(tmp_path)])
+
+
+def test_evidence_keeps_the_imagenet_cat_log_probabilities() -> None:
+    """At full rank the head's input is the ImageNet model's own log-softmax for the 13 cat classes."""
+    from training.model import imagenet_model, normalise
+    from training.prior import CAT_CLASSES, Evidence, evidence
+
+    model = imagenet_model().eval()
+    images = np.stack([decode(POOL / "cat" / "imagenet-sample-n02123394_Persian_cat.jpg", 224),
+                       decode(POOL / "not-cat" / "imagenet-sample-n02127052_lynx.jpg", 224)])
+    with torch.inference_mode():
+        pooled = model.forward_head(model.forward_features(normalise(torch.from_numpy(images))), pre_logits=True)
+        log_p = torch.log_softmax(model.get_classifier()(pooled), dim=1).numpy()
+    full = evidence(Evidence(model.get_classifier(), rank=987).eval(), pooled.numpy())
+    np.testing.assert_allclose(full[:, :13], np.maximum(log_p[:, list(CAT_CLASSES)], -14), atol=1e-3)
+    persian, lynx = full[:, CAT_CLASSES.index(283)], full[:, CAT_CLASSES.index(287)]
+    assert persian[0] > persian[1] and lynx[1] > lynx[0]
 
 
 def test_mapped_weights_recognise_a_cat() -> None:
@@ -110,37 +135,68 @@ def test_map_weights_rejects_a_shape_mismatch() -> None:
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory: pytest.TempPathFactory, real_images: np.ndarray) -> Path:
-    """The ImageNet backbone with a fresh head, exported and quantized: its folder holds the fp32,
-    prepared and onnxruntime-quantized (`fp32-qdq.onnx`) models beside the final `int8.onnx`."""
+def shipped() -> torch.nn.Module:
+    """The ImageNet backbone with a random evidence head: the shape of what fit ships."""
+    from training.model import Shipped, imagenet_model
+    from training.prior import EVIDENCE_NAMES, Evidence
+    from training.probe import Probe
+
+    backbone = imagenet_model().eval()
+    rng = np.random.default_rng(0)
+    head = Probe(rng.normal(size=len(EVIDENCE_NAMES)), 0.1, rng.normal(size=len(EVIDENCE_NAMES)),
+                 np.ones(len(EVIDENCE_NAMES)))
+    return Shipped(backbone, Evidence(backbone.get_classifier()), head, 1.0, "evidence").eval()
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory: pytest.TempPathFactory, shipped: torch.nn.Module, real_images: np.ndarray) -> Path:
+    """Exported and quantized: the folder holds the fp32, prepared and onnxruntime-quantized
+    (`fp32-qdq.onnx`) models beside the final `int8.onnx`."""
     from training.export import export_onnx, quantize
-    from training.model import classifier
+    from training.model import Shipped
 
     folder = tmp_path_factory.mktemp("quantized")
-    torch.manual_seed(0)
-    fp32 = export_onnx(classifier(2).eval(), folder / "fp32.onnx", 160)
+    fp32 = export_onnx(shipped, folder / "fp32.onnx", 224, Shipped.OUTPUTS)
     quantize(fp32, folder / "int8.onnx", real_images, folder)
     return folder
+
+
+def _p_cat(model: Path, images: np.ndarray) -> np.ndarray:
+    return run_model(model, images, ("probabilities",))["probabilities"][:, 1]
 
 
 def test_int8_model_reads_the_pixels_themselves(quantized: Path, real_images: np.ndarray) -> None:
     """Cutting the float normalisation out of the int8 graph changes no output bit."""
     import onnx
 
-    from training.export import _read_pixels_directly
-    from training.fit import _onnx_p_cat
+    from training.export import _downstream, _read_pixels_directly
 
     as_quantized = onnx.load(str(quantized / "fp32-qdq.onnx"))  # onnxruntime's output, before the cut
     assert {"Cast", "Sub", "Div"} <= {node.op_type for node in as_quantized.graph.node}
     stem_input = next(node for node in as_quantized.graph.node if node.op_type == "QuantizeLinear").input[0]
     cut = quantized / "cut.onnx"
     onnx.save(_read_pixels_directly(onnx.load(str(quantized / "fp32-qdq.onnx")), stem_input), str(cut))
-    np.testing.assert_array_equal(_onnx_p_cat(cut, 160, real_images),
-                                  _onnx_p_cat(quantized / "fp32-qdq.onnx", 160, real_images))
+    np.testing.assert_array_equal(_p_cat(cut, real_images), _p_cat(quantized / "fp32-qdq.onnx", real_images))
     graph = onnx.load(str(quantized / "int8.onnx")).graph  # what quantize() ships
-    assert not {"Cast", "Sub", "Div"} & {node.op_type for node in graph.node}
+    head = {node.name for node in _downstream(graph, next(n for n in graph.node if n.op_type == "GlobalAveragePool"))}
+    assert not {"Cast", "Sub", "Div"} & {node.op_type for node in graph.node if node.name not in head}
     transpose = next(node for node in graph.node if node.input[0] == "image")
     assert [node.op_type for node in graph.node if transpose.output[0] in node.input] == ["DequantizeLinear"]
+
+
+def test_the_head_runs_in_float_from_int8_weights(quantized: Path, real_images: np.ndarray) -> None:
+    """The head's big matrices are stored as int8 (the model's size) but compute in float: the int8
+    model's evidence follows the fp32 model's to a small fraction of a log-unit."""
+    import onnx
+
+    graph = onnx.load(str(quantized / "int8.onnx")).graph
+    stored = {init.name: init.data_type for init in graph.initializer}
+    head_weights = [name for name in stored if name.endswith("_int8")]
+    assert len(head_weights) == 3 and all(stored[name] == onnx.TensorProto.INT8 for name in head_weights)
+    fp32 = run_model(quantized / "fp32.onnx", real_images, ("evidence", "embedding"))
+    int8 = run_model(quantized / "int8.onnx", real_images, ("evidence", "embedding"))
+    assert np.abs(int8["evidence"] - fp32["evidence"]).mean() < 0.5
+    assert np.corrcoef(int8["embedding"].ravel(), fp32["embedding"].ravel())[0, 1] > 0.95
 
 
 def test_bias_correction_brings_conv_outputs_back_to_the_float_means(quantized: Path, real_images: np.ndarray) -> None:
@@ -164,14 +220,7 @@ def test_bias_correction_brings_conv_outputs_back_to_the_float_means(quantized: 
     assert after.mean() < 0.5 * before.mean() and after[-1] < before[-1]
 
 
-def test_onnx_matches_pytorch(tmp_path: Path, real_images: np.ndarray) -> None:
-    from training.export import export_onnx
-    from training.fit import _onnx_p_cat
-    from training.model import Exported, classifier
-
-    torch.manual_seed(0)
-    net = classifier(2).eval()
-    path = export_onnx(net, tmp_path / "fp32.onnx", 160)
+def test_onnx_matches_pytorch(quantized: Path, shipped: torch.nn.Module, real_images: np.ndarray) -> None:
     with torch.inference_mode():
-        expected = Exported(net)(torch.from_numpy(real_images)).numpy()[:, 1]
-    np.testing.assert_allclose(_onnx_p_cat(path, 160, real_images), expected, atol=1e-4)
+        expected = shipped(torch.from_numpy(real_images))[0].numpy()[:, 1]
+    np.testing.assert_allclose(_p_cat(quantized / "fp32.onnx", real_images), expected, atol=1e-4)

@@ -1,29 +1,60 @@
-"""Split, synthetic renders and augmentation: the data side of training, without torch."""
+"""Leave-sources-out folds, calibration and synthetic renders: the data side of training, without torch."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from training import data, synthetic
+from training import calibration, data, splits, synthetic
 
 POOL = Path(__file__).parents[1] / ".." / "shared" / "datasets" / "catnotcat"
 
 
 def _items() -> list[data.Item]:
-    return [data.Item(label="cat" if g == "c" else "not-cat", group=g, path=Path(f"{g}{i}.jpg"))
-            for g, n in (("c", 50), ("d", 20), ("tiny", 3)) for i in range(n)]
+    """In-source groups, out-of-source groups, and imagenet-sample images of a few classes (two each)."""
+    items = [data.Item(label="cat" if g in ("petimages-cat", "campus-cats", "oxford-full-cat") else "not-cat",
+                       group=g, path=Path(f"{g}-{i}.jpg"))
+             for g, n in (("petimages-cat", 40), ("petimages-dog", 30), ("campus-cats", 12), ("oxford-full-cat", 9),
+                          ("lions", 15), ("food", 20), ("rooms", 7), ("streets", 11)) for i in range(n)]
+    for name in ("n02123045_tabby", "n02127052_lynx", "n02325366_wood_rabbit", "n07747607_orange", "n03793489_mouse"):
+        items += [data.Item(label="cat" if "tabby" in name else "not-cat", group="imagenet-sample",
+                            path=Path(f"imagenet-sample-{name}.jpg"))] * 2
+    return items
 
 
-def test_split_is_seeded_and_stratified_by_group() -> None:
-    train, val = data.split(_items(), seed=0)
-    assert data.split(_items(), seed=0) == (train, val)
-    assert data.split(_items(), seed=1)[1] != val
-    assert Counter(item.group for item in val) == {"c": 10, "d": 4, "tiny": 1}
-    assert not set(train) & set(val)
+def test_leave_sources_out_folds_never_put_one_source_on_both_sides() -> None:
+    items = _items()
+    for seed in range(5):
+        fold = splits.folds(items, seed, k=4)
+        assert np.array_equal(fold, splits.folds(items, seed, k=4))  # seeded
+        for k in range(4):
+            held = {splits.source(item) for item, f in zip(items, fold) if f == k and splits.is_out_of_source(item)}
+            trained = {splits.source(item) for item, f in zip(items, fold) if f != k}
+            assert held and not held & trained
+        # the in-source groups are dealt image by image: every fold has some
+        assert all((fold[[i for i, item in enumerate(items) if item.group == "petimages-cat"]] == k).any()
+                   for k in range(4))
+        # the two cat sources land in different folds, so a model always trains on some real-photo cats
+        cat_folds = {fold[i] for i, item in enumerate(items) if item.group in ("campus-cats", "oxford-full-cat")}
+        assert len(cat_folds) == 2
+    assert splits.source(items[-1]) == "imagenet-sample:n03793489_mouse"
+    assert not np.array_equal(splits.folds(items, 0), splits.folds(items, 1))
+
+
+def test_temperature_scaling_lowers_the_calibration_error() -> None:
+    """An overconfident model (logits twice what they should be) is put right by T close to 2."""
+    rng = np.random.default_rng(0)
+    true_logit = rng.normal(0, 2, size=4000)
+    y = rng.random(4000) < calibration.sigmoid(true_logit)
+    overconfident = 2 * true_logit
+    temperature = calibration.fit_temperature(overconfident, y)
+    before = calibration.expected_calibration_error(calibration.sigmoid(overconfident), y)
+    after = calibration.expected_calibration_error(calibration.sigmoid(overconfident / temperature), y)
+    assert 1.6 < temperature < 2.5
+    assert after < 0.5 * before
+    assert calibration.nll(overconfident / temperature, y) < calibration.nll(overconfident, y)
 
 
 def test_synthetic_renders_are_deterministic_and_labelled_not_cat() -> None:
@@ -36,29 +67,6 @@ def test_synthetic_renders_are_deterministic_and_labelled_not_cat() -> None:
         assert item.label == "not-cat" and item.group == f"synthetic-{synthetic.KINDS[index]}"
         assert data.runtime_batch([item], 160).shape == (1, 160, 160, 3)
     assert not np.array_equal(np.asarray(synthetic.render(0)[0]), np.asarray(synthetic.render(4)[0]))
-
-
-def test_augment_gives_runtime_shaped_uint8() -> None:
-    augment = data.Augment(160, seed=0)
-    source = np.random.default_rng(0).integers(0, 256, size=(120, 256, 3), dtype=np.uint8)
-    outputs = [augment(source) for _ in range(20)]
-    assert all(o.shape == (160, 160, 3) and o.dtype == np.uint8 for o in outputs)
-    assert len({o.tobytes() for o in outputs}) == 20
-
-
-def test_crop_scale_one_keeps_the_whole_image_in_frame() -> None:
-    """A red left half and a blue right half: any crop would lose some columns of one colour."""
-    source = np.zeros((120, 240, 3), np.uint8)
-    source[:, :120, 0] = source[:, 120:, 2] = 255
-    whole, cropping = data.Augment(160, seed=0, crop_scale=1.0), data.Augment(160, seed=0)
-    for augment, always_whole in ((whole, True), (cropping, False)):
-        halves = []
-        for _ in range(20):
-            out = augment(source).astype(int)
-            flipped = out[:, 0, 2] > out[:, 0, 0]
-            red = out[:, ::-1] if flipped.mean() > 0.5 else out
-            halves.append(int(np.sum(red[80, :, 0] > red[80, :, 2])))  # columns redder than blue
-        assert all(abs(count - 80) <= 2 for count in halves) == always_whole
 
 
 @pytest.mark.skipif(not (POOL / "manifest.csv").is_file(), reason="training data not found")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from notcat_sort.decode import DecodeError, decode
-from notcat_sort.model import Classifier, load_card
-from training import data, metrics
+from notcat_sort.model import Classifier, card_path, load_card
+from training import calibration, data, metrics, probe, splits
 
 
 def predict(classifier: Classifier, sources: list, batch: int = 32):
@@ -74,14 +75,50 @@ def plots(y_true: np.ndarray, p_cat: np.ndarray, threshold: float, out: Path, ti
     return [confusion_png, pr_png]
 
 
-def evaluate(model: Path, root: Path, split: str, seed: int, out: Path | None, threshold: float | None) -> dict | None:
-    """Print metrics for a labelled dataset (or predictions for an unlabelled folder)."""
+def run_model(model: Path, images: np.ndarray, outputs: tuple[str, ...], batch: int = 64) -> dict[str, np.ndarray]:
+    """The named outputs of an ONNX model over a (N, S, S, 3) uint8 array (memory-mapped is fine)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+    for start in range(0, len(images), batch):
+        for name, value in zip(outputs, session.run(list(outputs), {"image": np.asarray(images[start:start + batch])})):
+            parts[name].append(value)
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def out_of_fold_p(head_input: np.ndarray, fold: np.ndarray, probes: list[probe.Probe], temperature: float) -> np.ndarray:
+    """Each image's cat probability from the head fitted without its fold."""
+    logits = np.zeros(len(fold))
+    for k, fitted in enumerate(probes):
+        logits[fold == k] = fitted.logit(head_input[fold == k])
+    return calibration.sigmoid(logits / temperature)
+
+
+def headline(results: dict) -> str:
+    """The two lines the model is judged by: int8 out of source, and in source on its own line."""
+    lines = []
+    for split in ("out_of_source", "in_source"):
+        m = results[split]["int8"]["overall"]
+        lines.append(f"int8 {split.replace('_', '-'):<13}: accuracy {m['accuracy']:.4f}  cat precision "
+                     f"{m['precision']:.4f}  recall {m['recall']:.4f}  F1 {m['f1']:.4f}  (n={m['n']})")
+    return "\n".join(lines)
+
+
+def evaluate(model: Path, roots: list[Path], split: str, out: Path | None, threshold: float | None) -> dict | None:
+    """Print metrics for labelled data (or predictions for an unlabelled folder).
+
+    `split` out-of-source / in-source recompute fit's folds from the card (same data, seed and fold
+    count) and give each image the prediction of the head fitted without its fold, read from the int8
+    model's own head input: the card's figures, reproduced from the shipped file."""
     card = load_card(model)
-    classifier = Classifier(card, threads=2)
     threshold = card.threshold if threshold is None else threshold
-    if data.layout(root) == "unlabelled":
-        paths = data.unlabelled_paths(root)
-        p_cat, errors = predict(classifier, paths)
+    if len(roots) == 1 and data.layout(roots[0]) == "unlabelled":
+        paths = data.unlabelled_paths(roots[0])
+        p_cat, errors = predict(Classifier(card, threads=2), paths)
         print("path\tp_cat\tlabel")
         for i, path in enumerate(paths):
             if i in errors:
@@ -91,20 +128,41 @@ def evaluate(model: Path, root: Path, split: str, seed: int, out: Path | None, t
         print(f"{len(paths)} files, {len(errors)} errors, {int(np.sum(p_cat >= threshold))} cat")
         return None
 
-    items = data.load_items(root)
-    if split == "val":
-        train, items = data.split(items, seed)
-        _, items = data.with_synthetic(train, items, *data.synthetic_counts(None))
-    p_cat, errors = predict(classifier, [item.encoded() for item in items])
-    for i, message in errors.items():
-        print(f"error\t{items[i].name}\t{message}")
-    ok = np.array([i not in errors for i in range(len(items))])
-    y_true = np.array([item.target for item in items])[ok]
-    groups = [item.group for item, good in zip(items, ok) if good]
-    result = metrics.report(y_true, p_cat[ok], groups, threshold)
-    print(metrics.format_report(f"{model} on {root} ({split}), threshold {threshold:.4f}", result))
+    items = [item for root in roots for item in data.load_items(root)]
+    if not items:
+        raise SystemExit(f"no labelled images in {', '.join(map(str, roots))} (cat/ and not-cat/ are empty)")
+    if split == "all":
+        p_cat, errors = predict(Classifier(card, threads=2), [item.encoded() for item in items])
+        for i, message in errors.items():
+            print(f"error\t{items[i].name}\t{message}")
+        ok = np.array([i not in errors for i in range(len(items))])
+        y_true = np.array([item.target for item in items])[ok]
+        groups = [item.group for item, good in zip(items, ok) if good]
+        result = metrics.report(y_true, p_cat[ok], groups, threshold)
+        print(metrics.format_report(f"{model} on {', '.join(map(str, roots))}, threshold {threshold:.4f}", result))
+        if out is not None:
+            for png in plots(y_true, p_cat[ok], threshold, out, f"{card.name} {split}"):
+                print(f"wrote {png}")
+        return result
+
+    details = json.loads(card_path(model).read_text(encoding="utf-8"))
+    validation, head = details["validation"], details["head"]
+    config = details["training"]["config"]
+    items = data.limit(items, config["limit"], config["seed"])
+    items += [data.synthetic.item(i) for i in range(data.synthetic_count(config["synthetic"], config["limit"]))]
+    fold = splits.folds(items, validation["seed"], validation["folds"])
+    outside = np.array([splits.is_out_of_source(item) for item in items])
+    keep = outside if split == "out-of-source" else ~outside
+    chosen = [item for item, kept in zip(items, keep) if kept]
+    images = data.runtime_batch(chosen, card.input_size)
+    head_input = run_model(model, images, (head["reads"],))[head["reads"]]
+    probes = [probe.Probe.from_json(raw) for raw in validation["fold_probes"]]
+    p_cat = out_of_fold_p(head_input, fold[keep], probes, head["temperature"])
+    y_true = np.array([item.target for item in chosen])
+    result = metrics.report(y_true, p_cat, [item.group for item in chosen], threshold)
+    print(metrics.format_report(f"{model}, {split} (each image predicted by the head fitted without its fold), "
+                               f"threshold {threshold:.4f}", result))
     if out is not None:
-        for png in plots(y_true, p_cat[ok], threshold, out, f"{card.name} {split}"):
+        for png in plots(y_true, p_cat, threshold, out, f"{card.name} {split}"):
             print(f"wrote {png}")
     return result
-

@@ -33,9 +33,11 @@ import onnx
 import torch
 from torch import nn
 
-from training.model import PIXEL_STEP, PIXEL_ZERO, Exported
+from training.model import PIXEL_STEP, PIXEL_ZERO
 
 OPSET = 17
+CALIBRATION_IMAGES = 256
+SMALL_WEIGHTS = 4096  # head matrices smaller than this stay float32
 CALIBRATION_PERCENTILE = 99.999
 BIAS_CORRECTION_DAMPING = 0.5  # of the remaining output error, which is estimated from a few hundred images
 QUANTIZATION = {
@@ -46,22 +48,24 @@ QUANTIZATION = {
     "activation_type": "QUInt8",
     "weight_type": "QInt8",
     "calibrate_method": f"Percentile ({CALIBRATION_PERCENTILE})",
-    "excluded": "Softmax (probabilities stay float32)",
+    "excluded": "the head after the backbone's global pool runs in float32 (the ImageNet logits it reads "
+                "feed log-sum-exps, which 8-bit activations would blur); its weights are stored as int8 "
+                "per channel and dequantized once at load",
     "input": "the uint8 pixels themselves (scale 1/128, zero point 128); no float normalisation",
     "bias_correction": "weight rounding (W_q - W).E[x], then sequential empirical per conv output "
                        f"(damping {BIAS_CORRECTION_DAMPING}), on the calibration images",
 }
 
 
-def export_onnx(net: nn.Module, path: Path, size: int) -> Path:
-    """TorchScript exporter (dynamo=False): a compact, plain graph that quantizes cleanly."""
-    wrapper = Exported(net).eval()
+def export_onnx(wrapper: nn.Module, path: Path, size: int, outputs: tuple[str, ...]) -> Path:
+    """TorchScript exporter (dynamo=False): a compact, plain graph that quantizes cleanly. `wrapper`
+    takes uint8 NHWC pixels (see training.model.Shipped) and returns `outputs`."""
     dummy = torch.zeros(1, size, size, 3, dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        wrapper, (dummy,), str(path), dynamo=False, opset_version=OPSET,
-        input_names=["image"], output_names=["probabilities"],
-        dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+        wrapper.eval(), (dummy,), str(path), dynamo=False, opset_version=OPSET,
+        input_names=["image"], output_names=list(outputs),
+        dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
     )
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
@@ -89,7 +93,7 @@ def quantize(fp32: Path, out: Path, calibration_images: np.ndarray, work: Path) 
     quant_pre_process(str(fp32), str(prepared))
     fp32_model = onnx.load(str(prepared))
     nodes = fp32_model.graph.node
-    softmax = [n.name for n in nodes if n.op_type == "Softmax"]
+    head = _downstream(fp32_model.graph, next(n for n in nodes if n.op_type == "GlobalAveragePool"))
     depthwise_weights = [n.input[1] for n in nodes if n.op_type == "Conv" and _groups(n) > 1]
     normalised = next(n for n in nodes if n.op_type == "Conv").input[0]  # what the stem reads
     pixels_as_quantized = {"scale": np.array(1 / PIXEL_STEP, np.float32),
@@ -99,7 +103,7 @@ def quantize(fp32: Path, out: Path, calibration_images: np.ndarray, work: Path) 
         str(prepared), str(quantized), _Calibration(calibration_images),
         quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        nodes_to_exclude=softmax, calibrate_method=CalibrationMethod.Percentile,
+        nodes_to_exclude=[node.name for node in head], calibrate_method=CalibrationMethod.Percentile,
         extra_options={
             "CalibPercentile": CALIBRATION_PERCENTILE,
             "TensorQuantOverrides": {
@@ -111,10 +115,51 @@ def quantize(fp32: Path, out: Path, calibration_images: np.ndarray, work: Path) 
     model = onnx.load(str(quantized))
     correct_biases(fp32_model, model, calibration_images)
     model = _read_pixels_directly(model, normalised)
+    _store_weights_as_int8(model, {node.name for node in head})
     onnx.checker.check_model(model, full_check=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
     return out
+
+
+def _downstream(graph: onnx.GraphProto, first: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """`first` and every node that reads, directly or not, what it computes."""
+    reached, tensors = [first], set(first.output)
+    for node in graph.node:  # topologically sorted
+        if node is not first and tensors & set(node.input):
+            reached.append(node)
+            tensors.update(node.output)
+    return reached
+
+
+def _store_weights_as_int8(model: onnx.ModelProto, names: set[str]) -> None:
+    """Weight-only int8 for the float head: each Gemm/MatMul weight becomes int8 per output channel plus
+    a DequantizeLinear, which onnxruntime folds into a float constant once, when it loads the model."""
+    graph = model.graph
+    constants = {init.name: init for init in graph.initializer}
+    added = []
+    for node in graph.node:
+        if node.name not in names or node.op_type not in ("Gemm", "MatMul") or node.input[1] not in constants:
+            continue
+        if np.prod(constants[node.input[1]].dims) < SMALL_WEIGHTS:  # the 17 -> 2 head itself: not worth a byte
+            continue
+        weights = onnx.numpy_helper.to_array(constants[node.input[1]]).astype(np.float64)
+        transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+        axis = 0 if transposed else 1
+        peak = np.abs(weights).max(axis=1 - axis)
+        scale = np.where(peak > 0, peak / 127, 1.0).astype(np.float32)
+        shape = (-1, 1) if axis == 0 else (1, -1)
+        integers = np.clip(np.round(weights / scale.reshape(shape)), -127, 127).astype(np.int8)
+        stem = node.input[1]
+        graph.initializer.remove(constants[stem])
+        graph.initializer.extend([onnx.numpy_helper.from_array(integers, stem + "_int8"),
+                                  onnx.numpy_helper.from_array(scale, stem + "_scale"),
+                                  onnx.numpy_helper.from_array(np.zeros(len(scale), np.int8), stem + "_zero")])
+        added.append(onnx.helper.make_node("DequantizeLinear", [stem + "_int8", stem + "_scale", stem + "_zero"],
+                                           [stem], name=stem + "_dequantize", axis=axis))
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(added + nodes)
 
 
 def _groups(conv: onnx.NodeProto) -> int:
@@ -200,8 +245,9 @@ def _shift_bias(graph: onnx.GraphProto, conv: onnx.NodeProto, shift: np.ndarray)
 
 def correct_biases(fp32: onnx.ModelProto, quantized: onnx.ModelProto, images: np.ndarray) -> None:
     """Bias correction of `quantized` (QDQ, as onnxruntime wrote it) against `fp32`, in place."""
-    float_convs = [node for node in fp32.graph.node if node.op_type == "Conv"]
-    convs = {node.name: node for node in quantized.graph.node if node.op_type == "Conv"}
+    produced = {output for node in quantized.graph.node if node.op_type == "DequantizeLinear" for output in node.output}
+    convs = {node.name: node for node in quantized.graph.node if node.op_type == "Conv" and node.input[1] in produced}
+    float_convs = [node for node in fp32.graph.node if node.op_type == "Conv" and node.name in convs]
     inputs = channel_means(fp32, sorted({conv.input[0] for conv in float_convs}), images)
     for conv in float_convs:  # the shift from rounding the weights
         weights = onnx.numpy_helper.to_array(_initializer(fp32.graph, conv.input[1]))

