@@ -30,8 +30,8 @@ def test_leave_sources_out_folds_never_put_one_source_on_both_sides() -> None:
         fold = splits.folds(items, seed, k=4)
         assert np.array_equal(fold, splits.folds(items, seed, k=4))  # seeded
         for k in range(4):
-            held = {splits.source(item) for item, f in zip(items, fold) if f == k and splits.is_out_of_source(item)}
-            trained = {splits.source(item) for item, f in zip(items, fold) if f != k}
+            held = {splits.source(item) for item, f in zip(items, fold, strict=True) if f == k and splits.is_out_of_source(item)}
+            trained = {splits.source(item) for item, f in zip(items, fold, strict=True) if f != k}
             assert held and not held & trained
         # the in-source groups are dealt image by image: every fold has some
         assert all((fold[[i for i, item in enumerate(items) if item.group == "petimages-cat"]] == k).any()

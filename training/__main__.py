@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "fit":
         import torch  # noqa: F401 - fail early with a clear message without the train extra
 
-        from training.fit import Config, fit as run_fit
+        from training.fit import Config
+        from training.fit import fit as run_fit
 
         config = Config(data=args.data, out=args.out, workdir=args.workdir, size=args.size, seed=args.seed,
                         folds=args.folds, rank=args.rank, limit=args.limit, synthetic=args.synthetic,

@@ -85,7 +85,7 @@ def run_model(model: Path, images: np.ndarray, outputs: tuple[str, ...], batch: 
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for start in range(0, len(images), batch):
-        for name, value in zip(outputs, session.run(list(outputs), {"image": np.asarray(images[start:start + batch])})):
+        for name, value in zip(outputs, session.run(list(outputs), {"image": np.asarray(images[start:start + batch])}), strict=True):
             parts[name].append(value)
     return {name: np.concatenate(values) for name, values in parts.items()}
 
@@ -137,7 +137,7 @@ def evaluate(model: Path, roots: list[Path], split: str, out: Path | None, thres
             print(f"error\t{items[i].name}\t{message}")
         ok = np.array([i not in errors for i in range(len(items))])
         y_true = np.array([item.target for item in items])[ok]
-        groups = [item.group for item, good in zip(items, ok) if good]
+        groups = [item.group for item, good in zip(items, ok, strict=True) if good]
         result = metrics.report(y_true, p_cat[ok], groups, threshold)
         print(metrics.format_report(f"{model} on {', '.join(map(str, roots))}, threshold {threshold:.4f}", result))
         if out is not None:
@@ -153,7 +153,7 @@ def evaluate(model: Path, roots: list[Path], split: str, out: Path | None, thres
     fold = splits.folds(items, validation["seed"], validation["folds"])
     outside = np.array([splits.is_out_of_source(item) for item in items])
     keep = outside if split == "out-of-source" else ~outside
-    chosen = [item for item, kept in zip(items, keep) if kept]
+    chosen = [item for item, kept in zip(items, keep, strict=True) if kept]
     images = data.runtime_batch(chosen, card.input_size)
     head_input = run_model(model, images, (head["reads"],))[head["reads"]]
     probes = [probe.Probe.from_json(raw) for raw in validation["fold_probes"]]

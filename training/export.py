@@ -84,8 +84,7 @@ class _Calibration:
 
 
 def quantize(fp32: Path, out: Path, calibration_images: np.ndarray, work: Path) -> Path:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                         quantize_static)
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     CalibrationDataReader.register(_Calibration)
@@ -219,7 +218,7 @@ def channel_means(model: onnx.ModelProto, tensors: list[str], images: np.ndarray
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     sums = dict.fromkeys(tensors, 0.0)
     for start in range(0, len(images), 32):
-        for name, value in zip(tensors, session.run(tensors, {"image": images[start:start + 32]})):
+        for name, value in zip(tensors, session.run(tensors, {"image": images[start:start + 32]}), strict=True):
             sums[name] = sums[name] + value.astype(np.float64).mean(axis=(2, 3)).sum(axis=0)
     return {name: total / len(images) for name, total in sums.items()}
 

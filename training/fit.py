@@ -220,7 +220,7 @@ def fit(cfg: Config, command: str) -> dict:
 
 
 def _mask(values: list[str], keep: np.ndarray) -> list[str]:
-    return [value for value, kept in zip(values, keep) if kept]
+    return [value for value, kept in zip(values, keep, strict=True) if kept]
 
 
 def _ensure(folder: Path) -> Path:

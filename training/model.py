@@ -29,7 +29,7 @@ def map_weights(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
     if len(source) != len(target):
         raise ValueError(f"{len(source)} pretrained tensors for {len(target)} in {ARCH}")
     mapped = {}
-    for (src_name, tensor), (name, expected) in zip(source.items(), target.items()):
+    for (src_name, tensor), (name, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
             raise ValueError(f"{src_name} {tuple(tensor.shape)} does not fit {name} {tuple(expected.shape)}")
         mapped[name] = tensor
