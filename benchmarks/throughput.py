@@ -52,6 +52,7 @@ TARGET_1MP = 100.0  # images/s
 TARGET_VS_BASELINE = 3.0
 TARGET_PEAK_RSS = 1 << 30  # bytes
 TARGET_CACHED_SPEEDUP = 20.0
+TARGET_GROUP_CATS_SLOWDOWN = 0.05  # --group-cats at most this much slower
 PROFILE_FILES = 60  # per size, for --profile
 
 # EXIF orientation -> how to store an upright picture so that a viewer applying the tag shows it upright.
@@ -343,6 +344,31 @@ def throughput_section(title: str, folder: Path, count: int, jobs: int, baseline
     return [classify_only.rate >= target, copy.rate >= target, ratio >= TARGET_VS_BASELINE]
 
 
+def group_cats_section(folder: Path, count: int, jobs: int, repeats: int, work: Path) -> list[bool]:
+    """--copy with and without --group-cats over the same 1 MP files, interleaved; the slowdown is
+    the median of the ratios within each repeat."""
+    files = sorted(folder.glob("*.jpg"))[:count]
+    view = work / f"{folder.name}-group-view"
+    view.mkdir()
+    for path in files:
+        os.link(path, view / path.name)
+    print(f"\n--group-cats: {len(files)} files of {folder.name}, --copy --no-cache, median of {repeats}")
+    plain, grouped = [], []
+    for repeat in range(repeats):
+        for runs, extra in ((plain, []), (grouped, ["--group-cats"])):
+            out = work / f"group-sorted-{len(extra)}"
+            shutil.rmtree(out, ignore_errors=True)
+            runs.append(run_cli([str(view), "--no-cache", "-j", str(jobs), "--copy", "--out", str(out), *extra,
+                                 "--report", str(work / f"g{len(extra)}-{repeat}.csv")], len(files), work / "unused-cache"))
+    slowdown = statistics.median(1 - with_groups.rate / without.rate for without, with_groups in zip(plain, grouped))
+    for name, runs in (("--copy", plain), ("--copy --group-cats", grouped)):
+        run = _median_run(runs)
+        print(f"  {name:27s} {run.rate:7.1f} images/s  ({run.seconds:.1f} s)   runs: {', '.join(f'{r.rate:.1f}' for r in runs)}")
+    ok = slowdown < TARGET_GROUP_CATS_SLOWDOWN
+    print(f"  --group-cats slowdown       {100 * slowdown:7.1f} %   target < {100 * TARGET_GROUP_CATS_SLOWDOWN:.0f} %: {verdict(ok)}")
+    return [ok]
+
+
 def library_section(files: int, jobs: int, work: Path) -> list[bool]:
     """Memory of a first `--copy --out` run over a large tree, then the same command again."""
     tree = small_corpus(f"tree-{files}", files)
@@ -402,6 +428,7 @@ def main() -> None:
                                      args.baseline_model, args.repeats, TARGET_12MP, work)
         checks += throughput_section("web JPEGs, 1200x900 (1 MP)", web, args.web_files, args.jobs,
                                      args.baseline_model, args.repeats, TARGET_1MP, work)
+        checks += group_cats_section(web, args.web_files, args.jobs, args.repeats, work)
         checks += library_section(args.library_files, args.jobs, work)
         if args.profile:
             print("\nwhere the time goes (cProfile)")

@@ -1,6 +1,8 @@
 """A small SQLite cache of predictions, keyed by file content and model.
 
 Re-running over a library classifies nothing twice. A file is known by the sha256 of its bytes.
+With a prediction the model's embedding is kept (float16), so `--group-cats` needs no inference
+either; the cats it found (their centroids and names) are kept here too, per model.
 A second table remembers which content sits at which (device, inode, size, mtime), so an
 unchanged file, or one that was only moved or renamed on the same filesystem, is recognised
 without reading it at all.
@@ -18,17 +20,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from platformdirs import user_cache_dir
 
 from notcat_sort.decode import PREPROCESSING_VERSION
 
-SCHEMA_VERSION = 1  # bump when the tables change
+SCHEMA_VERSION = 2  # bump when the tables change (2: embeddings, cats)
 # Stored as SQLite's `PRAGMA user_version`.
 VERSION = SCHEMA_VERSION * 1000 + PREPROCESSING_VERSION
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
-    model TEXT NOT NULL, digest TEXT NOT NULL, p_cat REAL NOT NULL,
+    model TEXT NOT NULL, digest TEXT NOT NULL, p_cat REAL NOT NULL, embedding BLOB,
+    PRIMARY KEY (model, digest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cats (
+    model TEXT NOT NULL, cat INTEGER NOT NULL, name TEXT, photos INTEGER NOT NULL, centroid BLOB NOT NULL,
+    PRIMARY KEY (model, cat)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cat_photos (
+    model TEXT NOT NULL, digest TEXT NOT NULL, cat INTEGER NOT NULL,
     PRIMARY KEY (model, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (
     device INTEGER NOT NULL, inode INTEGER NOT NULL, size INTEGER NOT NULL,
@@ -87,8 +96,8 @@ class PredictionCache:
     def _recreate(self) -> None:
         """Empty a cache of another version (or a new file) and give it this version's tables."""
         with self._db:
-            self._db.execute("DROP TABLE IF EXISTS predictions")
-            self._db.execute("DROP TABLE IF EXISTS files")
+            for table in ("predictions", "files", "cats", "cat_photos"):
+                self._db.execute(f"DROP TABLE IF EXISTS {table}")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
@@ -101,15 +110,15 @@ class PredictionCache:
         except sqlite3.Error:
             return None
 
-    def lookup_file(self, key: FileKey) -> tuple[str, float] | None:
-        """(digest, p_cat) for an unchanged file this model has seen."""
+    def lookup_file(self, key: FileKey) -> tuple[str, Known] | None:
+        """(digest, what is known of it) for an unchanged file this model has seen."""
         row = self._one(
-            "SELECT f.digest, p.p_cat FROM files f JOIN predictions p"
+            "SELECT f.digest, p.p_cat, p.embedding FROM files f JOIN predictions p"
             " ON p.digest = f.digest AND p.model = ?"
             " WHERE f.device = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ?",
             (self.model, key.device, key.inode, key.size, key.mtime_ns),
         )
-        return None if row is None else (row[0], row[1])
+        return None if row is None else (row[0], Known(row[1], _vector(row[2])))
 
     def digest_at(self, key: FileKey) -> str | None:
         """The content digest known to sit at an unchanged file, whatever model classified it."""
@@ -119,15 +128,17 @@ class PredictionCache:
         )
         return None if row is None else row[0]
 
-    def lookup_digest(self, digest: str) -> float | None:
-        row = self._one("SELECT p_cat FROM predictions WHERE model = ? AND digest = ?", (self.model, digest))
-        return None if row is None else row[0]
+    def lookup_digest(self, digest: str) -> Known | None:
+        row = self._one("SELECT p_cat, embedding FROM predictions WHERE model = ? AND digest = ?",
+                        (self.model, digest))
+        return None if row is None else Known(row[0], _vector(row[1]))
 
-    def store(self, entries: Iterable[tuple[FileKey, str, float]]) -> None:
+    def store(self, entries: Iterable[tuple[FileKey, str, Known]]) -> None:
         entries = list(entries)
         with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?)",
-                                 [(self.model, digest, p_cat) for _, digest, p_cat in entries])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?)",
+                [(self.model, digest, known.p_cat, _blob(known.embedding)) for _, digest, known in entries])
             self._remember((key, digest) for key, digest, _ in entries)
 
     def remember(self, entries: Iterable[tuple[FileKey, str]]) -> None:
@@ -140,5 +151,52 @@ class PredictionCache:
         self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
                              [(k.device, k.inode, k.size, k.mtime_ns, digest) for k, digest in entries])
 
+    # --- the cats --group-cats found, per model (see notcat_sort.cats) ---
+
+    def cats(self, space: str) -> list[tuple[int, str | None, int, np.ndarray]]:
+        """(cat, name, photos, centroid) of each cat known for this model, by number. `space` names
+        the vectors the centroids are in (the raw embedding, or an identity head's)."""
+        rows = self._db.execute("SELECT cat, name, photos, centroid FROM cats WHERE model = ? ORDER BY cat",
+                                (self._space(space),)).fetchall()
+        return [(cat, name, photos, np.frombuffer(centroid, np.float32)) for cat, name, photos, centroid in rows]
+
+    def _space(self, space: str) -> str:
+        return f"{self.model} {space}"
+
+    def cat_of(self, space: str, digests: list[str]) -> dict[str, int]:
+        """The cat each of these photos was put with by an earlier run."""
+        found: dict[str, int] = {}
+        for start in range(0, len(digests), 500):
+            chunk = digests[start:start + 500]
+            found.update(self._db.execute(
+                f"SELECT digest, cat FROM cat_photos WHERE model = ? AND digest IN ({','.join('?' * len(chunk))})",
+                (self._space(space), *chunk)).fetchall())
+        return found
+
+    def store_cats(self, space: str, cats: Iterable[tuple[int, str | None, int, np.ndarray]],
+                   photos: Iterable[tuple[str, int]]) -> None:
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO cats VALUES (?, ?, ?, ?, ?)",
+                                 [(self._space(space), cat, name, count, centroid.astype(np.float32).tobytes())
+                                  for cat, name, count, centroid in cats])
+            self._db.executemany("INSERT OR REPLACE INTO cat_photos VALUES (?, ?, ?)",
+                                 [(self._space(space), digest, cat) for digest, cat in photos])
+
     def close(self) -> None:
         self._db.close()
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the cache holds for a content digest under one model."""
+
+    p_cat: float
+    embedding: np.ndarray | None = None  # float32 (D,), None for a model without an embedding output
+
+
+def _blob(embedding: np.ndarray | None) -> bytes | None:
+    return None if embedding is None else embedding.astype(np.float16).tobytes()
+
+
+def _vector(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else np.frombuffer(blob, np.float16).astype(np.float32)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from notcat_sort.cache import FileKey, PredictionCache, open_cache
+from notcat_sort.cache import FileKey, Known, PredictionCache, open_cache
 from notcat_sort.content import sha256_file
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, decode
 from notcat_sort.model import Classifier, ModelCard
@@ -50,6 +50,7 @@ class Prediction:
     error: str | None = None
     cached: bool = False
     file_key: FileKey | None = None
+    embedding: np.ndarray | None = None  # the model's embedding output, where it has one
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,13 @@ def _classifier(card: ModelCard) -> Classifier:
         return _classifiers[card.path]
 
 
-# Cache lookup by content digest: the cached p_cat, or None when unknown.
-LookupDigest = Callable[[str], float | None]
+def has_embedding(card: ModelCard) -> bool:
+    """Whether the model outputs an embedding (what --group-cats needs); loads the model once."""
+    return _classifier(card).has_embedding
+
+
+# Cache lookup by content digest: what the cache knows, or None when unknown.
+LookupDigest = Callable[[str], Known | None]
 
 
 def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDigest | None):
@@ -102,9 +108,9 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDig
             digest = hashlib.sha256(source).hexdigest()
     except OSError as error:
         return Prediction(candidate, error=_read_problem(error))
-    p_cat = lookup(digest) if lookup else None
-    if p_cat is not None:
-        return Prediction(candidate, p_cat, digest, cached=True, file_key=key)
+    known = lookup(digest) if lookup else None
+    if known is not None:
+        return Prediction(candidate, known.p_cat, digest, cached=True, file_key=key, embedding=known.embedding)
     try:
         image = decode(source, settings.card.input_size, settings.max_pixels)
     except DecodeError as error:
@@ -122,15 +128,16 @@ def classify_batch(candidates: list[Candidate], settings: ClassifySettings,
     if pending:
         batch = np.stack([image for _, (_, _, image) in pending])
         try:
-            probabilities = _classifier(settings.card).p_cat(batch)
+            probabilities, embeddings = _classifier(settings.card).scores(batch)
         except Exception as error:  # noqa: BLE001 - report the batch's files, never end the run
-            probabilities = [None] * len(pending)
+            probabilities, embeddings = [None] * len(pending), None
             failure = f"model failed on this batch: {error}"
         else:
             failure = None
-        for (i, (key, digest, _)), p_cat in zip(pending, probabilities):
+        for n, ((i, (key, digest, _)), p_cat) in enumerate(zip(pending, probabilities)):
             prepared[i] = Prediction(
-                candidates[i], None if p_cat is None else float(p_cat), digest, failure, file_key=key
+                candidates[i], None if p_cat is None else float(p_cat), digest, failure, file_key=key,
+                embedding=None if embeddings is None else embeddings[n],
             )
     return prepared
 
@@ -151,8 +158,11 @@ def _known(candidate: Candidate, cache: PredictionCache | None) -> Prediction | 
         key = FileKey.of(os.stat(candidate.path))
     except OSError:
         return None  # the classify thread reports why it cannot be read
-    known = cache.lookup_file(key)
-    return Prediction(candidate, known[1], known[0], cached=True, file_key=key) if known else None
+    found = cache.lookup_file(key)
+    if found is None:
+        return None
+    digest, known = found
+    return Prediction(candidate, known.p_cat, digest, cached=True, file_key=key, embedding=known.embedding)
 
 
 class _Pool:
@@ -165,7 +175,7 @@ class _Pool:
         self._cache: PredictionCache | None = None
         self._cache_turn = threading.Lock()
 
-    def _lookup(self, digest: str) -> float | None:
+    def _lookup(self, digest: str) -> Known | None:
         with self._cache_turn:
             return self._cache.lookup_digest(digest) if self._cache else None
 
@@ -210,7 +220,7 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
         if cache and new:
             try:
                 cache.store(
-                    (p.file_key, p.sha256, p.p_cat)
+                    (p.file_key, p.sha256, Known(p.p_cat, p.embedding))
                     for p in predictions
                     if p.p_cat is not None and p.file_key and p.sha256
                 )

@@ -16,7 +16,8 @@ from click.core import ParameterSource
 from notcat_sort import __version__
 from notcat_sort.actions import Action, OnConflict
 from notcat_sort.cache import default_cache_path
-from notcat_sort.classify import ClassifySettings, default_jobs
+from notcat_sort.cats import NamesError, names_file_for, read_names
+from notcat_sort.classify import ClassifySettings, default_jobs, has_embedding
 from notcat_sort.decide import Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS
 from notcat_sort.model import ModelError, default_model_path, load_card
@@ -41,6 +42,8 @@ Examples:
   notcat-sort ~/Photos --copy --out ~/Sorted --uncertain 0.3:0.7
   notcat-sort ~/Photos --move --dry-run     # show where each file would go
   notcat-sort ~/Photos --tag                # leave files in place, add cat/not-cat to XMP sidecars
+  notcat-sort ~/Photos --copy --out ~/Sorted --group-cats      # cat/cat-1/..., cat/cat-2/..., cat/unknown/...
+  notcat-sort ~/Photos --copy --out ~/Sorted --group-cats --cat-names REPORT.cats.toml
   notcat-sort --undo ~/Photos/notcat-sort-20261122-101500.csv
   notcat-sort --watch ~/Downloads --move    # keep running: sort each image as it arrives
   notcat-sort serve --report REPORT.csv     # a local web page to check photos and correct a run
@@ -92,11 +95,14 @@ def _default_report(settings: SortSettings, roots: list[Path]) -> Path:
                            else _dry_run_reports())
 
 
-def _keep_out_of_the_photos(report: Path, created: list[Path]) -> Path:
-    """A run that changed nothing moves its report from the user's folders to the cache's reports
-    folder (and removes the folders made only to hold it): a no-op cron job leaves no trace."""
+def _keep_out_of_the_photos(report: Path, created: list[Path], names_file: Path | None) -> Path:
+    """A run that changed nothing moves its report (and its cat names file) from the user's folders
+    to the cache's reports folder (and removes the folders made only to hold it): a no-op cron job
+    leaves no trace."""
     _dry_run_reports().mkdir(parents=True, exist_ok=True)
     kept = shutil.move(report, _stamped_report(_dry_run_reports()))
+    if names_file is not None and names_file.exists():
+        shutil.move(names_file, names_file_for(Path(kept)))
     for folder in created:
         try:
             os.rmdir(folder)
@@ -246,6 +252,13 @@ class _SortOrServe(click.Command):
 @click.option("--with-raw", is_flag=True,
               help="Carry each image's RAW partner (IMG_1.CR2 beside IMG_1.JPG) with it; "
                    "XMP and AAE sidecars always go with their image.")
+@click.option("--group-cats", is_flag=True,
+              help="Tell individual cats apart: cat photos go to cat/<cat-id>/ (cat/unknown/ when unsure), "
+                   "--tag adds the keyword cat/<cat-id>, the report gets a cat_id. Writes REPORT.cats.toml "
+                   "beside the report, for naming the cats.")
+@click.option("--cat-names", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="NAMES.toml",
+              help="With --group-cats: names for the cats (cat-3 = \"Marmalade\"), e.g. a REPORT.cats.toml "
+                   "filled in; a name sticks to its cat in later runs.")
 @click.option("--dry-run", is_flag=True, help="With an action: show what it would do, change nothing.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Sort into OUT/cat, OUT/not-cat instead of into each PATH.")
@@ -280,7 +293,8 @@ class _SortOrServe(click.Command):
 @click.option("--polling", is_flag=True,
               help="With --watch: poll for changes instead of inotify (network filesystems miss remote writes).")
 @click.version_option(__version__, prog_name="notcat-sort")
-def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: str, with_raw: bool, dry_run: bool,
+def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: str, with_raw: bool,
+         group_cats: bool, cat_names: Path | None, dry_run: bool,
          out: Path | None, model: Path | None,
          threshold: float | None, uncertain: tuple[float, float] | None, on_conflict: str,
          report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, no_cache: bool,
@@ -305,16 +319,27 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
     if watch_dir is None and (polling or settle_given):
         raise click.UsageError("--settle and --polling go with --watch DIR")
     _check_options_fit(ctx, action)
+    if cat_names is not None and not group_cats:
+        raise click.UsageError("--cat-names names the cats --group-cats finds: add --group-cats")
+    if group_cats and watch_dir is not None:
+        raise click.UsageError("--group-cats groups a whole library at once; it does not go with --watch")
+    try:
+        names = read_names(cat_names) if cat_names is not None else {}
+    except NamesError as error:
+        raise click.BadParameter(str(error), param_hint="--cat-names") from None
     try:
         card = load_card(model or default_model_path())
     except ModelError as error:
         raise click.ClickException(str(error)) from None
+    if group_cats and not has_embedding(card):
+        raise click.UsageError(f"--group-cats needs a model with an `embedding` output; {card.path} has none")
     roots = [Path(path) for path in paths] or [watch_dir]
     settings = SortSettings(
         classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path()),
         policy=Policy(card.threshold if threshold is None else threshold, uncertain),
         action=action, dry_run=dry_run, out=out, on_conflict=OnConflict(on_conflict),
         sidecar_name=SidecarName(sidecar_name), with_raw=with_raw, remove_emptied_folders=remove_emptied_folders,
+        group_cats=group_cats, cat_names=names,
     )
     _check_destinations(settings, roots)
     to_stdout = report_path == Path("-")
@@ -344,7 +369,7 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
         raise click.BadParameter(f"{error.filename} {error.strerror}: choose another file", param_hint="--report") from None
     except OSError as error:
         raise click.ClickException(f"cannot write the report {report_file}: {error.strerror}; choose another place with --report") from None
-    preview = Preview(lambda result: settings.label_folder(result.prediction.candidate, result.label))
+    preview = Preview(lambda result: settings.label_folder(result.prediction.candidate, result.label, result.cat))
     try:
         with view:
             results = (watch(watch_dir, settings, report, journal, stop, settle, polling) if watch_dir is not None
@@ -354,11 +379,15 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
                 preview.add(result)
     finally:
         report.close(compact=watch_dir is None)  # a watch report may name one path twice: keep every row
+    names_file = names_file_for(report_file) if report_file is not None and group_cats else None
     if report_file is not None and given_report is None and watch_dir is None and settings.changes_files \
             and not report.journalled:
-        report_file = _keep_out_of_the_photos(report_file, created)
+        report_file = _keep_out_of_the_photos(report_file, created, names_file)
+        names_file = names_file_for(report_file) if names_file else None
     view.finish((preview.lines() if not settings.changes_files else []) + _dry_run_hint(settings)
-                + ([f"report: {report_file}"] if report_file else []))
+                + ([f"report: {report_file}"] if report_file else [])
+                + ([f"cat names: {names_file} (name the cats there, then pass it with --cat-names)"]
+                   if names_file is not None and names_file.exists() else []))
     if stop.requested and watch_dir is None:
         sys.exit(EXIT_INTERRUPTED)
     if view.tally.failed:

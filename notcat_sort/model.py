@@ -3,6 +3,8 @@
 The graph takes uint8 RGB images, NHWC, already resized to the card's square input size, and
 does its own normalisation; it returns class probabilities in the card's label order. Keeping
 normalisation inside the graph means the runtime and training cannot disagree about it.
+A model may also output `embedding`, its pooled penultimate features: computed in the same call,
+they are what `--group-cats` tells individual cats apart by (see notcat_sort.cats).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 from notcat_sort.content import sha256_file
 
 DEFAULT_MODEL_FILE = "notcat-lite0.onnx"
+PROBABILITIES_OUTPUT = "probabilities"
+EMBEDDING_OUTPUT = "embedding"
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,17 @@ class Classifier:
             str(card.path), options, providers=["CPUExecutionProvider"]
         )
         self._input = self._session.get_inputs()[0].name
+        outputs = [output.name for output in self._session.get_outputs()]
+        self._probabilities = PROBABILITIES_OUTPUT if PROBABILITIES_OUTPUT in outputs else outputs[0]
+        self.has_embedding = EMBEDDING_OUTPUT in outputs
 
     def p_cat(self, images: np.ndarray) -> np.ndarray:
         """Cat probability for each image of a (N, S, S, 3) uint8 batch."""
-        probabilities = self._session.run(None, {self._input: images})[0]
-        return probabilities[:, self.card.cat_index].astype(np.float64)
+        return self.scores(images, embedding=False)[0]
+
+    def scores(self, images: np.ndarray, embedding: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Cat probabilities and, where the model has them, embeddings (N, D) float32, from one call."""
+        wanted = [self._probabilities] + ([EMBEDDING_OUTPUT] if embedding and self.has_embedding else [])
+        outputs = self._session.run(wanted, {self._input: images})
+        p_cat = outputs[0][:, self.card.cat_index].astype(np.float64)
+        return p_cat, (outputs[1].astype(np.float32) if len(outputs) > 1 else None)

@@ -19,6 +19,7 @@ from notcat_sort.actions import Action, Kind, OnConflict, Outcome, Plan, execute
 from notcat_sort.actions.common import remove_empty_folder
 from notcat_sort.actions.conflict import resolve
 from notcat_sort.cache import FileKey, PredictionCache, open_cache
+from notcat_sort.cats import UNKNOWN, CatGrouper, examples_of, load_head, names_file_for, names_template
 from notcat_sort.classify import ClassifySettings, Prediction, classify
 from notcat_sort.content import DigestOf, sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label, Policy
@@ -41,6 +42,8 @@ class SortSettings:
     with_raw: bool = False  # carry RAW partners (IMG_0001.CR2 beside IMG_0001.JPG) with the image
 
     remove_emptied_folders: bool = False  # with move: remove the source folders the move left empty
+    group_cats: bool = False  # sort cat photos by individual cat: cat/<cat-id>/...
+    cat_names: dict[int, str] = field(default_factory=dict)  # --cat-names: cat number -> name
 
     @property
     def changes_files(self) -> bool:
@@ -67,16 +70,18 @@ class SortSettings:
             return []
         return [self.output_base(Path(root).absolute()) / label.value for root in roots for label in SORTED_LABELS]
 
-    def label_folder(self, candidate: Candidate, label: Label) -> Path:
-        """Where `label`'s images from `candidate`'s PATH go (tagging leaves them where they are)."""
+    def label_folder(self, candidate: Candidate, label: Label, cat: str = "") -> Path:
+        """Where `label`'s images from `candidate`'s PATH go (tagging leaves them where they are);
+        with --group-cats a cat photo goes into its cat's folder under cat/."""
         if self.action is Action.TAG:
             return candidate.path.parent
-        return self.output_base(candidate.root) / label.value
+        folder = self.output_base(candidate.root) / label.value
+        return folder / cat if cat else folder
 
-    def destination(self, candidate: Candidate, label: Label) -> Path:
+    def destination(self, candidate: Candidate, label: Label, cat: str = "") -> Path:
         if self.action is Action.TAG:
             return xmp_path(candidate.path, self.sidecar_name)
-        return self.label_folder(candidate, label) / candidate.relative
+        return self.label_folder(candidate, label, cat) / candidate.relative
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class Result:
     label: Label
     outcome: Outcome
     companions: tuple[Companion, ...] = ()
+    cat: str = ""  # with --group-cats, the cat photo's cat id (or `unknown`)
 
     @property
     def failed(self) -> bool:
@@ -120,6 +126,7 @@ class Result:
             status=outcome.status,
             error=prediction.error or outcome.error,
             sha256=prediction.sha256 or "",
+            cat_id=self.cat,
         )
 
 
@@ -146,7 +153,7 @@ def _failure(settings: SortSettings, error: Exception, target: Path | None = Non
     return Outcome(Status.ERROR, target, f"{settings.action_name} failed: {reason}")
 
 
-def _plan(settings: SortSettings, prediction: Prediction, label: Label, reserved: set[Path],
+def _plan(settings: SortSettings, prediction: Prediction, label: Label, cat: str, reserved: set[Path],
           digest_of: DigestOf) -> Plan | Outcome | None:
     """The plan for one file, with its target reserved against the rest of the batch; or an error.
     None for `tag`, which edits a sidecar in place and keeps its own undo records."""
@@ -154,7 +161,8 @@ def _plan(settings: SortSettings, prediction: Prediction, label: Label, reserved
         return None
     try:
         planned = plan(
-            settings.action or Action.COPY, prediction.candidate.path, settings.destination(prediction.candidate, label),
+            settings.action or Action.COPY, prediction.candidate.path,
+            settings.destination(prediction.candidate, label, cat),
             prediction.sha256, settings.on_conflict, reserved, digest_of,
         )
     except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
@@ -186,22 +194,23 @@ def _perform(settings: SortSettings, source: Path, destination: Path, sha256: st
         return _failure(settings, error)
 
 
-def _tag(settings: SortSettings, prediction: Prediction, label: Label, run: str) -> Outcome:
+def _tag(settings: SortSettings, prediction: Prediction, label: Label, cat: str, run: str) -> Outcome:
     card = settings.classify.card
     return _perform(settings, prediction.candidate.path, settings.destination(prediction.candidate, label),
-                    prediction.sha256, settings.on_conflict,
-                    label=label.value, p_cat=prediction.p_cat, model=f"{card.name} {card.version}", run=run)
+                    prediction.sha256, settings.on_conflict, label=label.value, p_cat=prediction.p_cat,
+                    model=f"{card.name} {card.version}", run=run, cat=cat)
 
 
 def _act(settings: SortSettings, stop: Callable[[], bool], run: str, prediction: Prediction, label: Label,
-         planned: Plan | Outcome | None, found: list[Companion]) -> Result:
+         cat: str, planned: Plan | Outcome | None, found: list[Companion]) -> Result:
     """Carry out one file's plan (and its companions'), unless a stop was asked for first."""
     if label is Label.ERROR:
         return Result(prediction, label, Outcome(Status.ERROR))
     if stop():
-        return Result(prediction, label, Outcome(Status.SKIPPED, None, getattr(stop, "reason", "interrupted")))
-    outcome = _tag(settings, prediction, label, run) if planned is None else _execute(settings, planned)
-    return Result(prediction, label, outcome, _carry(settings, prediction.candidate.path, outcome, found))
+        return Result(prediction, label, Outcome(Status.SKIPPED, None, getattr(stop, "reason", "interrupted")),
+                      cat=cat)
+    outcome = _tag(settings, prediction, label, cat, run) if planned is None else _execute(settings, planned)
+    return Result(prediction, label, outcome, _carry(settings, prediction.candidate.path, outcome, found), cat)
 
 
 def _companions(settings: SortSettings, image: Path) -> list[Companion]:
@@ -212,15 +221,15 @@ def _companions(settings: SortSettings, image: Path) -> list[Companion]:
             for path in companions(image, settings.with_raw)]
 
 
-def _started(settings: SortSettings, prediction: Prediction, label: Label, planned: Plan | None,
+def _started(settings: SortSettings, prediction: Prediction, label: Label, cat: str, planned: Plan | None,
              found: list[Companion]) -> Result:
     """The journal entry written before acting: where the image and its companions are headed.
     A move whose identical copy is already there is journalled as the removal of a duplicate."""
-    destination = planned.target if planned else settings.destination(prediction.candidate, label)
+    destination = planned.target if planned else settings.destination(prediction.candidate, label, cat)
     status = Status.STARTED_REMOVE_DUPLICATE if planned and planned.kind == Kind.REMOVE_DUPLICATE else Status.STARTED
     heading = tuple(replace(companion, outcome=Outcome(Status.STARTED, companion_name(
         companion.path, prediction.candidate.path, destination))) for companion in found)
-    return Result(prediction, label, Outcome(status, destination), heading)
+    return Result(prediction, label, Outcome(status, destination), heading, cat)
 
 
 def _carry(settings: SortSettings, image: Path, image_outcome: Outcome,
@@ -292,35 +301,79 @@ def _remember_placed(known: PredictionCache | None, results: list[Result]) -> No
         pass
 
 
+# Decided: a prediction, its label and (with --group-cats, for a cat) its cat id.
+Decided = tuple[Prediction, Label, str]
+
+
 def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, report: ReportWriter,
                   stop: Callable[[], bool], actors: ThreadPoolExecutor,
                   known: PredictionCache | None) -> Iterator[Result]:
+    """Act on each batch as it is classified. With --group-cats the cat photos wait (without
+    their embeddings, which wait on disk) until every photo is classified and grouped."""
+    card = settings.classify.card
+    cats_cache = open_cache(settings.classify.cache_path, card.sha256) if settings.group_cats else None
+    grouper = CatGrouper(cats_cache, settings.cat_names, load_head(card.path, card.sha256)) if settings.group_cats else None
+    waiting: list[tuple[Prediction, int]] = []  # and its place in the grouping (-1: no embedding)
+    digest_of = _digest_reader(known)
+    try:
+        for predictions in classify(candidates, settings.classify):
+            decided = [(p, settings.policy.decide(p.p_cat), "") for p in predictions]
+            if grouper is not None:
+                for prediction, label, _ in decided:
+                    if label is Label.CAT:
+                        place = grouper.add(prediction.sha256 or "", prediction.embedding)
+                        waiting.append((replace(prediction, embedding=None), place))
+                decided = [entry for entry in decided if entry[1] is not Label.CAT]
+            yield from _sort_batch(decided, settings, report, stop, actors, known, digest_of)
+            if stop():
+                return
+        if grouper is not None and waiting:
+            grouping = grouper.group()
+            grouper.remember(grouping)
+            if report.path is not None:
+                examples = examples_of((grouping.ids[place] for _, place in waiting if place >= 0),
+                                       (str(p.candidate.path) for p, place in waiting if place >= 0))
+                names_file_for(report.path).write_text(names_template(grouping, examples), encoding="utf-8")
+            for start in range(0, len(waiting), _GROUPED_BATCH):
+                batch = [(p, Label.CAT, grouping.ids[place] if place >= 0 else UNKNOWN)
+                         for p, place in waiting[start:start + _GROUPED_BATCH]]
+                yield from _sort_batch(batch, settings, report, stop, actors, known, digest_of)
+                if stop():
+                    return
+    finally:
+        if grouper is not None:
+            grouper.close()
+        if cats_cache is not None:
+            cats_cache.close()
+
+
+_GROUPED_BATCH = 256  # grouped cat photos acted on at a time
+
+
+def _sort_batch(decided: list[Decided], settings: SortSettings, report: ReportWriter, stop: Callable[[], bool],
+                actors: ThreadPoolExecutor, known: PredictionCache | None, digest_of: DigestOf) -> list[Result]:
+    """Plan, journal, act on and report one batch."""
     action = settings.action_name
     run = run_key(report.path) if report.path is not None else ""
-    digest_of = _digest_reader(known)
-    for predictions in classify(candidates, settings.classify):
-        decided = [(p, settings.policy.decide(p.p_cat)) for p in predictions]
-        reserved: set[Path] = set()
-        plans = {i: _plan(settings, p, label, reserved, digest_of) for i, (p, label) in enumerate(decided)
-                 if label is not Label.ERROR}
-        found = {i: _companions(settings, decided[i][0].candidate.path) for i, planned in plans.items()
-                 if isinstance(planned, Plan) and planned.changes_files}  # a skipped file carries nothing
-        if settings.changes_files:
-            journal = [row for i, planned in plans.items() if planned is None or isinstance(planned, Plan)
-                       and planned.changes_files
-                       for row in _started(settings, *decided[i], planned, found.get(i, [])).rows(action)]
-            if journal:
-                report.write(journal, durable=True)
-        results = list(actors.map(
-            lambda i: _act(settings, stop, run, *decided[i], plans.get(i), found.get(i, [])), range(len(decided))))
-        report.write((row for result in results for row in result.rows(action)), durable=settings.changes_files)
-        if settings.changes_files:
-            _remember_placed(known, results)
-            if settings.remove_emptied_folders:
-                _remove_emptied_folders(results, report)
-        yield from results
-        if stop():
-            return
+    reserved: set[Path] = set()
+    plans = {i: _plan(settings, *decided[i], reserved, digest_of) for i in range(len(decided))
+             if decided[i][1] is not Label.ERROR}
+    found = {i: _companions(settings, decided[i][0].candidate.path) for i, planned in plans.items()
+             if isinstance(planned, Plan) and planned.changes_files}  # a skipped file carries nothing
+    if settings.changes_files:
+        journal = [row for i, planned in plans.items() if planned is None or isinstance(planned, Plan)
+                   and planned.changes_files
+                   for row in _started(settings, *decided[i], planned, found.get(i, [])).rows(action)]
+        if journal:
+            report.write(journal, durable=True)
+    results = list(actors.map(
+        lambda i: _act(settings, stop, run, *decided[i], plans.get(i), found.get(i, [])), range(len(decided))))
+    report.write((row for result in results for row in result.rows(action)), durable=settings.changes_files)
+    if settings.changes_files:
+        _remember_placed(known, results)
+        if settings.remove_emptied_folders:
+            _remove_emptied_folders(results, report)
+    return results
 
 
 def _is_empty_folder(folder: Path) -> bool:

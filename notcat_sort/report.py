@@ -43,6 +43,7 @@ class Row:
     status: str
     error: str
     sha256: str = ""
+    cat_id: str = ""  # --group-cats: which cat (or `unknown`)
 
 
 FIELDS = [field.name for field in fields(Row)]

@@ -1,4 +1,4 @@
-"""CLI: `python -m training fit ...` and `python -m training evaluate ...`."""
+"""CLI: `python -m training fit ...`, `python -m training evaluate ...` and `python -m training identity ...`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   python -m training fit --data ../shared/datasets/catnotcat --data ~/corrections   # plus a review's corrections
   python -m training evaluate --data ../shared/datasets/catnotcat --split out-of-source
   python -m training evaluate --data ~/Photos                                      # predictions only
+  python -m training identity --data runs/campus-cats     # one folder per cat: the identity head for --group-cats
 """
 
 
@@ -23,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m training", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="Make notcat-sort's model (fit) and measure a model (evaluate). Needs the train extra: "
                     "pip install -e '.[train]'.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,evaluate}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{fit,evaluate,identity}")
 
     fit = commands.add_parser(
         "fit", formatter_class=formatter, help="fit the head, export, quantize and write the model card",
@@ -57,13 +58,30 @@ def _parser() -> argparse.ArgumentParser:
                     help="all: every image with the shipped head; out-of-source / in-source: fit's folds")
     ev.add_argument("--threshold", type=float, default=None, help="cat from this p_cat on (default: the card's)")
     ev.add_argument("--out", type=Path, default=None, help="write confusion and PR-curve PNGs here")
+
+    ident = commands.add_parser(
+        "identity", formatter_class=formatter, help="train and evaluate the identity head for --group-cats",
+        description="A linear projection of the model's embedding, trained with a batch-hard triplet loss; "
+                    "prints 1-NN accuracy across sessions and the clusters' pairwise precision and recall on "
+                    "cats held out (folds by cat), for the raw embedding and the head (training/identity.py).")
+    ident.add_argument("--data", type=Path, required=True, help="one folder per cat (NekoNet's layout)")
+    ident.add_argument("--model", type=Path, default=Path("models/notcat-lite0.onnx"), help="the ONNX model (card beside it)")
+    ident.add_argument("--out", type=Path, default=None, help="write the head trained on all the data (.npz) here")
+    ident.add_argument("--folds", type=int, default=4, help="validation folds, by cat")
+    ident.add_argument("--dimensions", type=int, default=128)
+    ident.add_argument("--steps", type=int, default=600)
+    ident.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    if args.command == "fit":
+    if args.command == "identity":
+        from training.identity import run as run_identity
+
+        run_identity(args.data, args.model, args.out, args.folds, args.dimensions, args.steps, args.seed)
+    elif args.command == "fit":
         import torch  # noqa: F401 - fail early with a clear message without the train extra
 
         from training.fit import Config

@@ -37,7 +37,7 @@ RDF_NS = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 DC_NS = "http://purl.org/dc/elements/1.1/"
 X_NS = "adobe:ns:meta/"
 _PREFIXES = {"x": X_NS, "rdf": RDF_NS, "dc": DC_NS, "notcat": NOTCAT_NS}
-_PROPERTIES = ("label", "pCat", "model", "keyword")
+_PROPERTIES = ("label", "pCat", "model", "keyword", "catKeyword")
 _XPACKET_BEGIN = "<?xpacket begin=\"\ufeff\" id=\"W5M0MpCehiHzreSzNTczkc9d\"?>\n"
 _XPACKET_END = "\n<?xpacket end=\"w\"?>\n"
 _EMPTY_XMP = (
@@ -66,6 +66,11 @@ class Note:
     p_cat: str
     model: str
     keyword: str = ""  # the dc:subject keyword this tool added; "" when the user had it already
+    cat_keyword: str = ""  # --group-cats: the hierarchical keyword `cat/<cat-id>` this tool added
+
+    @property
+    def claimed(self) -> tuple[str, ...]:
+        return tuple(keyword for keyword in (self.keyword, self.cat_keyword) if keyword)
 
 
 # --- the XMP document ---------------------------------------------------------------------
@@ -132,7 +137,7 @@ def read_note(root: ET.Element) -> Note | None:
             values[name] = value or values[name]
     if not values["label"]:
         return None
-    return Note(values["label"], values["pCat"], values["model"], values["keyword"])
+    return Note(values["label"], values["pCat"], values["model"], values["keyword"], values["catKeyword"])
 
 
 def _remove_keyword(root: ET.Element, keyword: str) -> None:
@@ -146,8 +151,9 @@ def _write_note(root: ET.Element, note: Note | None) -> None:
     """Replace the `notcat:*` properties (and the keyword they claim) with `note`'s."""
     description = _description(root)
     old = read_note(root)
-    if old is not None and old.keyword and (note is None or old.keyword != note.keyword):
-        _remove_keyword(root, old.keyword)
+    for keyword in old.claimed if old is not None else ():
+        if note is None or keyword not in note.claimed:
+            _remove_keyword(root, keyword)
     for holder in _descriptions(root):
         for name in _PROPERTIES:
             holder.attrib.pop(_q(NOTCAT_NS, name), None)
@@ -155,19 +161,25 @@ def _write_note(root: ET.Element, note: Note | None) -> None:
                 holder.remove(element)
     if note is None:
         return
-    if note.keyword and note.keyword not in keywords(root):
-        ET.SubElement(_keyword_bag(description), _q(RDF_NS, "li")).text = note.keyword
-    for name, value in zip(_PROPERTIES, (note.label, note.p_cat, note.model, note.keyword)):
+    for keyword in note.claimed:
+        if keyword not in keywords(root):
+            ET.SubElement(_keyword_bag(description), _q(RDF_NS, "li")).text = keyword
+    for name, value in zip(_PROPERTIES, (note.label, note.p_cat, note.model, note.keyword, note.cat_keyword)):
         ET.SubElement(description, _q(NOTCAT_NS, name)).text = value
 
 
-def tagged(document: bytes | None, label: str, p_cat: str, model: str) -> bytes:
-    """The sidecar `document` (None: none yet) with `label` as its notcat label and keyword."""
+def tagged(document: bytes | None, label: str, p_cat: str, model: str, cat: str = "") -> bytes:
+    """The sidecar `document` (None: none yet) with `label` as its notcat label and keyword, and
+    with --group-cats `cat/<cat>` as a hierarchical keyword (digiKam and Lightroom show cat > <cat>)."""
     root = _parse(document)
     old = read_note(root)
-    claimed = old.keyword if old is not None else ""
-    user_has_it = label in keywords(root) and claimed != label
-    _write_note(root, Note(label, p_cat, model, "" if user_has_it else label))
+    claimed = old.claimed if old is not None else ()
+
+    def ours(keyword: str) -> str:
+        """`keyword` to add and claim, or "" when the user has it already."""
+        return "" if keyword in keywords(root) and keyword not in claimed else keyword
+
+    _write_note(root, Note(label, p_cat, model, ours(label), ours(f"{label}/{cat}") if cat else ""))
     return _serialize(root)
 
 
@@ -247,13 +259,13 @@ def _save_entries(sidecar: Path, entries: list[dict]) -> None:
 
 def tag(
     source: Path, destination: Path, sha256: str | None, on_conflict: OnConflict, dry_run: bool,
-    *, label: str, p_cat: float | None, model: str, run: str,
+    *, label: str, p_cat: float | None, model: str, run: str, cat: str = "",
 ) -> Outcome:
     """Record `label` for the image `source` in its sidecar `destination` (see sidecars.xmp_path);
     `run` names the run (its report) for `untag`."""
     before = _read(destination)
     try:
-        after = tagged(before, label, format_p(p_cat), model)
+        after = tagged(before, label, format_p(p_cat), model, cat)
     except SidecarError as error:
         return Outcome(Status.ERROR, destination, f"{error}: {destination}")
     if before is not None and _state(before) == _state(after):

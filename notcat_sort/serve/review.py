@@ -72,7 +72,7 @@ def check_report(path: Path) -> None:
             header = next(csv.reader(handle), [])
     except (OSError, csv.Error) as error:
         raise ReportError(f"cannot read the report {path}: {getattr(error, 'strerror', None) or error}") from None
-    if header == FIELDS:
+    if header in (FIELDS, FIELDS[:-1]):  # without the cat_id column: a report from before --group-cats
         return
     if header[:2] == FIELDS[:2]:
         raise ReportError(f"{path} was written by another version of notcat-sort: its columns are "

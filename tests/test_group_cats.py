@@ -1,0 +1,226 @@
+"""`--group-cats`: cat photos sorted by individual cat, on real campus-cats photos.
+
+Each campus cat's photos are named `campus-cats-<10 characters of cat id>_...`. Besides the real
+photos, each library holds mirror images of a few of them: a different file (and sha256) of the
+same cat, which any usable identity embedding puts with its original."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from notcat_sort.cats import UNKNOWN, CatGrouper, NamesError, read_names
+from notcat_sort.classify import has_embedding
+from notcat_sort.model import default_model_path, load_card
+
+CATS = ("8d2ee5cf67", "8d2ee5cf93", "4d49198bdd")  # the campus cats with the most photos
+MIRRORED = 3  # per cat
+
+
+def _model() -> Path:
+    """The shipped model, or NOTCAT_TEST_MODEL (a model of the same kind, for trying one out)."""
+    return Path(os.environ.get("NOTCAT_TEST_MODEL") or default_model_path())
+
+
+@pytest.fixture(scope="session")
+def model() -> Path:
+    path = _model()
+    if not has_embedding(load_card(path)):
+        pytest.skip(f"{path} has no embedding output")
+    return path
+
+
+def cat_of(path: str | Path) -> str:
+    return re.search(r"campus-cats-(.{10})", Path(path).name).group(1)
+
+
+@pytest.fixture
+def library(shared: Path, tmp_path: Path) -> Path:
+    """Photos of three campus cats, mirror images of some of them, and a few photos with no cat."""
+    folder = tmp_path / "photos"
+    (folder / "garden").mkdir(parents=True)
+    pool = shared / "datasets" / "catnotcat"
+    for cat in CATS:
+        photos = sorted((pool / "cat").glob(f"campus-cats-{cat}_*"))
+        for photo in photos:
+            shutil.copyfile(photo, folder / "garden" / photo.name)
+        for photo in photos[:MIRRORED]:
+            ImageOps.mirror(Image.open(photo)).save(folder / f"{photo.stem}-mirrored.jpg", quality=95)
+    for photo in sorted((pool / "not-cat").glob("bsd68-*"))[:3]:
+        shutil.copyfile(photo, folder / photo.name)
+    return folder
+
+
+def _by_cat_id(rows: list[dict[str, str]]) -> dict[str, list[str]]:
+    groups = defaultdict(list)
+    for row in rows:
+        if row["cat_id"]:
+            groups[row["cat_id"]].append(row["path"])
+    return groups
+
+
+def test_copy_puts_one_cat_together_and_keeps_different_cats_apart(run_cli, library: Path, tmp_path: Path,
+                                                                    model: Path) -> None:
+    out = tmp_path / "sorted"
+    result = run_cli(library, "--copy", "--group-cats", "--out", out, "--model", model, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = result.rows()
+    for row in rows:
+        assert bool(row["cat_id"]) == (row["label"] == "cat"), row
+        if row["label"] == "cat":
+            destination = Path(row["destination"])
+            assert destination.relative_to(out / "cat" / row["cat_id"]) == Path(row["path"]).relative_to(library)
+            assert destination.read_bytes() == Path(row["path"]).read_bytes()
+    groups = {cat: paths for cat, paths in _by_cat_id(rows).items() if cat != UNKNOWN}
+    assert groups, "no photos were grouped"
+    for cat, paths in groups.items():
+        assert re.fullmatch(r"cat-[0-9]+", cat)
+        assert len({cat_of(path) for path in paths}) == 1, f"{cat} merges different cats: {paths}"
+        assert len(paths) >= 2
+    ids = {row["path"]: row["cat_id"] for row in rows}
+    for mirrored in library.glob("*-mirrored.jpg"):
+        original = str(library / "garden" / mirrored.name.replace("-mirrored", ""))
+        if ids[str(mirrored)] and ids[original]:  # both taken for cats
+            assert ids[str(mirrored)] == ids[original] != UNKNOWN, (mirrored, ids[str(mirrored)], ids[original])
+    names = result.report_path.with_name(f"{result.report_path.stem}.cats.toml")
+    assert set(read_names_template(names)) == {int(cat.split("-")[1]) for cat in groups}
+
+
+def read_names_template(path: Path) -> list[int]:
+    return [int(number) for number in re.findall(r"^cat-([0-9]+) = \"\"", path.read_text(), flags=re.MULTILINE)]
+
+
+def test_names_stick_across_runs(run_cli, library: Path, tmp_path: Path, model: Path) -> None:
+    first = run_cli(library, "--group-cats", "--model", model, "-j", "2")  # a dry run names the groups too
+    assert first.returncode == 0, first.stderr
+    groups = {cat: paths for cat, paths in _by_cat_id(first.rows()).items() if cat != UNKNOWN}
+    named = sorted(groups)[0]
+    template = first.report_path.with_name(f"{first.report_path.stem}.cats.toml")
+    names = tmp_path / "names.toml"
+    names.write_text(template.read_text().replace(f'{named} = ""', f'{named} = "Marmalade"'))
+
+    out = tmp_path / "sorted"
+    second = run_cli(library, "--copy", "--group-cats", "--cat-names", names, "--out", out, "--model", model, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert sorted(_by_cat_id(second.rows())["Marmalade"]) == sorted(groups[named])
+    assert sorted(path.name for path in (out / "cat" / "Marmalade").rglob("*.jpg")) == sorted(
+        Path(path).name for path in groups[named])
+
+    # A new photo of Marmalade, in a later run without --cat-names, goes to her.
+    newcomer = tmp_path / "new"
+    newcomer.mkdir()
+    ImageOps.mirror(Image.open(groups[named][0])).save(newcomer / "new-photo.jpg", quality=90)
+    third = run_cli(newcomer, "--copy", "--group-cats", "--out", out, "--model", model, timeout=600)
+    assert third.returncode == 0, third.stderr
+    assert [row["cat_id"] for row in third.rows()] == ["Marmalade"]
+    assert (out / "cat" / "Marmalade" / "new-photo.jpg").is_file()
+
+
+def test_move_then_undo_puts_everything_back(run_cli, library: Path, model: Path) -> None:
+    before = {path.relative_to(library): path.read_bytes() for path in library.rglob("*") if path.is_file()}
+    moved = run_cli(library, "--move", "--group-cats", "--model", model, timeout=600)
+    assert moved.returncode == 0, moved.stderr
+    assert any(row["cat_id"] not in ("", UNKNOWN) for row in moved.rows())
+    assert not (library / "garden").exists() or not any((library / "garden").iterdir())
+    undone = run_cli("--undo", moved.report_path, timeout=600)
+    assert undone.returncode == 0, undone.stderr
+    after = {path.relative_to(library): path.read_bytes() for path in library.rglob("*")
+             if path.is_file() and not path.name.startswith("notcat-sort-")}
+    assert after == before
+    assert not (library / "cat").exists() and not (library / "not-cat").exists()
+
+
+def _subjects(sidecar: Path) -> list[str]:
+    items = ET.parse(sidecar).getroot().iter("{http://www.w3.org/1999/02/22-rdf-syntax-ns#}li")
+    return [item.text or "" for item in items]
+
+
+def test_tag_adds_a_cat_keyword_and_undo_takes_it_out(run_cli, library: Path, model: Path) -> None:
+    tagged = run_cli(library, "--tag", "--group-cats", "--model", model, timeout=600)
+    assert tagged.returncode == 0, tagged.stderr
+    rows = tagged.rows()
+    for row in rows:
+        subjects = _subjects(Path(row["destination"]))
+        if row["label"] == "cat":
+            assert subjects == ["cat", f"cat/{row['cat_id']}"]
+        else:
+            assert subjects == [row["label"]]
+    assert any(row["cat_id"] not in ("", UNKNOWN) for row in rows)
+    undone = run_cli("--undo", tagged.report_path, timeout=600)
+    assert undone.returncode == 0, undone.stderr
+    assert not list(library.rglob("*.xmp"))
+
+
+def test_a_rerun_needs_no_inference(run_cli, library: Path, model: Path) -> None:
+    first = run_cli(library, "--group-cats", "--model", model, timeout=600)
+    second = run_cli(library, "--group-cats", "--model", model, timeout=600)
+    assert first.returncode == second.returncode == 0
+    count = len(first.rows())
+    assert f"{count} files" in second.stderr and f"{count} from cache" in second.stderr
+    assert [(r["path"], r["cat_id"]) for r in second.rows()] == [(r["path"], r["cat_id"]) for r in first.rows()]
+
+
+def test_usage_errors(run_cli, library: Path, tmp_path: Path, model_copy: Path) -> None:
+    bad = tmp_path / "names.toml"
+    bad.write_text('cat-1 = "../escape"\n')
+    for args, complaint in [
+        (("--cat-names", bad), "--cat-names names the cats --group-cats finds"),
+        (("--group-cats", "--cat-names", bad), "cannot be a cat's folder name"),
+    ]:
+        result = run_cli(library, *args, timeout=600)
+        assert result.returncode == 2 and complaint in result.stderr, result.stderr
+    if not has_embedding(load_card(model_copy)):
+        result = run_cli(library, "--group-cats", "--model", model_copy, timeout=600)
+        assert result.returncode == 2 and "needs a model with an `embedding` output" in result.stderr
+
+
+def test_names_file_is_checked(tmp_path: Path) -> None:
+    names = tmp_path / "names.toml"
+    names.write_text('cat-x = "Tom"')
+    with pytest.raises(NamesError):
+        read_names(names)
+    names.write_text('cat-2 = "Tom"\ncat-3 = ""  # no name yet\n')
+    assert read_names(names) == {2: "Tom"}
+
+
+def _blobs(seed: int, cats: int, per_cat: int, dimensions: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    generator = np.random.default_rng(seed)
+    centres = np.linalg.qr(generator.normal(size=(dimensions, cats)))[0].T  # orthogonal
+    labels = np.repeat(np.arange(cats), per_cat)
+    return centres[labels] + 0.03 * generator.normal(size=(len(labels), dimensions)), labels
+
+
+def _group(vectors: np.ndarray, digests: list[str]) -> list[str]:
+    grouper = CatGrouper(None)
+    try:
+        for digest, vector in zip(digests, vectors):
+            grouper.add(digest, vector)
+        return grouper.group().ids
+    finally:
+        grouper.close()
+
+
+def test_grouping_is_deterministic_and_chunked() -> None:
+    """More photos than one chunk, shuffled: the same cats, whatever order the photos come in."""
+    vectors, labels = _blobs(0, cats=4, per_cat=200)
+    digests = [f"{i:064x}" for i in range(len(labels))]
+    ids = _group(vectors, digests)
+    assert len(set(ids)) == 4 and UNKNOWN not in ids
+    for cat in set(ids):
+        assert len({labels[i] for i, found in enumerate(ids) if found == cat}) == 1
+    order = np.random.default_rng(1).permutation(len(labels))
+    shuffled = _group(vectors[order], [digests[i] for i in order])
+    assert [shuffled[list(order).index(i)] for i in range(len(labels))] == ids
+
+
+def test_a_photo_like_no_other_is_unknown() -> None:
+    vectors, _ = _blobs(2, cats=3, per_cat=1)
+    assert _group(vectors, ["a", "b", "c"]) == [UNKNOWN] * 3
