@@ -164,7 +164,7 @@ class PredictionCache:
         return f"{self.model} {space}"
 
     def cat_of(self, space: str, digests: list[str]) -> dict[str, int]:
-        """The cat each of these photos was put with by an earlier run."""
+        """The cat each of these photos was put with by an earlier run (0: unknown)."""
         found: dict[str, int] = {}
         for start in range(0, len(digests), 500):
             chunk = digests[start:start + 500]

@@ -11,8 +11,8 @@ in chunks, holding only a chunk of vectors and the centroids in memory (the phot
 in a temporary file on disk).
 
 The cats found are kept in the cache per model (centroid, number of photos, name), with the cat
-each photo went to, so later runs put the same photo with the same cat and new photos with the
-named cat they are closest to.
+each photo went to (or that it was unknown), so a re-run puts every photo where it put it before,
+and new photos with the cat they are closest to.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class Grouping:
 
     ids: list[str]
     cats: list[Cat]
-    members: list[tuple[str, int]] = field(default_factory=list)  # (digest, cat number) to remember
+    members: list[tuple[str, int]] = field(default_factory=list)  # (digest, cat number; 0: unknown) to remember
 
 
 class _Vectors:
@@ -205,8 +205,7 @@ class CatGrouper:
         for digest, provisional in zip(self._digests, numbers):
             cat = by_number.get(final.get(provisional, 0))
             ids.append(cat.id if cat else UNKNOWN)
-            if cat:
-                members.append((digest, cat.number))
+            members.append((digest, cat.number if cat else 0))  # unknown stays unknown on a re-run
         return Grouping(ids, kept, members)
 
     def remember(self, grouping: Grouping) -> None:
@@ -239,8 +238,8 @@ def _assign(digests: list[str], vectors: _Vectors, cats: list[Cat], earlier: dic
         moved: set[int] = set()
         for row, i in enumerate(chunk):
             digest, vector = digests[i], block[row]
-            number = seen.get(digest) or earlier.get(digest, 0)
-            if number in index:  # the same photo again, or one an earlier run put with a cat
+            number = seen.get(digest, earlier.get(digest))
+            if number == 0 or number in index:  # the same photo again, or one an earlier run placed
                 numbers[i] = seen[digest] = number
                 continue
             scores = similarity[row].copy()

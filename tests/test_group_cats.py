@@ -99,7 +99,7 @@ def read_names_template(path: Path) -> list[int]:
 
 
 def test_names_stick_across_runs(run_cli, library: Path, tmp_path: Path, model: Path) -> None:
-    first = run_cli(library, "--group-cats", "--model", model, "-j", "2")  # a dry run names the groups too
+    first = run_cli(library, "--group-cats", "--model", model, timeout=600)  # a dry run names the groups too
     assert first.returncode == 0, first.stderr
     groups = {cat: paths for cat, paths in _by_cat_id(first.rows()).items() if cat != UNKNOWN}
     named = sorted(groups)[0]
@@ -110,9 +110,10 @@ def test_names_stick_across_runs(run_cli, library: Path, tmp_path: Path, model: 
     out = tmp_path / "sorted"
     second = run_cli(library, "--copy", "--group-cats", "--cat-names", names, "--out", out, "--model", model, timeout=600)
     assert second.returncode == 0, second.stderr
-    assert sorted(_by_cat_id(second.rows())["Marmalade"]) == sorted(groups[named])
-    assert sorted(path.name for path in (out / "cat" / "Marmalade").rglob("*.jpg")) == sorted(
-        Path(path).name for path in groups[named])
+    # The same photos (and perhaps some that were unknown before, nearer the cat's centroid now).
+    marmalade = _by_cat_id(second.rows())["Marmalade"]
+    assert set(groups[named]) <= set(marmalade)
+    assert {Path(path).name for path in marmalade} == {path.name for path in (out / "cat" / "Marmalade").rglob("*.jpg")}
 
     # A new photo of Marmalade, in a later run without --cat-names, goes to her.
     newcomer = tmp_path / "new"

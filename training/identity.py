@@ -10,8 +10,9 @@ Photos of one cat taken close in time (a session: EXIF times within `SESSION_MIN
 photos without a time, near-duplicates by raw embedding) stay together, and nearest-neighbour
 accuracy is measured across sessions only: a photo's neighbour from its own session does not
 count. The clusters are made by the runtime's grouping (notcat_sort.cats); the threshold printed
-(and shipped with the head) is the one with the best mean recall at mean pairwise precision >=
-`PRECISION_TARGET` over the held-out folds, so those numbers are tuned on them (optimistic).
+(and shipped with the head) is the one with the best pairwise recall at pairwise precision >=
+`PRECISION_TARGET`, pairs pooled over the held-out folds, so those numbers are tuned on them
+(optimistic).
 """
 
 from __future__ import annotations
@@ -128,8 +129,7 @@ def cluster_scores(vectors: np.ndarray, cats: np.ndarray, threshold: float) -> d
     upper = np.triu_indices(len(cats), 1)
     same_cat = (cats[:, None] == cats[None, :])[upper]
     grouped = ((ids[:, None] == ids[None, :]) & (ids[:, None] != "unknown"))[upper]
-    together = int(np.sum(grouped & same_cat))
-    return {"precision": together / max(int(grouped.sum()), 1), "recall": together / max(int(same_cat.sum()), 1),
+    return {"together": int(np.sum(grouped & same_cat)), "grouped": int(grouped.sum()), "same": int(same_cat.sum()),
             "threshold": float(threshold), "unknown": int(np.sum(ids == "unknown"))}
 
 
@@ -164,8 +164,8 @@ def train_head(embeddings: np.ndarray, cats: np.ndarray, dimensions: int, steps:
 
 
 def _out_of_fold(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
-    """1-NN accuracy, and the threshold with the best mean recall at mean pairwise precision >=
-    PRECISION_TARGET over the held-out folds (each fold: vectors, cats, sessions)."""
+    """1-NN accuracy, and the threshold with the best pairwise recall at pairwise precision >=
+    PRECISION_TARGET, pairs pooled over the held-out folds (each fold: vectors, cats, sessions)."""
     hits = queries = 0
     for vectors, cats, sessions in folds:
         accuracy, count = nearest_neighbour_accuracy(vectors, cats, sessions)
@@ -173,9 +173,11 @@ def _out_of_fold(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict
     curve = []
     for threshold in THRESHOLDS:
         scores = [cluster_scores(vectors, cats, threshold) for vectors, cats, _ in folds]
+        together = sum(score["together"] for score in scores)
         curve.append({"threshold": float(threshold),
-                      "precision": float(np.mean([score["precision"] for score in scores])),
-                      "recall": float(np.mean([score["recall"] for score in scores]))})
+                      "precision": together / max(sum(score["grouped"] for score in scores), 1),
+                      "recall": together / max(sum(score["same"] for score in scores), 1),
+                      "unknown": sum(score["unknown"] for score in scores)})
     good = [point for point in curve if point["precision"] >= PRECISION_TARGET and point["recall"] > 0]
     best = max(good, key=lambda p: (p["recall"], -p["threshold"])) if good else max(curve, key=lambda p: p["precision"])
     return {"nn_accuracy": hits / max(queries, 1), "queries": queries, **best}
@@ -198,7 +200,7 @@ def run(data: Path, model: Path, out: Path | None, folds: int, dimensions: int, 
     for name, s in summary.items():
         print(f"{name:>14}: 1-NN accuracy across sessions {s['nn_accuracy']:.3f} ({s['queries']} queries); "
               f"clusters at threshold {s['threshold']:.2f}: pairwise precision {s['precision']:.3f}, "
-              f"recall {s['recall']:.3f}")
+              f"recall {s['recall']:.3f}, {s['unknown']} of {len(photos.paths)} photos unknown")
     if out is not None:
         both = np.concatenate([photos.embeddings, photos.mirrored])
         mean, matrix = train_head(both, np.concatenate([photos.cats] * 2), dimensions, steps, seed)
