@@ -87,11 +87,6 @@ def _classifier(card: ModelCard) -> Classifier:
         return _classifiers[card.path]
 
 
-def has_embedding(card: ModelCard) -> bool:
-    """Whether the model outputs an embedding (what --group-cats needs); loads the model once."""
-    return _classifier(card).has_embedding
-
-
 # Cache lookup by content digest: what the cache knows, or None when unknown.
 LookupDigest = Callable[[str], Known | None]
 

@@ -17,7 +17,7 @@ from notcat_sort import __version__
 from notcat_sort.actions import Action, OnConflict
 from notcat_sort.cache import default_cache_path
 from notcat_sort.cats import NamesError, names_file_for, read_names
-from notcat_sort.classify import ClassifySettings, default_jobs, has_embedding
+from notcat_sort.classify import ClassifySettings, default_jobs
 from notcat_sort.decide import Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS
 from notcat_sort.model import ModelError, default_model_path, load_card
@@ -331,8 +331,9 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
         card = load_card(model or default_model_path())
     except ModelError as error:
         raise click.ClickException(str(error)) from None
-    if group_cats and not has_embedding(card):
-        raise click.UsageError(f"--group-cats needs a model with an `embedding` output; {card.path} has none")
+    if group_cats and not card.has_embedding:
+        raise click.UsageError(f"--group-cats needs a model with an `embedding` output; the card of {card.path} "
+                               "lists none")
     roots = [Path(path) for path in paths] or [watch_dir]
     settings = SortSettings(
         classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path()),

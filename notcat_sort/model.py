@@ -33,6 +33,7 @@ class ModelCard:
     labels: tuple[str, ...]
     threshold: float
     sha256: str
+    has_embedding: bool = False  # the card lists an `embedding` among the model's extra outputs
 
     @property
     def cat_index(self) -> int:
@@ -72,6 +73,7 @@ def load_card(model_path: Path) -> ModelCard:
             labels=tuple(raw["output"]["labels"]),
             threshold=float(raw["threshold"]),
             sha256=raw["sha256"],
+            has_embedding=EMBEDDING_OUTPUT in raw.get("extra_outputs", {}),
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         reason = error.strerror if isinstance(error, OSError) else f"{type(error).__name__}: {error}"

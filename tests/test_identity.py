@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from notcat_sort.cats import head_path, load_head
-from notcat_sort.classify import has_embedding
 from notcat_sort.model import card_path, default_model_path, load_card
 
 pytestmark = pytest.mark.train
@@ -24,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_identity_trains_evaluates_and_writes_a_head_for_the_runtime(shared: Path, tmp_path: Path) -> None:
     pytest.importorskip("torch")
     model = Path(os.environ.get("NOTCAT_TEST_MODEL") or default_model_path())
-    if not has_embedding(load_card(model)):
+    if not load_card(model).has_embedding:
         pytest.skip(f"{model} has no embedding output")
     data = tmp_path / "cats"
     for photo in sorted((shared / "datasets" / "catnotcat" / "cat").glob("campus-cats-*")):
