@@ -183,13 +183,18 @@ def fit(cfg: Config, command: str) -> dict:
         "in_source": {"fp32": metrics.report(y[~outside], p_fp32_oof[~outside], _mask(groups, ~outside), threshold),
                       "int8": metrics.report(y[~outside], p_int8_oof[~outside], _mask(groups, ~outside), threshold)},
     }
-    agreement = {"int8_fp32_label_agreement": float(np.mean((p_fp32 >= threshold) == (p_int8 >= threshold))),
+    same = (p_fp32 >= threshold) == (p_int8 >= threshold)
+    families = np.array([metrics.family(group) for group in groups])
+    agreement = {"int8_fp32_label_agreement": float(np.mean(same)),
+                 "int8_fp32_label_agreement_by_family": {name: float(np.mean(same[families == name]))
+                                                         for name in sorted(set(families))},
                  "int8_fp32_max_abs_p_cat_diff": float(np.max(np.abs(p_fp32 - p_int8))), "n": len(items)}
     for split_name, split in results.items():
         for precision in ("fp32", "int8"):
             print(metrics.format_report(f"{precision}, {split_name.replace('_', '-')} (out-of-fold)", split[precision]))
     print(evaluate.headline(results), flush=True)
-    print(f"int8/fp32 label agreement {agreement['int8_fp32_label_agreement']:.5f} on {len(items)} images")
+    print(f"int8/fp32 label agreement {agreement['int8_fp32_label_agreement']:.5f} on {len(items)} images; "
+          + ", ".join(f"{name} {value:.5f}" for name, value in agreement["int8_fp32_label_agreement_by_family"].items()))
 
     pngs = evaluate.plots(y[outside], p_int8_oof[outside], threshold, staging / f"{card.NAME}-eval",
                           f"{card.NAME} int8, out-of-source (out-of-fold)")
