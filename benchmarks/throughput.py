@@ -10,6 +10,11 @@ The corpus is made from the photos in ../shared and kept in tmp/benchmarks betwe
   an EXIF orientation tag (1, 6, 8 or 3; the pixels are stored rotated to match, as a camera
   does). A few distinct images are encoded per size; the files are copies of them with a unique
   trailer after the JPEG end marker, so every file has its own content hash.
+* camera JPEGs with EXIF thumbnails (4000x3000), made as above and given a 160x120 IFD1
+  thumbnail as a camera makes one (training/thumbnails.py), for the fast path: images/s with it
+  and with --full-decode, the share of photos the thumbnail decided, and the agreement of the
+  two runs' labels on every file. The fast path needs a `thumbnail` band in the model card
+  (`python -m training thumbnails`); pass --model for a model whose card has one.
 * small-file trees (the labelled catnotcat images, 32-512 px, likewise made unique) for the
   memory and cached re-run measurements.
 
@@ -25,11 +30,13 @@ apart. Peak memory is the summed RSS of the process and any descendants, sampled
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import random
 import resource
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,6 +47,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/, for the camera-style thumbnail
+from notcat_sort.model import default_model_path, load_card  # noqa: E402
+from training.thumbnails import camera_thumbnail  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -53,6 +64,8 @@ TARGET_VS_BASELINE = 3.0
 TARGET_PEAK_RSS = 1 << 30  # bytes
 TARGET_CACHED_SPEEDUP = 20.0
 TARGET_GROUP_CATS_SLOWDOWN = 0.05  # --group-cats at most this much slower
+TARGET_FAST_PATH = 150.0  # images/s on 12 MP camera JPEGs with EXIF thumbnails
+TARGET_FAST_AGREEMENT = 0.999
 PROFILE_FILES = 60  # per size, for --profile
 
 # EXIF orientation -> how to store an upright picture so that a viewer applying the tag shows it upright.
@@ -126,8 +139,23 @@ def _unique_copies(bases: list[Path], folder: Path, count: int, prefix: str) -> 
     return files
 
 
-def photo_corpus(name: str, size: tuple[int, int], distinct: int, count: int) -> Path:
-    """tmp/benchmarks/<name>/ holding `count` JPEGs of `size`, from `distinct` encoded pictures."""
+def _exif_with_thumbnail(orientation: int, thumbnail: bytes) -> bytes:
+    """A camera's EXIF block: IFD0 (Make, Orientation) and IFD1 holding the thumbnail JPEG."""
+    make = b"notcat-benchmark\x00"
+    ifd1 = 8 + 30 + len(make) + (len(make) % 2)
+    ifd0 = struct.pack("<H", 2) + struct.pack("<HHII", 0x010F, 2, len(make), 38) \
+        + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", ifd1)
+    data_at = ifd1 + 2 + 3 * 12 + 4
+    ifd1_bytes = struct.pack("<H", 3) + struct.pack("<HHIHH", 0x0103, 3, 1, 6, 0) \
+        + struct.pack("<HHII", 0x0201, 4, 1, data_at) + struct.pack("<HHII", 0x0202, 4, 1, len(thumbnail)) \
+        + struct.pack("<I", 0)
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd0 + make + b"\x00" * (len(make) % 2) + ifd1_bytes + thumbnail
+    return b"Exif\x00\x00" + tiff
+
+
+def photo_corpus(name: str, size: tuple[int, int], distinct: int, count: int, thumbnails: bool = False) -> Path:
+    """tmp/benchmarks/<name>/ holding `count` JPEGs of `size`, from `distinct` encoded pictures
+    (with `thumbnails`, each with an EXIF thumbnail made as a camera makes it)."""
     root = CORPUS / name
     bases_folder = CORPUS / f"{name}-bases"
     bases_folder.mkdir(parents=True, exist_ok=True)
@@ -145,6 +173,9 @@ def photo_corpus(name: str, size: tuple[int, int], distinct: int, count: int) ->
             exif[0x010F] = "notcat-benchmark"  # Make
             partial = base.with_name(f".{base.name}.partial")
             picture.save(partial, "JPEG", quality=90, exif=exif)
+            if thumbnails:
+                thumbnail, _ = camera_thumbnail(partial)
+                picture.save(partial, "JPEG", quality=90, exif=_exif_with_thumbnail(orientation, thumbnail))
             partial.rename(base)
         bases.append(base)
     return _unique_copies(bases, root, count, "IMG_")[0].parent
@@ -369,6 +400,45 @@ def group_cats_section(folder: Path, count: int, jobs: int, repeats: int, work: 
     return [ok]
 
 
+def _labels(report: Path) -> dict[str, tuple[str, str]]:
+    with open(report, newline="", encoding="utf-8") as handle:
+        return {row["path"]: (row["label"], row["source"]) for row in csv.DictReader(handle)}
+
+
+def fast_path_section(folder: Path, count: int, jobs: int, repeats: int, work: Path) -> list[bool]:
+    """The EXIF-thumbnail fast path against --full-decode, on camera JPEGs with thumbnails."""
+    files = sorted(folder.glob("*.jpg"))[:count]
+    view = work / f"{folder.name}-view"
+    view.mkdir()
+    for path in files:
+        os.link(path, view / path.name)
+    model = Path(CLI_OPTIONS[1]) if CLI_OPTIONS else default_model_path()
+    band = load_card(model).thumbnail_band
+    print(f"\ncamera JPEGs with EXIF thumbnails, 4000x3000 (12 MP): {len(files)} files, median of {repeats} "
+          f"run{'s' if repeats > 1 else ''}, thumbnail band {band or 'none in the card: the fast path is off'}")
+    fast, full = [], []
+    for repeat in range(repeats):
+        common = [str(view), "--no-cache", "-j", str(jobs)]
+        fast.append(run_cli([*common, "--report", str(work / f"fast{repeat}.csv")], len(files), work / "unused-cache"))
+        full.append(run_cli([*common, "--full-decode", "--report", str(work / f"full{repeat}.csv")], len(files),
+                            work / "unused-cache"))
+    fast_labels, full_labels = _labels(work / "fast0.csv"), _labels(work / "full0.csv")
+    agreement = sum(fast_labels[path][0] == full_labels[path][0] for path in full_labels) / len(full_labels)
+    share = sum(source == "thumbnail" for _, source in fast_labels.values()) / len(fast_labels)
+    ratio = statistics.median(a.rate / b.rate for a, b in zip(fast, full))
+    quick, slow = _median_run(fast), _median_run(full)
+    print(f"  {'fast path (default)':27s} {quick.rate:7.1f} images/s  ({quick.seconds:.1f} s, {quick.cpu_ms_per_image:.0f} "
+          f"CPU ms/image)   target >= {TARGET_FAST_PATH:.0f}: {verdict(quick.rate >= TARGET_FAST_PATH)}"
+          f"   runs: {', '.join(f'{r.rate:.1f}' for r in fast)}")
+    print(f"  {'--full-decode':27s} {slow.rate:7.1f} images/s  ({slow.seconds:.1f} s, {slow.cpu_ms_per_image:.0f} "
+          f"CPU ms/image)   runs: {', '.join(f'{r.rate:.1f}' for r in full)}")
+    print(f"  fast path / --full-decode   {ratio:7.1f} x")
+    print(f"  decided by the thumbnail    {share:7.1%}")
+    print(f"  labels agreeing             {agreement:7.2%}   target >= {TARGET_FAST_AGREEMENT:.1%}: "
+          f"{verdict(agreement >= TARGET_FAST_AGREEMENT)}   ({len(full_labels)} files)")
+    return [quick.rate >= TARGET_FAST_PATH, agreement >= TARGET_FAST_AGREEMENT]
+
+
 def library_section(files: int, jobs: int, work: Path) -> list[bool]:
     """Memory of a first `--copy --out` run over a large tree, then the same command again."""
     tree = small_corpus(f"tree-{files}", files)
@@ -395,6 +465,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small smoke run (sizes below are divided down)")
     parser.add_argument("--camera-files", type=int, default=240, help="12 MP JPEGs to sort")
     parser.add_argument("--web-files", type=int, default=800, help="1 MP JPEGs to sort")
+    parser.add_argument("--thumbnail-files", type=int, default=240, help="12 MP JPEGs with EXIF thumbnails")
+    parser.add_argument("--only-fast-path", action="store_true", help="measure only the EXIF-thumbnail fast path")
     parser.add_argument("--library-files", type=int, default=20_000,
                         help="small files in the memory / cached re-run tree")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each throughput measurement (median printed)")
@@ -405,7 +477,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also cProfile an in-process run and break the time down")
     args = parser.parse_args()
     if args.quick:  # smaller sizes, except those given explicitly
-        quick = {"camera_files": 40, "web_files": 120, "library_files": 2000, "repeats": 1}
+        quick = {"camera_files": 40, "web_files": 120, "thumbnail_files": 40, "library_files": 2000, "repeats": 1}
         for name, value in quick.items():
             if getattr(args, name) == parser.get_default(name):
                 setattr(args, name, value)
@@ -417,13 +489,20 @@ def main() -> None:
         sys.exit(f"notcat-sort is not installed beside {sys.executable}")
 
     print(f"building/reusing the corpus in {CORPUS} ...", flush=True)
-    camera = photo_corpus("camera-12mp", (4000, 3000), 16 if not args.quick else 6, args.camera_files)
-    web = photo_corpus("web-1mp", (1200, 900), 48 if not args.quick else 12, args.web_files)
+    with_thumbnails = photo_corpus("camera-12mp-thumbnails", (4000, 3000), 16 if not args.quick else 6,
+                                   args.thumbnail_files, thumbnails=True)
+    if not args.only_fast_path:
+        camera = photo_corpus("camera-12mp", (4000, 3000), 16 if not args.quick else 6, args.camera_files)
+        web = photo_corpus("web-1mp", (1200, 900), 48 if not args.quick else 12, args.web_files)
     print(f"cores: {len(os.sched_getaffinity(0))}, notcat-sort -j {args.jobs} --model {args.model or 'shipped'}, "
           f"baseline model: {args.baseline_model}")
     checks = []
     with tempfile.TemporaryDirectory(prefix="notcat-bench-") as temporary:
         work = Path(temporary)
+        checks += fast_path_section(with_thumbnails, args.thumbnail_files, args.jobs, args.repeats, work)
+        if args.only_fast_path:
+            print(f"\n{sum(checks)} of {len(checks)} targets met" + ("" if all(checks) else " (see FAIL above)"))
+            return
         checks += throughput_section("camera JPEGs, 4000x3000 (12 MP)", camera, args.camera_files, args.jobs,
                                      args.baseline_model, args.repeats, TARGET_12MP, work)
         checks += throughput_section("web JPEGs, 1200x900 (1 MP)", web, args.web_files, args.jobs,

@@ -25,13 +25,13 @@ from platformdirs import user_cache_dir
 
 from notcat_sort.decode import PREPROCESSING_VERSION
 
-SCHEMA_VERSION = 2  # bump when the tables change (2: embeddings, cats)
+SCHEMA_VERSION = 3  # bump when the tables change (2: embeddings, cats; 3: which input decided, `source`)
 # Stored as SQLite's `PRAGMA user_version`.
 VERSION = SCHEMA_VERSION * 1000 + PREPROCESSING_VERSION
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
-    model TEXT NOT NULL, digest TEXT NOT NULL, p_cat REAL NOT NULL, embedding BLOB,
+    model TEXT NOT NULL, digest TEXT NOT NULL, p_cat REAL NOT NULL, embedding BLOB, source TEXT NOT NULL,
     PRIMARY KEY (model, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cats (
     model TEXT NOT NULL, cat INTEGER NOT NULL, name TEXT, photos INTEGER NOT NULL, centroid BLOB NOT NULL,
@@ -113,12 +113,12 @@ class PredictionCache:
     def lookup_file(self, key: FileKey) -> tuple[str, Known] | None:
         """(digest, what is known of it) for an unchanged file this model has seen."""
         row = self._one(
-            "SELECT f.digest, p.p_cat, p.embedding FROM files f JOIN predictions p"
+            "SELECT f.digest, p.p_cat, p.embedding, p.source FROM files f JOIN predictions p"
             " ON p.digest = f.digest AND p.model = ?"
             " WHERE f.device = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ?",
             (self.model, key.device, key.inode, key.size, key.mtime_ns),
         )
-        return None if row is None else (row[0], Known(row[1], _vector(row[2])))
+        return None if row is None else (row[0], Known(row[1], _vector(row[2]), row[3]))
 
     def digest_at(self, key: FileKey) -> str | None:
         """The content digest known to sit at an unchanged file, whatever model classified it."""
@@ -129,16 +129,17 @@ class PredictionCache:
         return None if row is None else row[0]
 
     def lookup_digest(self, digest: str) -> Known | None:
-        row = self._one("SELECT p_cat, embedding FROM predictions WHERE model = ? AND digest = ?",
+        row = self._one("SELECT p_cat, embedding, source FROM predictions WHERE model = ? AND digest = ?",
                         (self.model, digest))
-        return None if row is None else Known(row[0], _vector(row[1]))
+        return None if row is None else Known(row[0], _vector(row[1]), row[2])
 
     def store(self, entries: Iterable[tuple[FileKey, str, Known]]) -> None:
         entries = list(entries)
         with self._db:
             self._db.executemany(
-                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?)",
-                [(self.model, digest, known.p_cat, _blob(known.embedding)) for _, digest, known in entries])
+                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?)",
+                [(self.model, digest, known.p_cat, _blob(known.embedding), known.source)
+                 for _, digest, known in entries])
             self._remember((key, digest) for key, digest, _ in entries)
 
     def remember(self, entries: Iterable[tuple[FileKey, str]]) -> None:
@@ -192,6 +193,7 @@ class Known:
 
     p_cat: float
     embedding: np.ndarray | None = None  # float32 (D,), None for a model without an embedding output
+    source: str = "image"  # which input decided (notcat_sort.embedded.Source)
 
 
 def _blob(embedding: np.ndarray | None) -> bytes | None:

@@ -15,6 +15,7 @@ and memory stays flat however large the library is.
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import os
 import sqlite3
@@ -26,12 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from notcat_sort.cache import FileKey, Known, PredictionCache, open_cache
 from notcat_sort.content import sha256_file
-from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, decode
+from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, decode, exif_orientation
+from notcat_sort.embedded import NoPreview, Source, exif_thumbnail, raw_preview
 from notcat_sort.model import Classifier, ModelCard
 from notcat_sort.scan import Candidate
+from notcat_sort.sidecars import RAW_SUFFIXES
 
 # Above this size a file is hashed and decoded from disk separately instead of held in memory.
 _READ_WHOLE_LIMIT = 64 * 1024 * 1024
@@ -51,6 +55,7 @@ class Prediction:
     cached: bool = False
     file_key: FileKey | None = None
     embedding: np.ndarray | None = None  # the model's embedding output, where it has one
+    source: Source | None = None  # which input decided: the EXIF thumbnail, a RAW preview or the image
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,19 @@ class ClassifySettings:
     batch_size: int = 16
     max_pixels: int = DEFAULT_MAX_PIXELS
     cache_path: Path | None = None  # None: no cache
+    full_decode: bool = False  # never decide from a JPEG's EXIF thumbnail
+
+    @property
+    def thumbnail_band(self) -> tuple[float, float] | None:
+        """Where a thumbnail's p_cat is checked against the image's; None: the fast path is off."""
+        return None if self.full_decode else self.card.thumbnail_band
+
+    @property
+    def cache_model(self) -> str:
+        """What cached predictions are keyed on: the model, and the band when thumbnails may
+        decide (a thumbnail's p_cat is not the image's, so --full-decode never reuses one)."""
+        band = self.thumbnail_band
+        return self.card.sha256 if band is None else f"{self.card.sha256}+thumbnail:{band[0]:g}:{band[1]:g}"
 
 
 def default_jobs() -> int:
@@ -91,8 +109,61 @@ def _classifier(card: ModelCard) -> Classifier:
 LookupDigest = Callable[[str], Known | None]
 
 
-def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDigest | None):
-    """Either a finished Prediction (error or cache hit by content) or (key, digest, image) to classify."""
+def _source(name: str) -> Source | None:
+    """A cached source name as a Source (None for one this version does not know)."""
+    try:
+        return Source(name)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Input:
+    """A file's model input and where it came from; for a thumbnail, also the photo itself, to
+    decode when the thumbnail's verdict is not clear enough."""
+
+    key: FileKey
+    digest: str
+    image: np.ndarray
+    source: Source
+    photo: bytes | Path | None = None
+
+
+def _thumbnail(photo: bytes | Path, size: int, max_pixels: int) -> np.ndarray | None:
+    """The model input from a JPEG's EXIF thumbnail, upright as the photo; None when the photo is
+    no JPEG or its thumbnail is unusable (see notcat_sort.embedded). Never raises: anything wrong
+    here only means the photo itself is decoded."""
+    if isinstance(photo, bytes) and not photo.startswith(b"\xff\xd8\xff"):
+        return None
+    try:
+        with Image.open(io.BytesIO(photo) if isinstance(photo, bytes) else photo) as image:
+            if image.format != "JPEG" or image.width * image.height > max_pixels:
+                return None
+            jpeg = exif_thumbnail(image.info.get("exif", b""), image.size)
+            orientation = exif_orientation(image)
+        return None if jpeg is None else decode(jpeg, size, max_pixels, orientation)
+    except Exception:  # noqa: BLE001 - a malformed thumbnail must never fail a photo
+        return None
+
+
+def _model_input(candidate: Candidate, photo: bytes | Path, settings: ClassifySettings) -> tuple[np.ndarray, Source]:
+    """The pixels that decide first: a RAW file's preview, a usable EXIF thumbnail (fast path), or the image."""
+    size, max_pixels = settings.card.input_size, settings.max_pixels
+    if candidate.path.suffix.lower() in RAW_SUFFIXES:
+        try:
+            preview = raw_preview(photo)
+        except NoPreview as error:
+            raise DecodeError(str(error)) from None
+        return decode(preview.jpeg, size, max_pixels, preview.orientation), Source.PREVIEW
+    if settings.thumbnail_band is not None:
+        thumbnail = _thumbnail(photo, size, max_pixels)
+        if thumbnail is not None:
+            return thumbnail, Source.THUMBNAIL
+    return decode(photo, size, max_pixels), Source.IMAGE
+
+
+def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDigest | None) -> Prediction | _Input:
+    """Either a finished Prediction (error or cache hit by content) or the input to classify."""
     path = candidate.path
     try:
         key = FileKey.of(os.stat(path))
@@ -105,36 +176,59 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDig
         return Prediction(candidate, error=_read_problem(error))
     known = lookup(digest) if lookup else None
     if known is not None:
-        return Prediction(candidate, known.p_cat, digest, cached=True, file_key=key, embedding=known.embedding)
+        return Prediction(candidate, known.p_cat, digest, cached=True, file_key=key, embedding=known.embedding,
+                          source=_source(known.source))
+    return _decoded(candidate, key, digest, source, settings)
+
+
+def _decoded(candidate: Candidate, key: FileKey, digest: str, photo: bytes | Path,
+             settings: ClassifySettings, full: bool = False) -> Prediction | _Input:
+    """The model input of a file read as `photo` (`full`: the image itself, never a thumbnail)."""
     try:
-        image = decode(source, settings.card.input_size, settings.max_pixels)
+        if full:
+            image, source = decode(photo, settings.card.input_size, settings.max_pixels), Source.IMAGE
+        else:
+            image, source = _model_input(candidate, photo, settings)
     except DecodeError as error:
         return Prediction(candidate, sha256=digest, error=str(error), file_key=key)
     except OSError as error:
         return Prediction(candidate, sha256=digest, error=_read_problem(error), file_key=key)
-    return key, digest, image
+    return _Input(key, digest, image, source, photo if source is Source.THUMBNAIL else None)
+
+
+def _infer(candidates: list[Candidate], inputs: dict[int, _Input], card: ModelCard) -> dict[int, Prediction]:
+    """One model call for `inputs` (by batch index); a failed call becomes each file's error."""
+    if not inputs:
+        return {}
+    try:
+        probabilities, embeddings = _classifier(card).scores(np.stack([item.image for item in inputs.values()]))
+    except Exception as error:  # noqa: BLE001 - report the batch's files, never end the run
+        return {i: Prediction(candidates[i], sha256=item.digest, error=f"model failed on this batch: {error}",
+                              file_key=item.key) for i, item in inputs.items()}
+    return {i: Prediction(candidates[i], float(p_cat), item.digest, file_key=item.key, source=item.source,
+                          embedding=None if embeddings is None else embeddings[n])
+            for n, ((i, item), p_cat) in enumerate(zip(inputs.items(), probabilities))}
 
 
 def classify_batch(candidates: list[Candidate], settings: ClassifySettings,
                    lookup: LookupDigest | None) -> list[Prediction]:
-    """Runs on a pool thread. Never raises for a bad file: failures become Predictions with an error."""
+    """Runs on a pool thread. Never raises for a bad file: failures become Predictions with an error.
+
+    Files whose EXIF thumbnail gave a p_cat inside the card's band are decoded in full and
+    classified again, in a second model call: the image itself decides them."""
     prepared = [_prepare(candidate, settings, lookup) for candidate in candidates]
-    pending = [(i, item) for i, item in enumerate(prepared) if not isinstance(item, Prediction)]
-    if pending:
-        batch = np.stack([image for _, (_, _, image) in pending])
-        try:
-            probabilities, embeddings = _classifier(settings.card).scores(batch)
-        except Exception as error:  # noqa: BLE001 - report the batch's files, never end the run
-            probabilities, embeddings = [None] * len(pending), None
-            failure = f"model failed on this batch: {error}"
-        else:
-            failure = None
-        for n, ((i, (key, digest, _)), p_cat) in enumerate(zip(pending, probabilities)):
-            prepared[i] = Prediction(
-                candidates[i], None if p_cat is None else float(p_cat), digest, failure, file_key=key,
-                embedding=None if embeddings is None else embeddings[n],
-            )
-    return prepared
+    first = {i: item for i, item in enumerate(prepared) if isinstance(item, _Input)}
+    decided = {i: item for i, item in enumerate(prepared) if isinstance(item, Prediction)}
+    decided.update(_infer(candidates, first, settings.card))
+    band = settings.thumbnail_band
+    if band is not None:
+        again = {i: _decoded(candidates[i], item.key, item.digest, item.photo, settings, full=True)
+                 for i, item in first.items() if item.photo is not None
+                 and decided[i].p_cat is not None and band[0] <= decided[i].p_cat <= band[1]}  # type: ignore[operator]
+        decided.update({i: item for i, item in again.items() if isinstance(item, Prediction)})
+        decided.update(_infer(candidates, {i: item for i, item in again.items() if isinstance(item, _Input)},
+                              settings.card))
+    return [decided[i] for i in range(len(candidates))]
 
 
 def _batched(items: Iterable[Candidate], size: int) -> Iterator[list[Candidate]]:
@@ -157,7 +251,8 @@ def _known(candidate: Candidate, cache: PredictionCache | None) -> Prediction | 
     if found is None:
         return None
     digest, known = found
-    return Prediction(candidate, known.p_cat, digest, cached=True, file_key=key, embedding=known.embedding)
+    return Prediction(candidate, known.p_cat, digest, cached=True, file_key=key, embedding=known.embedding,
+                      source=_source(known.source))
 
 
 class _Pool:
@@ -176,7 +271,7 @@ class _Pool:
 
     def submit(self, batch: list[Candidate]) -> Future:
         if self._executor is None:
-            self._cache = open_cache(self._settings.cache_path, self._settings.card.sha256, readonly=True)
+            self._cache = open_cache(self._settings.cache_path, self._settings.cache_model, readonly=True)
             self._executor = ThreadPoolExecutor(self._settings.jobs, thread_name_prefix="notcat-classify")
         return self._executor.submit(classify_batch, batch, self._settings, self._lookup)
 
@@ -194,7 +289,7 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
     Files the cache knows by their stat key come first in each group of up to 256 and never
     reach a thread; the threads and the model are started only if something needs classifying.
     With one job, everything runs on the calling thread."""
-    cache = open_cache(settings.cache_path, settings.card.sha256)
+    cache = open_cache(settings.cache_path, settings.cache_model)
     pool = _Pool(settings)
     # Each entry: cache hits (already final), or a batch whose results are new to the cache.
     in_flight: deque[tuple[Future | list[Prediction], bool]] = deque()
@@ -215,9 +310,9 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
         if cache and new:
             try:
                 cache.store(
-                    (p.file_key, p.sha256, Known(p.p_cat, p.embedding))
+                    (p.file_key, p.sha256, Known(p.p_cat, p.embedding, p.source.value))
                     for p in predictions
-                    if p.p_cat is not None and p.file_key and p.sha256
+                    if p.p_cat is not None and p.file_key and p.sha256 and p.source
                 )
             except sqlite3.Error:  # e.g. disk full or locked for too long: only costs the next run
                 pass

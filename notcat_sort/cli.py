@@ -278,6 +278,9 @@ class _SortOrServe(click.Command):
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Images per model call.")
 @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse images larger than this (decompression bombs).")
+@click.option("--full-decode", is_flag=True,
+              help="Always decode the image itself: never decide a JPEG from its EXIF thumbnail (the fast "
+                   "path, used where the model card gives it a band and the thumbnail looks current).")
 @click.option("--no-cache", is_flag=True,
               help="Do not read or write the prediction cache (in the user cache folder; it lets a re-run, "
                    "or a run over moved or renamed files, skip classifying what it has seen).")
@@ -297,7 +300,7 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
          group_cats: bool, cat_names: Path | None, dry_run: bool,
          out: Path | None, model: Path | None,
          threshold: float | None, uncertain: tuple[float, float] | None, on_conflict: str,
-         report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, no_cache: bool,
+         report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, full_decode: bool, no_cache: bool,
          undo_path: Path | None, quiet: bool, watch_dir: Path | None, settle: float, polling: bool) -> None:
     """Sort the images under PATHS into cat/ and not-cat/ and write a CSV report of every decision.
 
@@ -336,7 +339,8 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
                                "lists none")
     roots = [Path(path) for path in paths] or [watch_dir]
     settings = SortSettings(
-        classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path()),
+        classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path(),
+                                  full_decode),
         policy=Policy(card.threshold if threshold is None else threshold, uncertain),
         action=action, dry_run=dry_run, out=out, on_conflict=OnConflict(on_conflict),
         sidecar_name=SidecarName(sidecar_name), with_raw=with_raw, remove_emptied_folders=remove_emptied_folders,

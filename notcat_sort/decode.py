@@ -25,6 +25,14 @@ try:  # HEIC/HEIF/AVIF from phones: optional, see the `heif` extra.
 except ImportError:  # pragma: no cover - depends on the install
     pillow_heif = None
 
+try:  # JPEG XL: optional, see the `jxl` extra; importing it registers the format with Pillow.
+    import pillow_jxl
+except ImportError:  # pragma: no cover - depends on the install
+    pillow_jxl = None
+
+# The first bytes of a JPEG XL file: a bare codestream, or the ISO-BMFF container.
+JXL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+
 DEFAULT_MAX_PIXELS = 200_000_000
 # Bump when `decode` gives other pixels for the same bytes: cached predictions then no longer hold.
 PREPROCESSING_VERSION = 1
@@ -75,8 +83,24 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")  # most photos: no copy
 
 
-def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Return a (size, size, 3) uint8 RGB array of the whole image, upright, squashed to square."""
+def _unreadable(source: bytes | Path) -> str:
+    """Why Pillow did not recognise the file: a format that needs a plugin, or none it knows."""
+    if isinstance(source, Path):
+        with open(source, "rb") as handle:
+            head = handle.read(12)
+    else:
+        head = source[:12]
+    if head.startswith(JXL_SIGNATURES) and pillow_jxl is None:
+        return "JPEG XL image, which needs pillow-jxl-plugin: pip install 'notcat-sort[jxl]'"
+    return "not an image that can be read (unknown or unsupported format)"
+
+
+def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+           orientation: int | None = None) -> np.ndarray:
+    """Return a (size, size, 3) uint8 RGB array of the whole image, upright, squashed to square.
+
+    `orientation` (EXIF 1-8) overrides the image's own, for a JPEG shown as its container says
+    (a RAW file's preview, an EXIF thumbnail of a rotated photo)."""
     if isinstance(source, bytes) and not source:
         raise DecodeError("empty file")
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
@@ -90,7 +114,8 @@ def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
                 )
             # pillow-heif has already applied the HEIF irot/imir transforms, which the format
             # makes authoritative (EXIF orientation there is informative): apply nothing twice.
-            orientation = 1 if image.format == "HEIF" else exif_orientation(image)
+            if orientation is None:
+                orientation = 1 if image.format == "HEIF" else exif_orientation(image)
             if image.format == "JPEG":  # the IDCT's own downscale: the cheapest decode there is
                 image.draft("RGB", (size, size))
             image.seek(0)  # first frame of animations
@@ -103,7 +128,7 @@ def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
     except DecodeError:
         raise
     except UnidentifiedImageError:
-        raise DecodeError("not an image that can be read (unknown or unsupported format)") from None
+        raise DecodeError(_unreadable(source)) from None
     except Image.DecompressionBombError as error:
         raise DecodeError(f"decompression bomb: {error}") from None
     except Exception as error:  # noqa: BLE001 - a malformed file can make Pillow raise almost anything

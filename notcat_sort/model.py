@@ -34,6 +34,9 @@ class ModelCard:
     threshold: float
     sha256: str
     has_embedding: bool = False  # the card lists an `embedding` among the model's extra outputs
+    # The p_cat band [low, high] in which an EXIF thumbnail's verdict is checked by decoding the
+    # image itself; None (a card without one) turns the thumbnail fast path off.
+    thumbnail_band: tuple[float, float] | None = None
 
     @property
     def cat_index(self) -> int:
@@ -56,6 +59,16 @@ class ModelError(ValueError):
     """A model that cannot be used: missing, without a readable card, or not the file its card describes."""
 
 
+def _thumbnail_band(entry: dict | None) -> tuple[float, float] | None:
+    """The card's `thumbnail: {"low": ..., "high": ...}`, chosen by `python -m training thumbnails`."""
+    if entry is None:
+        return None
+    low, high = float(entry["low"]), float(entry["high"])
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"thumbnail band {low}:{high} is not 0 <= low <= high <= 1")
+    return low, high
+
+
 def load_card(model_path: Path) -> ModelCard:
     """The card of `model_path`, once the model file is shown to be the one the card describes:
     the card's sha256 is the model's identity (the prediction cache is keyed on it)."""
@@ -74,6 +87,7 @@ def load_card(model_path: Path) -> ModelCard:
             threshold=float(raw["threshold"]),
             sha256=raw["sha256"],
             has_embedding=EMBEDDING_OUTPUT in raw.get("extra_outputs", {}),
+            thumbnail_band=_thumbnail_band(raw.get("thumbnail")),
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         reason = error.strerror if isinstance(error, OSError) else f"{type(error).__name__}: {error}"

@@ -127,6 +127,7 @@ class Result:
             error=prediction.error or outcome.error,
             sha256=prediction.sha256 or "",
             cat_id=self.cat,
+            source=prediction.source.value if prediction.source else "",
         )
 
 

@@ -44,6 +44,7 @@ class Row:
     error: str
     sha256: str = ""
     cat_id: str = ""  # --group-cats: which cat (or `unknown`)
+    source: str = ""  # which input decided: `thumbnail` (EXIF), `preview` (a RAW's JPEG) or `image`
 
 
 FIELDS = [field.name for field in fields(Row)]

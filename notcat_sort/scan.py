@@ -2,8 +2,10 @@
 
 A file is an image by its name or by its first bytes, so `IMG_0001` with no extension is found
 and `notes.jpg` that is really text is found too (and later reported as undecodable, not
-silently skipped). Camera RAW files look like TIFF but are not sorted on their own: they
-travel with their JPEG partner (`--with-raw`). Hidden entries and the tool's own output folders are not entered, and
+silently skipped); so are image formats the tool cannot read (an SVG, a JPEG XL without its
+plugin), whose rows say so. A camera RAW file is sorted on its own (classified from its embedded
+preview) unless a JPEG or other image of the same name lies beside it: a RAW+JPEG pair is one
+photo, decided by the JPEG, and the RAW travels with it (`--with-raw`). Hidden entries and the tool's own output folders are not entered, and
 symlinked folders are not followed, so a second run does not re-sort what it sorted and a link
 loop cannot trap the walk.
 """
@@ -16,12 +18,16 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from notcat_sort.decode import JXL_SIGNATURES
 from notcat_sort.sidecars import RAW_SUFFIXES
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib",
-     ".tif", ".tiff", ".heic", ".heif", ".hif", ".avif"}
+     ".tif", ".tiff", ".heic", ".heif", ".hif", ".avif", ".jxl"}
 )
+# Images found so that they are reported (mostly as unreadable), never skipped in silence.
+OTHER_IMAGE_EXTENSIONS = frozenset({".jp2", ".j2k", ".psd", ".svg", ".exr", ".xcf"})
+_REPORTED_EXTENSIONS = IMAGE_EXTENSIONS | OTHER_IMAGE_EXTENSIONS
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
 
 
@@ -51,16 +57,25 @@ def looks_like_image(head: bytes) -> bool:
         or head[:4] in (b"II*\x00", b"MM\x00*")
         or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
         or (head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS)
+        or head.startswith(JXL_SIGNATURES)
     )
 
 
+def has_image_partner(raw: str) -> bool:
+    """Whether a RAW file has a non-RAW image of its stem beside it (`IMG_1.JPG` for `IMG_1.CR2`)."""
+    stem = os.path.splitext(raw)[0]
+    return any(os.path.isfile(stem + case) for extension in IMAGE_EXTENSIONS
+               for case in (extension, extension.upper()))
+
+
 def is_image_file(path: str) -> bool:
-    """An image by its extension or, failing that, by its first bytes."""
+    """An image by its extension or, failing that, by its first bytes; a RAW file with a JPEG
+    partner is not (its partner is the photo)."""
     extension = os.path.splitext(path)[1].lower()
-    if extension in IMAGE_EXTENSIONS:
+    if extension in _REPORTED_EXTENSIONS:
         return True
     if extension in RAW_SUFFIXES:
-        return False
+        return not has_image_partner(path)
     try:
         with open(path, "rb") as handle:
             return looks_like_image(handle.read(16))
@@ -101,7 +116,7 @@ def _walk(folder: Path, root: Path, skip: Collection[Path]) -> Iterator[Candidat
             if path not in skip:
                 yield from _walk(path, root, skip)
         elif is_link:
-            if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+            if os.path.splitext(entry.name)[1].lower() in _REPORTED_EXTENSIONS:
                 problem = _link_problem(entry.path)
                 if problem or not os.path.isdir(entry.path):
                     yield Candidate(path, root, problem)

@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     ident.add_argument("--dimensions", type=int, default=128)
     ident.add_argument("--steps", type=int, default=600)
     ident.add_argument("--seed", type=int, default=0)
+
+    thumbs = commands.add_parser("thumbnails", help="choose the EXIF-thumbnail band and write it into the card")
+    thumbs.add_argument("--model", type=Path, default=Path("models/notcat-lite0.onnx"))
+    thumbs.add_argument("--data", type=Path, required=True, help="its out-of-source photos are used")
+    thumbs.add_argument("--target", type=float, default=0.999, help="least agreement with full decoding")
+    thumbs.add_argument("--limit", type=int, default=None, help="use only N of the photos, a seeded sample (tiny runs)")
     return parser
 
 
@@ -91,6 +97,14 @@ def main(argv: list[str] | None = None) -> None:
                         folds=args.folds, rank=args.rank, limit=args.limit, synthetic=args.synthetic,
                         calibration=args.calibration)
         run_fit(config, "python -m training " + shlex.join(argv))
+    elif args.command == "thumbnails":
+        from training.data import limit, load_items
+        from training.thumbnails import choose_for_model, out_of_source, write_band
+
+        photos = limit(out_of_source(load_items(args.data)), args.limit, seed=0)
+        band = choose_for_model(args.model, photos, args.target)
+        print(f"{write_band(args.model, band)}: thumbnail band {band.low}:{band.high}, thumbnail decides "
+              f"{band.thumbnail_share:.1%} of {band.photos} photos, agreement {band.agreement:.4%}")
     else:
         from training.evaluate import evaluate
 

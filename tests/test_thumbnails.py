@@ -1,0 +1,148 @@
+"""The EXIF thumbnail fast path on real camera JPEGs (../shared/samples/camera).
+
+A card's `thumbnail` band decides where the image itself is decoded. These tests give a copy of
+the shipped model a band that does not depend on the model: [threshold, threshold] (a thumbnail
+decides every photo it may decide) or [0, 1] (it decides none), so that which input decided is
+the thumbnail checks' doing alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from notcat_sort.model import card_path
+
+from shared_data import SHARED, requires
+
+CAMERA = SHARED / "samples" / "camera"
+# Camera JPEGs whose IFD1 thumbnail is current: 4:3 like the image, no editor, not modified later.
+USABLE = ["Canon_PowerShot_S40.jpg", "exif-org/canon-ixus.jpg", "exif-org/fujifilm-dx10.jpg",
+          "exif-org/nikon-e950.jpg", "exif-org/sony-cybershot.jpg", "hdr/iphone_hdr_YES.jpg",
+          "tests/22-canon_tags.jpg"]
+UNUSABLE = {
+    "Canon_40D.jpg": "edited in GIMP (Software tag)",
+    "gps/DSCN0010.jpg": "ModifyDate after DateTimeOriginal (Nikon Transfer)",
+    "tests/30-type_error.jpg": "edited in Photoshop",
+    "mobile/jolla.jpg": "no thumbnail",
+    "orientation/landscape_6.jpg": "no thumbnail",
+    "invalid/image01088.jpg": "malformed",
+}
+
+pytestmark = requires(CAMERA)
+
+
+def with_band(model: Path, low: float, high: float) -> Path:
+    card = json.loads(card_path(model).read_text())
+    card["thumbnail"] = {"low": low, "high": high}
+    card_path(model).write_text(json.dumps(card))
+    return model
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    """Every camera sample, under the same sub-paths."""
+    folder = tmp_path / "camera"
+    shutil.copytree(CAMERA, folder, ignore=shutil.ignore_patterns("README*", "*.rst"))
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
+
+
+def rows_by_name(result, root: Path) -> dict[str, dict[str, str]]:
+    assert result.returncode in (0, 1), result.stderr
+    return {str(Path(row["path"]).relative_to(root)): row for row in result.rows()}
+
+
+def test_the_thumbnail_decides_where_it_is_current_and_never_where_it_is_stale(library, model_copy, run_cli):
+    threshold = json.loads(card_path(model_copy).read_text())["threshold"]
+    model = with_band(model_copy, threshold, threshold)
+    rows = rows_by_name(run_cli(library, "--model", model, "--report", "-", "-j", "2", "--no-cache"), library)
+    for name in USABLE:
+        assert rows[name]["source"] == "thumbnail", (name, rows[name])
+    for name, why in UNUSABLE.items():
+        assert rows[name]["source"] in ("image", ""), (name, why, rows[name])
+
+
+def test_malformed_samples_never_fail_a_photo_that_full_decoding_reads(library, model_copy, run_cli):
+    threshold = json.loads(card_path(model_copy).read_text())["threshold"]
+    model = with_band(model_copy, threshold, threshold)
+    fast = rows_by_name(run_cli(library, "--model", model, "--report", "-", "-j", "2", "--no-cache"), library)
+    full = rows_by_name(run_cli(library, "--model", model, "--report", "-", "-j", "2", "--no-cache",
+                                "--full-decode"), library)
+    assert fast.keys() == full.keys() and len(full) > 80
+    readable = [name for name, row in full.items() if row["label"] != "error"]
+    assert all(fast[name]["label"] != "error" for name in readable), [fast[name] for name in readable
+                                                                         if fast[name]["label"] == "error"]
+    assert {row["source"] for row in full.values()} <= {"image", ""}
+    assert sum(row["source"] == "thumbnail" for row in fast.values()) >= len(USABLE)
+    for name, row in fast.items():  # what the thumbnail did not decide, the image did, as with --full-decode
+        if row["source"] == "image":
+            assert row["p_cat"] == full[name]["p_cat"], name
+
+
+def test_a_thumbnail_in_the_band_is_checked_by_decoding_the_image(library, model_copy, run_cli):
+    model = with_band(model_copy, 0.0, 1.0)  # every thumbnail's p_cat is in the band
+    fast = rows_by_name(run_cli(library, "--model", model, "--report", "-", "-j", "1", "--no-cache"), library)
+    full = rows_by_name(run_cli(library, "--model", model, "--report", "-", "-j", "1", "--no-cache",
+                                "--full-decode"), library)
+    assert {name: (row["p_cat"], row["source"]) for name, row in fast.items()} == \
+           {name: (row["p_cat"], row["source"]) for name, row in full.items()}
+
+
+def test_without_a_band_in_the_card_the_image_always_decides(library, run_cli):
+    rows = rows_by_name(run_cli(library / "exif-org", "--report", "-", "-j", "2", "--no-cache"), library / "exif-org")
+    assert rows and {row["source"] for row in rows.values()} <= {"image", ""}
+
+
+def exiftool() -> str:
+    found = shutil.which("exiftool")
+    if found is None:
+        pytest.skip("exiftool is not installed (apt-get install libimage-exiftool-perl)")
+    return found
+
+
+def test_the_thumbnails_verdict_is_the_thumbnails_own(library, model_copy, run_cli, tmp_path):
+    """The p_cat a thumbnail gives is that of the thumbnail image, extracted by exiftool and classified alone."""
+    threshold = json.loads(card_path(model_copy).read_text())["threshold"]
+    model = with_band(model_copy, threshold, threshold)
+    photo = library / "exif-org" / "canon-ixus.jpg"  # orientation 1: the thumbnail is shown as stored
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "thumbnail.jpg").write_bytes(
+        subprocess.run([exiftool(), "-b", "-ThumbnailImage", str(photo)], capture_output=True, check=True).stdout)
+    [fast] = run_cli(photo, "--model", model, "--report", "-", "--no-cache").rows()
+    [reference] = run_cli(alone, "--model", model, "--report", "-", "--no-cache", "--full-decode").rows()
+    assert fast["source"] == "thumbnail" and fast["p_cat"] == reference["p_cat"]
+
+
+@pytest.mark.parametrize("edit, decides", [
+    (["-Software=Adobe Photoshop Lightroom Classic 13.0"], "image"),
+    (["-ModifyDate=2030:01:01 00:00:00"], "image"),  # modified long after it was taken
+    (["-ModifyDate<DateTimeOriginal"], "thumbnail"),  # as cameras write it
+    (["-Software=Ver1.06"], "thumbnail"),  # a camera's firmware is no editor
+], ids=["editor", "modified-later", "modified-when-taken", "firmware"])
+def test_signs_of_editing_make_the_thumbnail_stale(library, model_copy, run_cli, edit, decides):
+    threshold = json.loads(card_path(model_copy).read_text())["threshold"]
+    model = with_band(model_copy, threshold, threshold)
+    photo = library / "exif-org" / "nikon-e950.jpg"
+    subprocess.run([exiftool(), "-q", "-overwrite_original", *edit, str(photo)], check=True)
+    [row] = run_cli(photo, "--model", model, "--report", "-", "--no-cache").rows()
+    assert row["source"] == decides, row
+
+
+def test_a_thumbnail_of_another_aspect_ratio_is_not_used(library, model_copy, run_cli, tmp_path):
+    from PIL import Image
+
+    threshold = json.loads(card_path(model_copy).read_text())["threshold"]
+    model = with_band(model_copy, threshold, threshold)
+    photo = library / "exif-org" / "nikon-e950.jpg"  # 4:3
+    wide = tmp_path / "wide.jpg"
+    with Image.open(photo) as image:
+        image.convert("RGB").resize((160, 90)).save(wide, quality=80)  # a 16:9 crop's thumbnail
+    subprocess.run([exiftool(), "-q", "-overwrite_original", f"-ThumbnailImage<={wide}", str(photo)], check=True)
+    [row] = run_cli(photo, "--model", model, "--report", "-", "--no-cache").rows()
+    assert row["source"] == "image", row
