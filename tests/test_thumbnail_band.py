@@ -9,13 +9,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from notcat_sort.content import sha256_file
 from notcat_sort.model import card_path, load_card
 
 from shared_data import SHARED, requires
-from training.thumbnails import choose_band
+from training.data import limit, load_items
+from training.thumbnails import choose_band, choose_for_model, out_of_source, write_band
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = SHARED / "datasets" / "catnotcat"
@@ -48,6 +50,7 @@ def test_the_band_meets_the_target_and_none_saves_more(pairs, target):
 
 @requires(DATASET)
 def test_the_command_writes_the_band_into_the_card_and_nothing_else(model_copy):
+    pytest.importorskip("torch", reason="python -m training needs the train extra")
     before = json.loads(card_path(model_copy).read_text())
     model_sha = sha256_file(model_copy)
     done = subprocess.run([sys.executable, "-m", "training", "thumbnails", "--model", str(model_copy),
@@ -59,3 +62,16 @@ def test_the_command_writes_the_band_into_the_card_and_nothing_else(model_copy):
     assert 0 <= band["low"] <= before["threshold"] <= band["high"] <= 1 and band["photos"] == 24
     assert band["agreement"] >= 0.999
     assert load_card(model_copy).thumbnail_band == (band["low"], band["high"])
+
+
+@requires(DATASET)
+def test_the_chooser_writes_only_the_cards_thumbnail_entry(model_copy):
+    """The same without the train extra: the chooser needs only onnxruntime and Pillow."""
+    before = json.loads(card_path(model_copy).read_text())
+    model_sha = sha256_file(model_copy)
+    photos = limit(out_of_source(load_items(DATASET)), 24, seed=0)
+    band = choose_for_model(model_copy, photos)
+    write_band(model_copy, band)
+    after = json.loads(card_path(model_copy).read_text())
+    assert after.pop("thumbnail")["photos"] == 24 and after == before and sha256_file(model_copy) == model_sha
+    assert band.agreement >= 0.999 and load_card(model_copy).thumbnail_band == (band.low, band.high)
