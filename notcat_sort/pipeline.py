@@ -1,8 +1,10 @@
 """The pipeline: scan → decode+classify → decide → act → report, one batch at a time.
 
-It yields a `Result` per file; views (rich, plain) and the CSV report consume them. For each
-batch the planned actions are journalled (fsynced `started` rows) before any file is touched,
-so a crash at any instant leaves a report from which a re-run or `--undo` can finish the job.
+It yields a `Result` per file; views (rich, plain) and the CSV report consume them. Each file of
+a batch becomes a `WorkItem` that moves through the same stages: plan (settle the final name,
+or the sidecar to tag), journal (the batch's plans that change files, as fsynced `started` rows,
+before any file is touched), execute, report. So a crash at any instant leaves a report from
+which a re-run or `--undo` can finish the job.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from contextlib import closing, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from notcat_sort.actions import Action, Kind, OnConflict, Outcome, Plan, execute, perform, plan
+from notcat_sort.actions import Action, Kind, OnConflict, Outcome, Plan, Tagging, execute, perform, plan, preview
 from notcat_sort.actions.common import remove_empty_folder
 from notcat_sort.actions.conflict import resolve
 from notcat_sort.cache import FileKey, PredictionCache, open_cache
@@ -23,7 +25,7 @@ from notcat_sort.cats import UNKNOWN, CatGrouper, examples_of, load_head, names_
 from notcat_sort.classify import ClassifySettings, Prediction, classify
 from notcat_sort.content import DigestOf, sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label, Policy
-from notcat_sort.report import ReportWriter, Row, Status, format_p, run_key
+from notcat_sort.report import ReportWriter, Row, Status, rows_for, run_key
 from notcat_sort.scan import Candidate, scan
 from notcat_sort.sidecars import SidecarName, companion_name, companions, xmp_path
 
@@ -106,135 +108,121 @@ class Result:
         return (self.label is Label.ERROR or self.outcome.status == Status.ERROR
                 or any(companion.outcome.status == Status.ERROR for companion in self.companions))
 
-    def rows(self, action: str) -> list[Row]:
-        """The image's row, then one per companion carried with it."""
-        image = self.row(action)
-        return [image] + [
-            replace(image, path=str(companion.path), destination=str(companion.outcome.destination or ""),
-                    status=companion.outcome.status, error=companion.outcome.error, sha256=companion.sha256)
-            for companion in self.companions
-        ]
-
-    def row(self, action: str) -> Row:
-        prediction, outcome = self.prediction, self.outcome
-        return Row(
-            path=str(prediction.candidate.path),
-            label=self.label.value,
-            p_cat=format_p(prediction.p_cat),
-            action=action,
-            destination=str(outcome.destination or ""),
-            status=outcome.status,
-            error=prediction.error or outcome.error,
-            sha256=prediction.sha256 or "",
-            cat_id=self.cat,
-            source=prediction.source.value if prediction.source else "",
-        )
-
 
 @dataclass
 class StopFlag:
     """Set from a signal handler; the pipeline finishes the file in hand and stops."""
 
     requested: bool = False
-    reason: str = field(default="interrupted before this file was touched")
+    reason: str = "interrupted before this file was touched"
 
     def __call__(self) -> bool:
         return self.requested
 
 
+@dataclass
+class WorkItem:
+    """One file on its way through plan -> journal -> execute -> report."""
+
+    prediction: Prediction
+    label: Label
+    cat: str = ""  # with --group-cats, a cat photo's cat id
+    plan: Plan | None = None  # None until planned, and for a file with nothing to act on
+    outcome: Outcome | None = None  # set once known: by a failure before acting, else by acting
+    companions: tuple[Companion, ...] = ()
+
+    @property
+    def changes_files(self) -> bool:
+        return self.outcome is None and self.plan is not None and self.plan.changes_files
+
+    def result(self) -> Result:
+        assert self.outcome is not None
+        return Result(self.prediction, self.label, self.outcome, self.companions, self.cat)
+
+
 def _failure(settings: SortSettings, error: Exception, target: Path | None = None) -> Outcome:
     """An error outcome. It keeps the planned `target`, so that --undo can look there after a
     failure half-way through (e.g. a cross-filesystem copy that was made but not verified)."""
-    if isinstance(error, FileNotFoundError) and error.filename and not os.path.lexists(error.filename):
-        reason = f"{error.filename} disappeared during the run"
+    filename = getattr(error, "filename", None)
+    if isinstance(error, FileNotFoundError) and filename and not os.path.lexists(filename):
+        reason = f"{filename} disappeared during the run"
     else:
         reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-        if getattr(error, "filename", None):
-            reason = f"{reason}: {error.filename}"
+        if filename:
+            reason = f"{reason}: {filename}"
     return Outcome(Status.ERROR, target, f"{settings.action_name} failed: {reason}")
 
 
-def _plan(settings: SortSettings, prediction: Prediction, label: Label, cat: str, reserved: set[Path],
-          digest_of: DigestOf) -> Plan | Outcome | None:
-    """The plan for one file, with its target reserved against the rest of the batch; or an error.
-    None for `tag`, which edits a sidecar in place and keeps its own undo records."""
-    if settings.action is Action.TAG:
-        return None
+# --- plan ---------------------------------------------------------------------------------------
+
+
+def _plan(settings: SortSettings, item: WorkItem, reserved: set[Path], digest_of: DigestOf, run: str) -> None:
+    """Give `item` its plan, with its target reserved against the rest of the batch, and the
+    companions that travel with it; or, when it cannot be acted on, its outcome."""
+    if item.label is Label.ERROR:
+        item.outcome = Outcome(Status.ERROR)
+        return
+    candidate, card = item.prediction.candidate, settings.classify.card
+    tagging = (Tagging(item.label.value, item.prediction.p_cat, f"{card.name} {card.version}", run, item.cat)
+               if settings.action is Action.TAG else None)
     try:
-        planned = plan(
-            settings.action or Action.COPY, prediction.candidate.path,
-            settings.destination(prediction.candidate, label, cat),
-            prediction.sha256, settings.on_conflict, reserved, digest_of,
+        item.plan = plan(
+            settings.action or Action.COPY, candidate.path, settings.destination(candidate, item.label, item.cat),
+            item.prediction.sha256, settings.on_conflict, reserved, digest_of, tagging,
         )
+        if settings.places_files and item.plan.changes_files:  # a skipped file carries nothing
+            item.companions = tuple(Companion(path, sha256_file(path) if settings.changes_files else "")
+                                    for path in companions(candidate.path, settings.with_raw))
     except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
-        return _failure(settings, error)
-    if planned.kind == Kind.PLACE and planned.target is not None:
-        reserved.add(planned.target)
-    return planned
+        item.plan, item.outcome = None, _failure(settings, error)
+        return
+    if item.plan.kind is Kind.PLACE and item.plan.target is not None:
+        reserved.add(item.plan.target)
 
 
-def _execute(settings: SortSettings, planned: Plan | Outcome) -> Outcome:
-    if isinstance(planned, Outcome):
-        return planned
-    if not settings.changes_files:
-        return Outcome(Status.PLANNED if planned.changes_files else Status.SKIPPED, planned.target, planned.reason)
-    try:
-        return execute(planned)
-    except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
-        return _failure(settings, error, planned.target)
+# --- journal ------------------------------------------------------------------------------------
 
 
-def _perform(settings: SortSettings, source: Path, destination: Path, sha256: str | None,
-             on_conflict: OnConflict, **details: object) -> Outcome:
-    try:
-        return perform(
-            settings.action or Action.COPY, source, destination, sha256, on_conflict,
-            dry_run=not settings.changes_files, **details,
-        )
-    except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
-        return _failure(settings, error)
-
-
-def _tag(settings: SortSettings, prediction: Prediction, label: Label, cat: str, run: str) -> Outcome:
-    card = settings.classify.card
-    return _perform(settings, prediction.candidate.path, settings.destination(prediction.candidate, label),
-                    prediction.sha256, settings.on_conflict, label=label.value, p_cat=prediction.p_cat,
-                    model=f"{card.name} {card.version}", run=run, cat=cat)
-
-
-def _act(settings: SortSettings, stop: Callable[[], bool], run: str, prediction: Prediction, label: Label,
-         cat: str, planned: Plan | Outcome | None, found: list[Companion]) -> Result:
-    """Carry out one file's plan (and its companions'), unless a stop was asked for first."""
-    if label is Label.ERROR:
-        return Result(prediction, label, Outcome(Status.ERROR))
-    if stop():
-        return Result(prediction, label, Outcome(Status.SKIPPED, None, getattr(stop, "reason", "interrupted")),
-                      cat=cat)
-    outcome = _tag(settings, prediction, label, cat, run) if planned is None else _execute(settings, planned)
-    return Result(prediction, label, outcome, _carry(settings, prediction.candidate.path, outcome, found), cat)
-
-
-def _companions(settings: SortSettings, image: Path) -> list[Companion]:
-    """What travels with `image` under a move/copy/link, hashed when files will change."""
-    if not settings.places_files:
-        return []
-    return [Companion(path, sha256_file(path) if settings.changes_files else "")
-            for path in companions(image, settings.with_raw)]
-
-
-def _started(settings: SortSettings, prediction: Prediction, label: Label, cat: str, planned: Plan | None,
-             found: list[Companion]) -> Result:
+def _journal_rows(item: WorkItem, action: str) -> list[Row]:
     """The journal entry written before acting: where the image and its companions are headed.
     A move whose identical copy is already there is journalled as the removal of a duplicate."""
-    destination = planned.target if planned else settings.destination(prediction.candidate, label, cat)
-    status = Status.STARTED_REMOVE_DUPLICATE if planned and planned.kind == Kind.REMOVE_DUPLICATE else Status.STARTED
+    assert item.plan is not None
+    destination = item.plan.target
+    status = Status.STARTED_REMOVE_DUPLICATE if item.plan.kind is Kind.REMOVE_DUPLICATE else Status.STARTED
     heading = tuple(replace(companion, outcome=Outcome(Status.STARTED, companion_name(
-        companion.path, prediction.candidate.path, destination))) for companion in found)
-    return Result(prediction, label, Outcome(status, destination), heading, cat)
+        companion.path, item.prediction.candidate.path, destination))) for companion in item.companions
+        if destination is not None)
+    return rows_for(Result(item.prediction, item.label, Outcome(status, destination), heading, item.cat), action)
+
+
+def _journal(items: list[WorkItem], report: ReportWriter, action: str) -> None:
+    """One fsynced write for the whole batch, before any of its files is touched."""
+    journal = [row for item in items if item.changes_files for row in _journal_rows(item, action)]
+    if journal:
+        report.write(journal, durable=True)
+
+
+# --- execute ------------------------------------------------------------------------------------
+
+
+def _execute(settings: SortSettings, stop: Callable[[], bool], item: WorkItem) -> Result:
+    """Carry out one file's plan (and its companions'), unless a stop was asked for first. Runs
+    on an action thread: the batch's targets are distinct and already journalled."""
+    if item.outcome is None:
+        assert item.plan is not None
+        if stop():
+            item.outcome = Outcome(Status.INTERRUPTED, None, getattr(stop, "reason", "interrupted"))
+            return item.result()
+        try:
+            item.outcome = execute(item.plan) if settings.changes_files else preview(item.plan)
+        except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
+            item.outcome = _failure(settings, error, item.plan.target)
+        item.companions = _carry(settings, item.prediction.candidate.path, item.outcome, item.companions)
+    return item.result()
 
 
 def _carry(settings: SortSettings, image: Path, image_outcome: Outcome,
-           found: list[Companion]) -> tuple[Companion, ...]:
+           found: tuple[Companion, ...]) -> tuple[Companion, ...]:
     """Give each companion the action its image got, named after where the image went.
 
     A companion is never renamed on its own: if its name is taken by a different file it stays
@@ -249,9 +237,16 @@ def _carry(settings: SortSettings, image: Path, image_outcome: Outcome,
             outcome = Outcome(Status.ERROR, target, f"not carried with {image.name}: {target} exists "
                                                     "with different content; left in place")
         else:
-            outcome = _perform(settings, companion.path, target, companion.sha256 or None, OnConflict.SKIP)
+            try:
+                outcome = perform(settings.action or Action.COPY, companion.path, target, companion.sha256 or None,
+                                  OnConflict.SKIP, dry_run=not settings.changes_files)
+            except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
+                outcome = _failure(settings, error)
         carried.append(replace(companion, outcome=outcome))
     return tuple(carried)
+
+
+# --- the batches --------------------------------------------------------------------------------
 
 
 def sort_files(
@@ -353,23 +348,17 @@ _GROUPED_BATCH = 256  # grouped cat photos acted on at a time
 
 def _sort_batch(decided: list[Decided], settings: SortSettings, report: ReportWriter, stop: Callable[[], bool],
                 actors: ThreadPoolExecutor, known: PredictionCache | None, digest_of: DigestOf) -> list[Result]:
-    """Plan, journal, act on and report one batch."""
+    """One work item per file, through plan -> journal -> execute -> report."""
     action = settings.action_name
     run = run_key(report.path) if report.path is not None else ""
+    items = [WorkItem(prediction, label, cat) for prediction, label, cat in decided]
     reserved: set[Path] = set()
-    plans = {i: _plan(settings, *decided[i], reserved, digest_of) for i in range(len(decided))
-             if decided[i][1] is not Label.ERROR}
-    found = {i: _companions(settings, decided[i][0].candidate.path) for i, planned in plans.items()
-             if isinstance(planned, Plan) and planned.changes_files}  # a skipped file carries nothing
+    for item in items:
+        _plan(settings, item, reserved, digest_of, run)
     if settings.changes_files:
-        journal = [row for i, planned in plans.items() if planned is None or isinstance(planned, Plan)
-                   and planned.changes_files
-                   for row in _started(settings, *decided[i], planned, found.get(i, [])).rows(action)]
-        if journal:
-            report.write(journal, durable=True)
-    results = list(actors.map(
-        lambda i: _act(settings, stop, run, *decided[i], plans.get(i), found.get(i, [])), range(len(decided))))
-    report.write((row for result in results for row in result.rows(action)), durable=settings.changes_files)
+        _journal(items, report, action)
+    results = list(actors.map(lambda item: _execute(settings, stop, item), items))
+    report.write((row for result in results for row in rows_for(result, action)), durable=settings.changes_files)
     if settings.changes_files:
         _remember_placed(known, results)
         if settings.remove_emptied_folders:

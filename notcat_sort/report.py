@@ -15,12 +15,18 @@ import os
 import stat
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from enum import Enum
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from notcat_sort.pipeline import Result
 
 
-class Status:
+class Status(str, Enum):
+    """A report row's status: what happened to the file (or, for journal rows, is about to)."""
+
     PLANNED = "planned"  # dry run: what would happen
     STARTED = "started"  # journal: about to put the file at `destination`
     STARTED_REMOVE_DUPLICATE = "started-remove-duplicate"  # journal: about to remove a moved file's duplicate source
@@ -29,8 +35,12 @@ class Status:
     SKIPPED = "skipped"  # nothing to do, e.g. already sorted
     STARTED_REMOVE_FOLDER = "started-remove-folder"  # journal: about to remove a folder a move emptied
     FOLDER_REMOVED = "folder-removed"  # --remove-emptied-folders: `path` is a source folder the move emptied
+    INTERRUPTED = "interrupted"  # a stop was asked for before this file was touched
     UNDONE = "undone"  # --undo put it back
     ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,33 @@ def run_key(report: Path) -> str:
 
 def format_p(p_cat: float | None) -> str:
     return "" if p_cat is None else f"{p_cat:.4f}"
+
+
+def image_row(result: Result, action: str) -> Row:
+    """The report row of one image's result under `action` ("none" for a report-only run)."""
+    prediction, outcome = result.prediction, result.outcome
+    return Row(
+        path=str(prediction.candidate.path),
+        label=result.label.value,
+        p_cat=format_p(prediction.p_cat),
+        action=action,
+        destination=str(outcome.destination or ""),
+        status=outcome.status,
+        error=prediction.error or outcome.error,
+        sha256=prediction.sha256 or "",
+        cat_id=result.cat,
+        source=prediction.source.value if prediction.source else "",
+    )
+
+
+def rows_for(result: Result, action: str) -> list[Row]:
+    """The image's row, then one per companion carried with it."""
+    image = image_row(result, action)
+    return [image] + [
+        replace(image, path=str(companion.path), destination=str(companion.outcome.destination or ""),
+                status=companion.outcome.status, error=companion.outcome.error, sha256=companion.sha256)
+        for companion in result.companions
+    ]
 
 
 class ReportWriter:

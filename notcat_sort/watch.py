@@ -30,8 +30,8 @@ from watchdog.observers.polling import PollingObserverVFS
 from notcat_sort.actions import Action
 from notcat_sort.cache import FileKey
 from notcat_sort.content import sha256_file
-from notcat_sort.pipeline import Result, SortSettings, StopFlag, sort_files
-from notcat_sort.report import ReportWriter, Row, Status, final_rows
+from notcat_sort.pipeline import Result, SortSettings, sort_files
+from notcat_sort.report import ReportWriter, Row, Status, final_rows, image_row
 from notcat_sort.scan import Candidate, is_image_file, scan
 from notcat_sort.undo import undo_report_path
 
@@ -195,17 +195,16 @@ class Journal:
 
     A file counts as handled when its content is unchanged and its last row is final: done,
     skipped, error or planned for the same action, or undone by `--undo` (the user took it back;
-    read from the undo report beside this one). A `move` that is done cannot have left the file
+    read from the undo report beside this one). One interrupted by a stop is not. A `move` that is done cannot have left the file
     where it was, so a file found there again is a new arrival and is sorted."""
 
     FINAL = frozenset({Status.DONE, Status.SKIPPED, Status.ERROR, Status.PLANNED, Status.UNDONE})
 
     def __init__(self, action: str, rows: Iterable[Row] = ()) -> None:
         self.action = action
-        interrupted = StopFlag().reason
         self._entries: dict[str, _Entry] = {}
         for row in rows:
-            if row.status in self.FINAL and row.sha256 and not (row.status == Status.SKIPPED and row.error == interrupted):
+            if row.status in self.FINAL and row.sha256:
                 self._entries[row.path] = _Entry(row.status, row.action, row.sha256)
             else:
                 self._entries.pop(row.path, None)
@@ -217,7 +216,7 @@ class Journal:
 
     def record(self, result: Result) -> None:
         prediction = result.prediction
-        row = result.row(self.action)
+        row = image_row(result, self.action)
         if row.status in self.FINAL and prediction.sha256:
             self._entries[row.path] = _Entry(row.status, row.action, prediction.sha256, prediction.file_key)
         else:

@@ -103,7 +103,7 @@ def test_journal_skips_only_unchanged_files_with_a_final_row_for_the_same_action
     assert Journal("copy", [row(Status.ERROR)]).handled(str(path), key)
     assert Journal("move", [row(Status.DONE, "move"), row(Status.UNDONE, "undo-move")]).handled(str(path), key)
     assert not Journal("copy", [row(Status.DONE), row(Status.STARTED)]).handled(str(path), key)
-    assert not Journal("copy", [row(Status.SKIPPED, error=StopFlag().reason)]).handled(str(path), key)
+    assert not Journal("copy", [row(Status.INTERRUPTED, error=StopFlag().reason)]).handled(str(path), key)
     assert not Journal("link", [row(Status.DONE)]).handled(str(path), key)  # another action: do it
     assert not Journal("move", [row(Status.DONE, "move")]).handled(str(path), key)  # a new arrival
     path.write_bytes(b"changed")

@@ -3,7 +3,8 @@ never overwrite, never remove a source before its copy is verified, and re-runs 
 
 Acting is split in two so the pipeline can journal in between: `plan()` looks at the
 destination and settles the final name (or that there is nothing to do); `execute()` does it.
-A dry run only plans.
+Tagging is a kind of plan too: its target is the sidecar. A dry run only plans, and `preview()`
+says what it would do.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from notcat_sort.actions.conflict import OnConflict, resolve
 from notcat_sort.actions.copy import copy_verified
 from notcat_sort.actions.link import link_new
 from notcat_sort.actions.move import move_new, remove_duplicate
-from notcat_sort.actions.tag import tag
+from notcat_sort.actions.tag import Tagging, tag
 from notcat_sort.content import DigestOf, sha256_file
 from notcat_sort.report import Status
-
 
 
 class Action(str, Enum):
@@ -45,10 +45,16 @@ class Action(str, Enum):
 PLACING_ACTIONS = tuple(action for action in Action if action.places_files)
 
 
-class Kind:
+class Kind(str, Enum):
+    """What a plan will do."""
+
     PLACE = "place"  # put the file at `target`, a free name
     REMOVE_DUPLICATE = "remove-duplicate"  # a move whose identical copy is already at `target`
+    TAG = "tag"  # write `tagging` into the sidecar at `target`, leaving the image in place
     SKIP = "skip"  # nothing to do; `reason` says why
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -57,22 +63,26 @@ class Plan:
     source: Path
     target: Path | None
     sha256: str | None
-    kind: str
+    kind: Kind
     reason: str = ""
+    tagging: Tagging | None = None  # for Kind.TAG
 
     @property
     def changes_files(self) -> bool:
-        return self.kind != Kind.SKIP
+        return self.kind is not Kind.SKIP
 
 
 def plan(
     action: Action, source: Path, destination: Path, sha256: str | None, on_conflict: OnConflict,
-    reserved: Collection[Path] = (), digest_of: DigestOf = sha256_file,
+    reserved: Collection[Path] = (), digest_of: DigestOf = sha256_file, tagging: Tagging | None = None,
 ) -> Plan:
-    """Settle what `action` will do with `source`; raises OSError when the destination cannot be examined."""
+    """Settle what `action` will do with `source` (for a tag, with `tagging`, whose sidecar is
+    `destination`); raises OSError when the destination cannot be examined."""
     action = Action(action)  # the word ("move") will do too
-    if not action.places_files:
-        raise ValueError(f"{action} places no files")
+    if action is Action.TAG:
+        if tagging is None:
+            raise ValueError("a tag plan needs what to write (tagging)")
+        return Plan(action, source, destination, sha256, Kind.TAG, tagging=tagging)
     if os.path.abspath(source) == os.path.abspath(destination):
         return Plan(action, source, destination, sha256, Kind.SKIP, "already in place")
     state, target = resolve(source, destination, sha256, on_conflict, action is not Action.MOVE, reserved, digest_of)
@@ -89,10 +99,13 @@ def plan(
 def execute(planned: Plan) -> Outcome:
     """Carry out a plan. Raises OSError on failure, having left the source as it was."""
     source, target = planned.source, planned.target
-    if planned.kind == Kind.SKIP:
+    if planned.kind is Kind.SKIP:
         return Outcome(Status.SKIPPED, target, planned.reason)
     assert target is not None
-    if planned.kind == Kind.REMOVE_DUPLICATE:
+    if planned.kind is Kind.TAG:
+        assert planned.tagging is not None
+        return tag(target, planned.tagging, dry_run=False)
+    if planned.kind is Kind.REMOVE_DUPLICATE:
         remove_duplicate(source, target)
         return Outcome(Status.DUPLICATE_REMOVED, target, "already sorted: an identical copy is there")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,18 +118,23 @@ def execute(planned: Plan) -> Outcome:
     return Outcome(Status.DONE, target)
 
 
+def preview(planned: Plan) -> Outcome:
+    """What a dry run reports for a plan, changing nothing (a tag reads the sidecar to tell)."""
+    if planned.kind is Kind.TAG:
+        assert planned.target is not None and planned.tagging is not None
+        return tag(planned.target, planned.tagging, dry_run=True)
+    return Outcome(Status.PLANNED if planned.changes_files else Status.SKIPPED, planned.target, planned.reason)
+
+
 def perform(
     action: Action, source: Path, destination: Path, sha256: str | None,
-    on_conflict: OnConflict, dry_run: bool = False, **details: object,
+    on_conflict: OnConflict, dry_run: bool = False,
 ) -> Outcome:
-    """Plan and execute in one step, for callers that journal nothing in between. `tag` (which
-    keeps its own undo records) takes `details`: the label, p_cat and model."""
-    if action is Action.TAG:
-        return tag(source, destination, sha256, on_conflict, dry_run, **details)
+    """Plan and execute (or preview) in one step, for a file placed with no journal entry of its own
+    (a companion, which travels under its image's)."""
     planned = plan(action, source, destination, sha256, on_conflict)
-    if dry_run:
-        return Outcome(Status.PLANNED if planned.changes_files else Status.SKIPPED, planned.target, planned.reason)
-    return execute(planned)
+    return preview(planned) if dry_run else execute(planned)
 
 
-__all__ = ["PLACING_ACTIONS", "Action", "Kind", "OnConflict", "Outcome", "Plan", "execute", "perform", "plan"]
+__all__ = ["PLACING_ACTIONS", "Action", "Kind", "OnConflict", "Outcome", "Plan", "Tagging", "execute", "perform",
+           "plan", "preview"]

@@ -14,12 +14,14 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from notcat_sort.report import Status
+
 PARTIAL_SUFFIX = ".notcat-partial"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # a notcat_sort.report.Status value
+    status: Status
     destination: Path | None = None
     error: str = ""
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from notcat_sort.actions.common import Outcome, fsync_dir, rename_noreplace
-from notcat_sort.actions.conflict import OnConflict
 from platformdirs import user_data_dir
 
 from notcat_sort.report import Status, format_p
@@ -257,15 +256,23 @@ def _save_entries(sidecar: Path, entries: list[dict]) -> None:
 # --- the action and its undo ------------------------------------------------------------------
 
 
-def tag(
-    source: Path, destination: Path, sha256: str | None, on_conflict: OnConflict, dry_run: bool,
-    *, label: str, p_cat: float | None, model: str, run: str, cat: str = "",
-) -> Outcome:
-    """Record `label` for the image `source` in its sidecar `destination` (see sidecars.xmp_path);
-    `run` names the run (its report) for `untag`."""
+@dataclass(frozen=True)
+class Tagging:
+    """What a tag writes into an image's sidecar, and the run (its report) that `untag` undoes it by."""
+
+    label: str
+    p_cat: float | None
+    model: str
+    run: str
+    cat: str = ""  # with --group-cats: the cat's id, also written as a keyword
+
+
+def tag(destination: Path, tagging: Tagging, dry_run: bool) -> Outcome:
+    """Record `tagging` in the sidecar `destination` (see sidecars.xmp_path); a dry run only says
+    whether it would change."""
     before = _read(destination)
     try:
-        after = tagged(before, label, format_p(p_cat), model, cat)
+        after = tagged(before, tagging.label, format_p(tagging.p_cat), tagging.model, tagging.cat)
     except SidecarError as error:
         return Outcome(Status.ERROR, destination, f"{error}: {destination}")
     if before is not None and _state(before) == _state(after):
@@ -274,7 +281,7 @@ def tag(
         return Outcome(Status.PLANNED, destination)
     entries = _load_entries(destination)
     entries.append({
-        "run": run,
+        "run": tagging.run,
         "before": None if before is None else base64.b64encode(before).decode("ascii"),
         "after_sha256": _sha256(after),
     })
