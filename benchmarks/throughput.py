@@ -304,7 +304,7 @@ def profile_pipeline(files: list[Path], out: Path, model: Path | None) -> None:
         pass
     report.close()
     profiler.disable()
-    stats = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, primitive, own, cumulative, callers)
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]  # (file, line, function) -> (calls, primitive, own, cumulative, callers)
     total = sum(own for _, _, own, _, _ in stats.values())
 
     def cumulative(file_part: str, function: str) -> float:
@@ -362,7 +362,7 @@ def throughput_section(title: str, folder: Path, count: int, jobs: int, baseline
         copied.append(run_cli([*common, "--copy", "--out", str(sorted_folder), "--report", str(work / f"c{repeat}.csv")],
                               len(files), cache_home))
         baseline.append(run_baseline(view, len(files), baseline_model, cache_home))
-    ratio = statistics.median(ours.rate / naive.rate for ours, naive in zip(report_only, baseline))
+    ratio = statistics.median(ours.rate / naive.rate for ours, naive in zip(report_only, baseline, strict=True))
     classify_only, copy, naive = _median_run(report_only), _median_run(copied), _median_run(baseline)
     for name, run, runs in [("notcat-sort (report only)", classify_only, report_only), ("notcat-sort --copy", copy, copied)]:
         print(f"  {name:27s} {run.rate:7.1f} images/s  ({run.seconds:.1f} s, {run.cpu_ms_per_image:.0f} CPU ms/image, "

@@ -165,6 +165,7 @@ def _model_input(candidate: Candidate, photo: bytes | Path, settings: ClassifySe
 def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDigest | None) -> Prediction | _Input:
     """Either a finished Prediction (error or cache hit by content) or the input to classify."""
     path = candidate.path
+    source: Path | bytes  # held whole, or read again from disk when it is big
     try:
         key = FileKey.of(os.stat(path))
         if key.size > _READ_WHOLE_LIMIT:
@@ -324,7 +325,7 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
             hits = [prediction for prediction in known if prediction is not None]
             if hits:
                 in_flight.append((hits, False))
-            unknown = [candidate for candidate, prediction in zip(chunk, known) if prediction is None]
+            unknown = [candidate for candidate, prediction in zip(chunk, known, strict=True) if prediction is None]
             for batch in _batched(unknown, settings.batch_size):
                 in_flight.append((submit(batch), True))
                 while len(in_flight) > limit:

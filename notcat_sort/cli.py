@@ -21,7 +21,7 @@ from notcat_sort.classify import ClassifySettings, default_jobs
 from notcat_sort.decide import Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS
 from notcat_sort.model import ModelError, default_model_path, load_card
-from notcat_sort.output import Preview
+from notcat_sort.output import Preview, View
 from notcat_sort.output.plain import PlainView
 from notcat_sort.output.rich_view import RichView
 from notcat_sort.pipeline import SortSettings, StopFlag, sort_paths
@@ -337,7 +337,7 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
     if group_cats and not card.has_embedding:
         raise click.UsageError(f"--group-cats needs a model with an `embedding` output; the card of {card.path} "
                                "lists none")
-    roots = [Path(path) for path in paths] or [watch_dir]
+    roots = list(paths) if watch_dir is None else [watch_dir]
     settings = SortSettings(
         classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path(),
                                   full_decode),
@@ -351,6 +351,7 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
     given_report = None if to_stdout else report_path
     # A run that changes files always journals to a file; `--report -` then gets a copy of the final rows.
     default_needed = given_report is None and (settings.changes_files or not to_stdout)
+    view: View
     if watch_dir is not None:
         report_file = default_watch_report(settings, watch_dir, _dry_run_reports()) if default_needed else given_report
         journal = Journal.from_report(settings.action_name, report_file)

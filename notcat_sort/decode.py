@@ -23,7 +23,7 @@ try:  # HEIC/HEIF/AVIF from phones: optional, see the `heif` extra.
 
     pillow_heif.register_heif_opener()
 except ImportError:  # pragma: no cover - depends on the install
-    pillow_heif = None
+    pillow_heif = None  # type: ignore[assignment]
 
 try:  # JPEG XL: optional, see the `jxl` extra; importing it registers the format with Pillow.
     import pillow_jxl

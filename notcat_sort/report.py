@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from notcat_sort.pipeline import Result
@@ -58,7 +58,11 @@ class Row:
 
 
 FIELDS = [field.name for field in fields(Row)]
-_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape", "newline": ""}
+
+
+def _open(path: Path, mode: str = "r") -> IO[str]:
+    """Names and text as bytes would have them: file names that are not UTF-8 round-trip."""
+    return open(path, mode, encoding="utf-8", errors="surrogateescape", newline="")
 
 
 def run_key(report: Path) -> str:
@@ -106,7 +110,7 @@ class ReportWriter:
         self.path = path
         self.journalled = False  # a journal row was written: the run set out to change a file
         self._stdout = _csv_writer(sys.stdout) if path is None or copy_to_stdout else None
-        self._handle: TextIO | None = None
+        self._handle: IO[str] | None = None
         self._csv: csv.DictWriter | None = None
         new = True
         if path is not None:
@@ -114,7 +118,7 @@ class ReportWriter:
             new = not path.exists() or path.stat().st_size == 0
             if not new and _is_regular(path) and not _is_report(path):
                 raise FileExistsError(errno.EEXIST, "exists and is not a notcat-sort report", str(path))
-            self._handle = open(path, "a", **_ENCODING)
+            self._handle = _open(path, "a")
             self._csv = _csv_writer(self._handle, header=new)
         # One row per file already, unless journal rows are written or an earlier run's are there.
         self._needs_compacting = not new
@@ -145,7 +149,7 @@ class ReportWriter:
             compact_report(self.path)
 
 
-def _csv_writer(handle: TextIO, header: bool = True) -> csv.DictWriter:
+def _csv_writer(handle: IO[str], header: bool = True) -> csv.DictWriter:
     writer = csv.DictWriter(handle, fieldnames=FIELDS, lineterminator="\n")
     if header:
         writer.writeheader()
@@ -159,12 +163,12 @@ def _is_regular(path: Path) -> bool:
 
 def _is_report(path: Path) -> bool:
     """Appending to a report resumes it; appending to anything else would rewrite it on compaction."""
-    with open(path, **_ENCODING) as handle:
+    with _open(path) as handle:
         return handle.readline().startswith(",".join(FIELDS[:2]) + ",")
 
 
 def read_report(path: Path) -> Iterator[Row]:
-    with open(path, **_ENCODING) as handle:
+    with _open(path) as handle:
         for record in csv.DictReader(handle):
             yield Row(**{name: record.get(name) or "" for name in FIELDS})
 
@@ -181,7 +185,7 @@ def compact_report(path: Path) -> None:
     """Rewrite the report with one row per file, atomically."""
     rows = final_rows(path)
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", **_ENCODING) as handle:
+    with _open(temporary, "w") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(vars(row) for row in rows)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from notcat_sort.actions import Action
 from notcat_sort.actions.common import partial_name, remove
-from notcat_sort.content import sha256_file
 from notcat_sort.actions.copy import copy_verified
 from notcat_sort.actions.move import move_new
 from notcat_sort.actions.tag import untag
+from notcat_sort.content import sha256_file
 from notcat_sort.report import ReportWriter, Row, Status, final_rows, run_key
 
 _PLACED = {Status.STARTED, Status.DONE, Status.ERROR}

@@ -20,9 +20,17 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
-                             FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent,
-                             FileSystemEventHandler)
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
@@ -60,9 +68,9 @@ class Scope:
 
     def enters(self, folder: str) -> bool:
         """A folder to look into: the root, or one that is not hidden and not where we sort to."""
-        folder = Path(folder)
-        return folder == self.root or not (
-            folder.name.startswith(".") or any(folder.is_relative_to(out) for out in self.output_folders))
+        path = Path(folder)
+        return path == self.root or not (
+            path.name.startswith(".") or any(path.is_relative_to(out) for out in self.output_folders))
 
     def accepts(self, path: str) -> bool:
         """A file to consider: inside root, outside the output folders, not a temporary name."""
@@ -322,7 +330,7 @@ def watch(
             oldest = now - min(waiting.values()) if waiting else 0.0
             if not should_flush(len(waiting), oldest, len(settler), flush_size, settle):
                 continue
-            batch = [candidate for path in waiting if (candidate := _candidate(path, root, journal))]
+            batch = [found for path in waiting if (found := _candidate(path, root, journal)) is not None]
             waiting.clear()
             for result in sort_files(itertools.takewhile(lambda _: not stop(), batch), settings, report):
                 journal.record(result)

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from shared_data import IN_CI, SHARED, missing, need
 
 from notcat_sort.model import card_path, default_model_path
-
-from shared_data import IN_CI, SHARED, missing, need
 
 CLI = Path(sys.executable).parent / "notcat-sort"
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-
 from shared_data import SHARED, requires
 
 from notcat_sort.decode import DecodeError, decode

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, features
-
 from shared_data import SHARED, requires
 
 from notcat_sort.decode import decode

@@ -19,8 +19,8 @@ from safety_support import (
     image_tree,
     inventory,
     other_filesystem,
-    sample_photos,
     run_cli,
+    sample_photos,
     sort_in_process,
     undo_in_process,
 )

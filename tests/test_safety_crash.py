@@ -24,8 +24,8 @@ from safety_support import (
     image_tree,
     inventory,
     other_filesystem,
-    sample_photos,
     run_cli,
+    sample_photos,
 )
 
 from notcat_sort.report import ReportWriter, Status, read_report

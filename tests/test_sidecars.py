@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from shared_data import SHARED, requires
 
 from notcat_sort.sidecars import companion_name, companions

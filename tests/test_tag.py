@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from shared_data import SHARED, requires
 
 from notcat_sort.actions.tag import untag

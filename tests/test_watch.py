@@ -16,8 +16,8 @@ import pytest
 from photos import photos
 
 from notcat_sort.cache import FileKey
-from notcat_sort.report import Row, Status, read_report
 from notcat_sort.pipeline import StopFlag
+from notcat_sort.report import Row, Status, read_report
 from notcat_sort.watch import Journal, Scope, Settler, open_for_writing, should_flush
 
 CLI = Path(sys.executable).parent / "notcat-sort"
@@ -56,7 +56,7 @@ def test_settler_waits_until_unchanged_for_the_settle_time_and_closed(tmp_path):
     now = [0.0]
     settler = Settler(SETTLE, clock=lambda: now[0])
     path = tmp_path / "photo.jpg"
-    writer = open(path, "wb")
+    writer = open(path, "wb")  # noqa: SIM115 - held open across the checks, closed below
     writer.write(b"\xff\xd8\xff first chunk")
     writer.flush()
     settler.observe(str(path))
@@ -119,7 +119,7 @@ def _unique_images(count: int) -> list[bytes]:
 
 def _start(folder: Path, tmp_path: Path, action: str, log_name: str, *options: str, jobs: int = 1) -> subprocess.Popen:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_DATA_HOME": str(tmp_path / "data")}
-    log = open(tmp_path / log_name, "wb")
+    log = open(tmp_path / log_name, "wb")  # noqa: SIM115 - the watcher writes to it until it is stopped
     return subprocess.Popen(
         [str(CLI), "--watch", str(folder), f"--{action}", "--settle", str(SETTLE), "-j", str(jobs), *options],
         env=env, stdout=log, stderr=log,

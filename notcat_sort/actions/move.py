@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from notcat_sort.actions.common import fsync_dir, remove, rename_noreplace
-from notcat_sort.content import sha256_file
 from notcat_sort.actions.copy import copy_verified
+from notcat_sort.content import sha256_file
 
 
 def _unchanged(before: os.stat_result, path: Path) -> bool:

@@ -26,9 +26,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from notcat_sort.actions.common import Outcome, fsync_dir, rename_noreplace
 from platformdirs import user_data_dir
 
+from notcat_sort.actions.common import Outcome, fsync_dir, rename_noreplace
 from notcat_sort.report import Status, format_p
 
 NOTCAT_NS = "https://notcat-sort.dev/ns/1.0/"
@@ -94,10 +94,16 @@ def _parse(document: bytes | None) -> ET.Element:
     return root
 
 
+def _rdf(root: ET.Element) -> ET.Element:
+    """The rdf:RDF element (`_parse` made sure there is one)."""
+    rdf = root if root.tag == _q(RDF_NS, "RDF") else root.find(f".//{_q(RDF_NS, 'RDF')}")
+    assert rdf is not None
+    return rdf
+
+
 def _descriptions(root: ET.Element) -> list[ET.Element]:
     """Every rdf:Description (exiftool writes one per namespace)."""
-    rdf = root if root.tag == _q(RDF_NS, "RDF") else root.find(f".//{_q(RDF_NS, 'RDF')}")
-    return rdf.findall(_q(RDF_NS, "Description"))
+    return _rdf(root).findall(_q(RDF_NS, "Description"))
 
 
 def _description(root: ET.Element) -> ET.Element:
@@ -108,8 +114,7 @@ def _description(root: ET.Element) -> ET.Element:
             return description
     if descriptions:
         return descriptions[0]
-    rdf = root if root.tag == _q(RDF_NS, "RDF") else root.find(f".//{_q(RDF_NS, 'RDF')}")
-    return ET.SubElement(rdf, _q(RDF_NS, "Description"), {_q(RDF_NS, "about"): ""})
+    return ET.SubElement(_rdf(root), _q(RDF_NS, "Description"), {_q(RDF_NS, "about"): ""})
 
 
 def _keyword_bag(description: ET.Element) -> ET.Element:
@@ -163,7 +168,7 @@ def _write_note(root: ET.Element, note: Note | None) -> None:
     for keyword in note.claimed:
         if keyword not in keywords(root):
             ET.SubElement(_keyword_bag(description), _q(RDF_NS, "li")).text = keyword
-    for name, value in zip(_PROPERTIES, (note.label, note.p_cat, note.model, note.keyword, note.cat_keyword)):
+    for name, value in zip(_PROPERTIES, (note.label, note.p_cat, note.model, note.keyword, note.cat_keyword), strict=True):
         ET.SubElement(description, _q(NOTCAT_NS, name)).text = value
 
 

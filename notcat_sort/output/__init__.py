@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from notcat_sort.pipeline import Result
 from notcat_sort.report import Status
@@ -48,6 +49,23 @@ class Tally:
             f"actions: {statuses or 'none'}",
             f"failed: {self.failed}",
         ]
+
+
+class View(Protocol):
+    """What the command needs from a view (rich.RichView, plain.PlainView): a context that is
+    entered for the run, fed each result, and told the closing lines."""
+
+    tally: Tally
+
+    def __enter__(self) -> View: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+    def add(self, result: Result) -> None: ...
+
+    def finish(self, extra: list[str]) -> None: ...
 
 
 def describe_failure(result: Result) -> str:

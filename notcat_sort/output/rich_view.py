@@ -6,8 +6,7 @@ import threading
 from collections.abc import Callable
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from notcat_sort.decide import Label
 from notcat_sort.output import Tally, describe_failure
@@ -27,7 +26,7 @@ class RichView:
             TextColumn("cat {task.fields[cat]} · not-cat {task.fields[not_cat]} · unsure {task.fields[unsure]}"),
             TextColumn("[red]{task.fields[failed]} failed"), console=self.console, transient=False,
         )
-        self._task = self._progress.add_task(doing, total=None, rate=0.0, failed=0, **self._labels())
+        self._task = self._progress.add_task(doing, total=None, rate=0.0, failed=0, cat=0, not_cat=0, unsure=0)
         self._count_files = count_files
 
     def __enter__(self) -> RichView:
@@ -37,7 +36,8 @@ class RichView:
         return self
 
     def _count(self) -> None:
-        self._progress.update(self._task, total=self._count_files())
+        if self._count_files is not None:
+            self._progress.update(self._task, total=self._count_files())
 
     def __exit__(self, *exc_info: object) -> None:
         self._progress.stop()
@@ -49,13 +49,10 @@ class RichView:
         self.tally.add(result)
         if result.failed:
             self._progress.console.print(describe_failure(result), style="red", highlight=False, markup=False)
-        self._progress.update(self._task, advance=1, rate=self.tally.rate(), failed=self.tally.failed,
-                              **self._labels())
-
-    def _labels(self) -> dict[str, int]:
         labels = self.tally.labels
-        return {"cat": labels[Label.CAT.value], "not_cat": labels[Label.NOT_CAT.value],
-                "unsure": labels[Label.UNSURE.value]}
+        self._progress.update(self._task, advance=1, rate=self.tally.rate(), failed=self.tally.failed,
+                              cat=labels[Label.CAT.value], not_cat=labels[Label.NOT_CAT.value],
+                              unsure=labels[Label.UNSURE.value])
 
     def finish(self, extra: list[str]) -> None:
         self._progress.stop()
