@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from notcat_sort.pipeline import Result
 from notcat_sort.report import Status
@@ -51,6 +51,7 @@ class Tally:
         ]
 
 
+@runtime_checkable
 class View(Protocol):
     """What the command needs from a view (rich.RichView, plain.PlainView): a context that is
     entered for the run, fed each result, and told the closing lines."""
