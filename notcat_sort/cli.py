@@ -219,7 +219,7 @@ class _SortOrServe(click.Command):
     """`notcat-sort serve ...` is the web app (see `notcat-sort serve --help`); anything else sorts.
     (A folder named `serve` is sorted as `./serve`.)"""
 
-    def main(self, args=None, prog_name=None, **extra):  # type: ignore[no-untyped-def, override]
+    def main(self, args=None, prog_name=None, **extra):  # type: ignore[override]
         args = list(sys.argv[1:] if args is None else args)
         if args[:1] != ["serve"]:
             return super().main(args, prog_name, **extra)

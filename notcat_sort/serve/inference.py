@@ -99,7 +99,7 @@ class BatchedClassifier:
         with self._stats_lock:
             self.stats.calls += 1
             self.stats.images += len(batch)
-        for (_, done), p_cat in zip(batch, probabilities):
+        for (_, done), p_cat in zip(batch, probabilities, strict=True):
             done.set_result(float(p_cat))
 
 
