@@ -384,14 +384,15 @@ def group_cats_section(folder: Path, count: int, jobs: int, repeats: int, work: 
     for path in files:
         os.link(path, view / path.name)
     print(f"\n--group-cats: {len(files)} files of {folder.name}, --copy --no-cache, median of {repeats}")
-    plain, grouped = [], []
+    plain: list[Run] = []
+    grouped: list[Run] = []
     for repeat in range(repeats):
         for runs, extra in ((plain, []), (grouped, ["--group-cats"])):
             out = work / f"group-sorted-{len(extra)}"
             shutil.rmtree(out, ignore_errors=True)
             runs.append(run_cli([str(view), "--no-cache", "-j", str(jobs), "--copy", "--out", str(out), *extra,
                                  "--report", str(work / f"g{len(extra)}-{repeat}.csv")], len(files), work / "unused-cache"))
-    slowdown = statistics.median(1 - with_groups.rate / without.rate for without, with_groups in zip(plain, grouped))
+    slowdown = statistics.median(1 - with_groups.rate / without.rate for without, with_groups in zip(plain, grouped, strict=True))
     for name, runs in (("--copy", plain), ("--copy --group-cats", grouped)):
         run = _median_run(runs)
         print(f"  {name:27s} {run.rate:7.1f} images/s  ({run.seconds:.1f} s)   runs: {', '.join(f'{r.rate:.1f}' for r in runs)}")

@@ -140,7 +140,7 @@ class _Vectors:
     """The cat photos' vectors, spooled to a temporary file so that memory stays flat."""
 
     def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the grouper's life, closed by close()
         self.count = 0
         self.dimensions = 0
 
@@ -202,10 +202,10 @@ class CatGrouper:
                 cat.name, cat.changed = self._names[cat.number], True
         by_number = {cat.number: cat for cat in kept}
         ids, members = [], []
-        for digest, provisional in zip(self._digests, numbers):
-            cat = by_number.get(final.get(provisional, 0))
-            ids.append(cat.id if cat else UNKNOWN)
-            members.append((digest, cat.number if cat else 0))  # unknown stays unknown on a re-run
+        for digest, provisional in zip(self._digests, numbers, strict=False):
+            found = by_number.get(final.get(provisional, 0))
+            ids.append(found.id if found else UNKNOWN)
+            members.append((digest, found.number if found else 0))  # unknown stays unknown on a re-run
         return Grouping(ids, kept, members)
 
     def remember(self, grouping: Grouping) -> None:
@@ -303,6 +303,6 @@ def names_template(grouping: Grouping, examples: dict[str, str]) -> str:
 
 def examples_of(ids: Iterable[str], paths: Iterable[str]) -> dict[str, str]:
     found: dict[str, str] = {}
-    for cat, path in zip(ids, paths):
+    for cat, path in zip(ids, paths, strict=False):
         found.setdefault(cat, path)
     return found

@@ -204,7 +204,7 @@ def _blobs(seed: int, cats: int, per_cat: int, dimensions: int = 64) -> tuple[np
 def _group(vectors: np.ndarray, digests: list[str]) -> list[str]:
     grouper = CatGrouper(None)
     try:
-        for digest, vector in zip(digests, vectors):
+        for digest, vector in zip(digests, vectors, strict=True):
             grouper.add(digest, vector)
         return grouper.group().ids
     finally:
