@@ -406,7 +406,7 @@ def test_plain_lines_when_stderr_is_not_a_terminal(run_cli, library: Path) -> No
     result = run_cli(library, "-j", "1")
     assert result.returncode == 0
     assert "\x1b[" not in result.stderr and "━" not in result.stderr
-    summary = result.stderr.splitlines()
+    summary = [line for line in result.stderr.splitlines() if "files so far" not in line]  # a slow run logs progress
     assert summary[0].startswith(f"{len(IMAGES)} files in ") and "/s)" in summary[0]
     assert any(line.startswith("labels: ") for line in summary) and "failed: 0" in summary
 
