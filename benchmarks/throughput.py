@@ -49,8 +49,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/, for the camera-style thumbnail
-from notcat_sort.model import default_model_path, load_card  # noqa: E402
-from training.thumbnails import camera_thumbnail  # noqa: E402
+from notcat_sort.model import default_model_path, load_card
+from training.thumbnails import camera_thumbnail
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -426,7 +426,7 @@ def fast_path_section(folder: Path, count: int, jobs: int, repeats: int, work: P
     fast_labels, full_labels = _labels(work / "fast0.csv"), _labels(work / "full0.csv")
     agreement = sum(fast_labels[path][0] == full_labels[path][0] for path in full_labels) / len(full_labels)
     share = sum(source == "thumbnail" for _, source in fast_labels.values()) / len(fast_labels)
-    ratio = statistics.median(a.rate / b.rate for a, b in zip(fast, full))
+    ratio = statistics.median(a.rate / b.rate for a, b in zip(fast, full, strict=True))
     quick, slow = _median_run(fast), _median_run(full)
     print(f"  {'fast path (default)':27s} {quick.rate:7.1f} images/s  ({quick.seconds:.1f} s, {quick.cpu_ms_per_image:.0f} "
           f"CPU ms/image)   target >= {TARGET_FAST_PATH:.0f}: {verdict(quick.rate >= TARGET_FAST_PATH)}"

@@ -208,7 +208,7 @@ def _infer(candidates: list[Candidate], inputs: dict[int, _Input], card: ModelCa
                               file_key=item.key) for i, item in inputs.items()}
     return {i: Prediction(candidates[i], float(p_cat), item.digest, file_key=item.key, source=item.source,
                           embedding=None if embeddings is None else embeddings[n])
-            for n, ((i, item), p_cat) in enumerate(zip(inputs.items(), probabilities))}
+            for n, ((i, item), p_cat) in enumerate(zip(inputs.items(), probabilities, strict=True))}
 
 
 def classify_batch(candidates: list[Candidate], settings: ClassifySettings,

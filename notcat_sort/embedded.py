@@ -104,7 +104,8 @@ class _Tiff:
 
     def ifds(self) -> list[dict[int, tuple[int, int, int]]]:
         """IFD0 and its chain, with every SubIFD and EXIF IFD below them, each once."""
-        found, seen, todo = [], set(), [self.first_ifd()]
+        found: list[dict[int, tuple[int, int, int]]] = []
+        seen, todo = set(), [self.first_ifd()]
         while todo and len(found) < _MAX_IFDS:
             offset = todo.pop(0)
             if not offset or offset in seen or self.base + offset + 2 > len(self.data):

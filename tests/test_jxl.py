@@ -3,12 +3,8 @@ row that says so, never skipped in silence."""
 
 from __future__ import annotations
 
-import io
-import shutil
-
 import pytest
 from PIL import Image
-
 from shared_data import SHARED, requires
 
 PHOTO = SHARED / "samples" / "orientation" / "Landscape_0.jpg"

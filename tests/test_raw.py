@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import SHARED, need, requires
 
 from notcat_sort import embedded
 from notcat_sort.decode import decode, upright
 from notcat_sort.embedded import NoPreview, raw_preview
-
-from shared_data import SHARED, need, requires
 
 RAW = SHARED / "samples" / "raw"
 PHOTO = SHARED / "samples" / "orientation" / "Landscape_0.jpg"  # any real photo will do as the preview
@@ -101,7 +100,7 @@ def test_the_embedded_preview_is_found_in_each_container(raws, libraw, monkeypat
 
 
 def test_the_containers_orientation_is_honoured(tmp_path):
-    files, jpeg = build_raws(tmp_path / "photos", orientation=6)
+    files, _ = build_raws(tmp_path / "photos", orientation=6)
     for raw in files:
         if raw.suffix == ".raf":  # RAF has no IFD0 of its own: its preview's EXIF says
             continue

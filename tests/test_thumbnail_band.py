@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shared_data import SHARED, requires
 
 from notcat_sort.content import sha256_file
 from notcat_sort.model import card_path, load_card
-
-from shared_data import SHARED, requires
 from training.data import limit, load_items
 from training.thumbnails import choose_band, choose_for_model, out_of_source, write_band
 

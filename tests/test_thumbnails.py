@@ -13,10 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from shared_data import SHARED, requires
 
 from notcat_sort.model import card_path
-
-from shared_data import SHARED, requires
 
 CAMERA = SHARED / "samples" / "camera"
 # Camera JPEGs whose IFD1 thumbnail is current: 4:3 like the image, no editor, not modified later.
