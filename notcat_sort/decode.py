@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,7 +27,9 @@ except ImportError:  # pragma: no cover - depends on the install
     pillow_heif = None  # type: ignore[assignment]
 
 try:  # JPEG XL: optional, see the `jxl` extra; importing it registers the format with Pillow.
-    import pillow_jxl
+    import pillow_jxl as _pillow_jxl
+
+    pillow_jxl: ModuleType | None = _pillow_jxl
 except ImportError:  # pragma: no cover - depends on the install
     pillow_jxl = None
 

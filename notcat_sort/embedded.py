@@ -21,11 +21,14 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from types import ModuleType
 
 from PIL import Image
 
 try:  # libraw, where it has wheels; the reader below covers the common containers without it
-    import rawpy
+    import rawpy as _rawpy
+
+    rawpy: ModuleType | None = _rawpy
 except ImportError:  # pragma: no cover - depends on the install
     rawpy = None
 
@@ -228,9 +231,12 @@ def _libraw_preview(data: bytes) -> Embedded | None:
             flip = raw.sizes.flip
     except Exception:  # noqa: BLE001 - libraw refuses (stripped or unknown file): try the tags ourselves
         return None
-    if thumb.format != rawpy.ThumbFormat.JPEG or _jpeg_size(thumb.data, 0) is None:
+    if thumb.format != rawpy.ThumbFormat.JPEG:
         return None
-    return Embedded(bytes(thumb.data), _LIBRAW_FLIP.get(flip, 0))
+    jpeg = bytes(thumb.data)
+    if _jpeg_size(jpeg, 0) is None:
+        return None
+    return Embedded(jpeg, _LIBRAW_FLIP.get(flip, 0))
 
 
 def raw_preview(source: bytes | Path) -> Embedded:
