@@ -51,7 +51,8 @@ def test_sort_labels_agree_with_training_evaluate(run_cli, tmp_path: Path, share
     folder = unseen_photos(shared, tmp_path / "unseen")
 
     expected = evaluate_predictions(model, folder)
-    result = run_cli(folder, "--model", model, "--report", "-", "-j", "2", "--no-cache")
+    # --full-decode: the same pixels as evaluate; the EXIF-thumbnail fast path is tested in test_thumbnails.py
+    result = run_cli(folder, "--model", model, "--report", "-", "-j", "2", "--no-cache", "--full-decode")
 
     rows = {Path(row["path"]).resolve(): row for row in result.rows()}
     assert len(expected) == len(list(folder.rglob("*.jpg"))) and rows.keys() == expected.keys()
