@@ -92,8 +92,12 @@ def test_a_thumbnail_in_the_band_is_checked_by_decoding_the_image(library, model
            {name: (row["p_cat"], row["source"]) for name, row in full.items()}
 
 
-def test_without_a_band_in_the_card_the_image_always_decides(library, run_cli):
-    rows = rows_by_name(run_cli(library / "exif-org", "--report", "-", "-j", "2", "--no-cache"), library / "exif-org")
+def test_without_a_band_in_the_card_the_image_always_decides(library, model_copy, run_cli):
+    card = json.loads(card_path(model_copy).read_text())
+    card.pop("thumbnail", None)
+    card_path(model_copy).write_text(json.dumps(card))
+    rows = rows_by_name(run_cli(library / "exif-org", "--model", model_copy, "--report", "-", "-j", "2", "--no-cache"),
+                        library / "exif-org")
     assert rows and {row["source"] for row in rows.values()} <= {"image", ""}
 
 
