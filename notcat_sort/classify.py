@@ -31,7 +31,7 @@ from PIL import Image
 
 from notcat_sort.cache import FileKey, Known, PredictionCache, open_cache
 from notcat_sort.content import sha256_file
-from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, decode, exif_orientation
+from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, OverPixelCap, decode, exif_orientation
 from notcat_sort.embedded import NoPreview, Source, exif_thumbnail, raw_preview
 from notcat_sort.model import Classifier, ModelCard
 from notcat_sort.scan import Candidate
@@ -190,6 +190,8 @@ def _decoded(candidate: Candidate, key: FileKey, digest: str, photo: bytes | Pat
             image, source = decode(photo, settings.card.input_size, settings.max_pixels), Source.IMAGE
         else:
             image, source = _model_input(candidate, photo, settings)
+    except OverPixelCap as error:  # the command line's own way to allow more
+        return Prediction(candidate, sha256=digest, error=f"{error}; raise it with --max-pixels", file_key=key)
     except DecodeError as error:
         return Prediction(candidate, sha256=digest, error=str(error), file_key=key)
     except OSError as error:

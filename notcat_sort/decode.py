@@ -63,6 +63,10 @@ class DecodeError(Exception):
     """The file could not be turned into model input; the message says why."""
 
 
+class OverPixelCap(DecodeError):
+    """The image has more pixels than the caller allows; the caller names its own way to allow more."""
+
+
 def exif_orientation(image: Image.Image) -> int:
     """EXIF orientation 1-8; 1 when absent or unreadable (malformed EXIF must not fail a photo)."""
     try:
@@ -111,9 +115,9 @@ def decode(source: bytes | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
         with Image.open(stream) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise DecodeError(
+                raise OverPixelCap(
                     f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
-                    f"{max_pixels / 1e6:.0f} MP cap; raise it with --max-pixels"
+                    f"{max_pixels / 1e6:.0f} MP cap"
                 )
             # pillow-heif has already applied the HEIF irot/imir transforms, which the format
             # makes authoritative (EXIF orientation there is informative): apply nothing twice.
