@@ -91,16 +91,6 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, weights: np.ndarray, fold: np.ndar
     return logits, probes
 
 
-def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """The cut with the best cat F1 (ties: nearest 0.5). F1 rather than accuracy: it does not reward
-    calling everything not-cat, whatever share of cats a library has."""
-    candidates = np.unique(np.concatenate([p, [0.5]]))
-    if len(candidates) > 4000:
-        candidates = np.quantile(candidates, np.linspace(0, 1, 4000))
-    scores = [(metrics.binary(y, p >= t)["f1"], -abs(t - 0.5)) for t in candidates]
-    return float(candidates[max(range(len(scores)), key=scores.__getitem__)])
-
-
 def _zero_shot_logit(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     p = np.exp(z)
@@ -162,7 +152,7 @@ def fit(cfg: Config, command: str) -> dict:
 
     temperature = calibration.fit_temperature(logits[outside], y[outside])
     p_int8_oof = calibration.sigmoid(logits / temperature)
-    threshold = choose_threshold(y[outside], p_int8_oof[outside])
+    threshold = metrics.choose_threshold(y[outside], p_int8_oof[outside])
     ece = {"out_of_source_before": calibration.expected_calibration_error(calibration.sigmoid(logits[outside]), y[outside]),
            "out_of_source_after": calibration.expected_calibration_error(p_int8_oof[outside], y[outside]),
            "in_source_before": calibration.expected_calibration_error(calibration.sigmoid(logits[~outside]), y[~outside]),
@@ -235,7 +225,7 @@ def fit(cfg: Config, command: str) -> dict:
 def _scored(name: str, logits: np.ndarray, y: np.ndarray, outside: np.ndarray) -> dict:
     """A comparison row: the out-of-source F1 and accuracy at the variant's own best threshold."""
     p = calibration.sigmoid(logits)
-    cut = choose_threshold(y[outside], p[outside])
+    cut = metrics.choose_threshold(y[outside], p[outside])
     scores = metrics.binary(y[outside], p[outside] >= cut)
     print(f"  {name:<62} F1 {scores['f1']:.4f}  accuracy {scores['accuracy']:.4f}", flush=True)
     return {"variant": name, "out_of_source_f1": scores["f1"], "out_of_source_accuracy": scores["accuracy"],

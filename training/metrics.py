@@ -51,14 +51,13 @@ def report(y_true: np.ndarray, p_cat: np.ndarray, groups: list[str], threshold: 
 
 
 def choose_threshold(y_true: np.ndarray, p_cat: np.ndarray) -> float:
-    """Most accurate cut on the given validation images; ties go to the cut nearest 0.5."""
+    """The cut with the best cat F1 (ties: nearest 0.5). F1 rather than accuracy: it does not reward
+    calling everything not-cat, whatever share of cats a library has."""
     candidates = np.unique(np.concatenate([p_cat, [0.5]]))
-    y_true = np.asarray(y_true, bool)
-    best = max(
-        candidates,
-        key=lambda t: (np.mean((p_cat >= t) == y_true), -abs(t - 0.5)),
-    )
-    return float(best)
+    if len(candidates) > 4000:
+        candidates = np.quantile(candidates, np.linspace(0, 1, 4000))
+    scores = [(binary(y_true, p_cat >= t)["f1"], -abs(t - 0.5)) for t in candidates]
+    return float(candidates[max(range(len(scores)), key=scores.__getitem__)])
 
 
 def format_report(title: str, result: dict) -> str:
