@@ -41,19 +41,22 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
     """fit on a few dozen real images: folds, the teacher's cached outputs, int8 model, card, evaluate."""
     out, work = tmp_path / "models", tmp_path / "runs"
     tiny = ["fit", "--data", str(POOL), "--out", str(out), "--workdir", str(work), "--limit", "64",
-            "--calibration", "8", "--folds", "2"]
+            "--calibration", "8", "--folds", "2", "--finetune-epochs", "1"]
     main(tiny)
     first = capsys.readouterr().out
-    assert "features at 224 px" in first or "images x 1 views" in first  # the frozen teacher ran once ...
-    cached = sorted((work / "features").glob("*.npz"))
-    assert len(cached) == 1
-    stamp = cached[0].stat().st_mtime_ns
+    assert "features of 72 images in" in first  # the frozen teacher ran once (64 + 8 synthetic) ...
+    assert "trunk to stage 6 of 72 images in" in first
+    cached = sorted((work / "features").glob("*.npz")) + sorted((work / "features").glob("*trunk6*.npy"))
+    assert len(cached) == 2
+    stamps = [path.stat().st_mtime_ns for path in cached]
     model = out / "notcat-lite0.onnx"
     raw = json.loads(model.with_suffix(".json").read_text())
 
     main(tiny)  # ... and a rerun reuses its outputs instead of running it again
-    assert "views in" not in capsys.readouterr().out
-    assert cached[0].stat().st_mtime_ns == stamp and sorted((work / "features").glob("*.npz")) == cached
+    again = capsys.readouterr().out
+    assert "features of" not in again and "trunk to stage" not in again
+    assert [path.stat().st_mtime_ns for path in cached] == stamps
+    assert sorted((work / "features").glob("*.npz")) == cached[:1]
     assert json.loads(model.with_suffix(".json").read_text())["validation"]["fold_probes"] == \
         raw["validation"]["fold_probes"]  # deterministic
 
@@ -61,7 +64,9 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
     assert card.input_size == 224 and card.labels == ("not-cat", "cat") and 0 < card.threshold < 1
     assert raw["size_bytes"] == model.stat().st_size <= 4_000_000
     assert raw["training"]["command"].startswith("python -m training fit")
-    assert raw["validation"]["chosen"] in {row["variant"] for row in raw["validation"]["comparison"]}
+    variants = [row["variant"] for row in raw["validation"]["comparison"]]
+    assert raw["validation"]["chosen"] in variants
+    assert sum("LP-FT + ImageNet distillation" in name for name in variants) == 2  # WiSE-FT alphas 0.5 and 1
     assert len(raw["validation"]["fold_probes"]) == 2
     assert raw["calibration"]["temperature"] > 0
     outside = raw["metrics"]["out_of_source"]["int8"]["overall"]["n"]
@@ -224,3 +229,65 @@ def test_onnx_matches_pytorch(quantized: Path, shipped: torch.nn.Module, real_im
     with torch.inference_mode():
         expected = shipped(torch.from_numpy(real_images))[0].numpy()[:, 1]
     np.testing.assert_allclose(_p_cat(quantized / "fp32.onnx", real_images), expected, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def cached_pool(tmp_path_factory: pytest.TempPathFactory):
+    """A dozen real images through fit's caches: the teacher's outputs and the trunk below stage 6."""
+    from training import features
+    from training.model import ARCH
+
+    work = tmp_path_factory.mktemp("features")
+    items = data.limit(data.load_items(POOL), 12, seed=3)
+    return (items, features.outputs(items, ARCH, 224, work), features.trunk(items, ARCH, 224, 6, work),
+            features.pixels(items, 224, work))
+
+
+def _tuned(cached_pool, distillation: float):
+    """LP-FT of the top stage on the dozen images, hard (high learning rate, several epochs)."""
+    from training import finetune, prior, probe
+    from training.model import imagenet_classifier, imagenet_model
+
+    items, teacher, trunk, _ = cached_pool
+    net = imagenet_model().eval()
+    evidence = prior.Evidence(imagenet_classifier(net))
+    y, weights = np.array([item.target for item in items]), np.ones(len(items))
+    start = probe.fit(prior.evidence(evidence, teacher.features), y, weights, 0.1)
+    top = finetune.Top(net, 6)
+    recipe = finetune.Recipe(epochs=6, lr=3e-3, batch=4, distillation=distillation)
+    tuned = finetune.tune(top, imagenet_classifier(net), evidence, start, trunk, teacher.logits, y, weights,
+                          np.arange(len(items)), recipe, seed=0)
+    return net, top, tuned
+
+
+def test_the_tuned_top_starts_as_imagenet_and_installs_into_the_network(cached_pool) -> None:
+    from training import finetune
+    from training.model import normalise, pooled_features
+
+    _, teacher, trunk, pixels = cached_pool
+    net, top, tuned = _tuned(cached_pool, distillation=1.0)
+    np.testing.assert_allclose(finetune.pooled(top, trunk), teacher.features, atol=5e-3)  # from the fp16 cache
+    assert np.abs(finetune.pooled(tuned, trunk) - teacher.features).max() > 0.05  # tuning moved it
+    with torch.inference_mode():
+        whole = pooled_features(tuned.installed(net).eval(), normalise(torch.from_numpy(np.asarray(pixels))))
+    np.testing.assert_allclose(whole.numpy(), finetune.pooled(tuned, trunk), atol=5e-3)
+    half = finetune.pooled(finetune.wise(top, tuned, 0.5), trunk)
+    assert np.allclose(finetune.pooled(finetune.wise(top, tuned, 0.0), trunk), finetune.pooled(top, trunk))
+    assert 0 < np.abs(half - teacher.features).mean() < np.abs(finetune.pooled(tuned, trunk) - teacher.features).mean()
+
+
+def test_distillation_keeps_the_imagenet_outputs(cached_pool) -> None:
+    """The teacher term is what keeps the tuned network's 1000 ImageNet outputs near the frozen ones."""
+    from training import finetune
+    from training.model import imagenet_classifier
+
+    _, teacher, trunk, _ = cached_pool
+
+    def drift(distillation: float) -> float:
+        net, _, tuned = _tuned(cached_pool, distillation)
+        with torch.inference_mode():
+            student = imagenet_classifier(net)(torch.from_numpy(finetune.pooled(tuned, trunk)))
+        teacher_p = torch.softmax(torch.from_numpy(teacher.logits), dim=1)
+        return float((teacher_p * (teacher_p.log() - torch.log_softmax(student, dim=1))).sum(dim=1).mean())
+
+    assert drift(10.0) < 0.5 * drift(0.0)

