@@ -67,6 +67,8 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
     variants = [row["variant"] for row in raw["validation"]["comparison"]]
     assert raw["validation"]["chosen"] in variants
     assert sum("LP-FT + ImageNet distillation" in name for name in variants) == 2  # WiSE-FT alphas 0.5 and 1
+    assert "frozen network, evidence C=0.1 (float)" in variants  # their like-for-like reference ...
+    assert raw["validation"]["chosen"] != "frozen network, evidence C=0.1 (float)"  # ... which never ships
     assert len(raw["validation"]["fold_probes"]) == 2
     assert raw["calibration"]["temperature"] > 0
     outside = raw["metrics"]["out_of_source"]["int8"]["overall"]["n"]

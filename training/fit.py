@@ -160,6 +160,9 @@ def fit(cfg: Config, command: str) -> dict:
     if recipe.epochs:
         evidence_variants = [v for v in variants if v.reads == "evidence"]
         tuned_c = max(evidence_variants, key=lambda v: _rank(candidates[v])).c
+        # Like for like with the tuned rows (float, probes fitted on float evidence); a reference, not a candidate.
+        comparison.append(_scored(f"frozen network, evidence C={tuned_c:g} (float)",
+                                  out_of_fold(fp32_inputs["evidence"], y, weights, fold, tuned_c)[0], y, outside))
         trunk = features.trunk(items, ARCH, cfg.size, recipe.stage, workdir)
         tuned_logits = finetune.out_of_fold(top, imagenet_classifier(backbone), evidence_module, trunk, cached.logits,
                                             fp32_inputs["evidence"], y, weights, fold, tuned_c, recipe, cfg.seed)
@@ -264,7 +267,7 @@ def _scored(name: str, logits: np.ndarray, y: np.ndarray, outside: np.ndarray) -
     p = calibration.sigmoid(logits)
     cut = metrics.choose_threshold(y[outside], p[outside])
     scores = metrics.binary(y[outside], p[outside] >= cut)
-    print(f"  {name:<62} F1 {scores['f1']:.4f}  accuracy {scores['accuracy']:.4f}", flush=True)
+    print(f"  {name:<90} F1 {scores['f1']:.4f}  accuracy {scores['accuracy']:.4f}", flush=True)
     return {"variant": name, "out_of_source_f1": scores["f1"], "out_of_source_accuracy": scores["accuracy"],
             "threshold": cut}
 
