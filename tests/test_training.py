@@ -17,7 +17,8 @@ from notcat_sort.model import Classifier, load_card  # noqa: E402
 from notcat_sort.scan import scan  # noqa: E402
 from training import data  # noqa: E402
 from training.__main__ import main  # noqa: E402
-from training.evaluate import evaluate, run_model  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
+from training.runtime import run as run_model  # noqa: E402
 
 pytestmark = pytest.mark.train
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from notcat_sort.decode import DecodeError, decode
 from notcat_sort.model import Classifier, card_path, load_card
-from training import calibration, data, metrics, probe, splits
+from training import calibration, data, metrics, probe, runtime, splits
 
 
 def predict(classifier: Classifier, sources: list, batch: int = 32):
@@ -73,21 +73,6 @@ def plots(y_true: np.ndarray, p_cat: np.ndarray, threshold: float, out: Path, ti
     fig.savefig(pr_png, dpi=120)
     plt.close(fig)
     return [confusion_png, pr_png]
-
-
-def run_model(model: Path, images: np.ndarray, outputs: tuple[str, ...], batch: int = 64) -> dict[str, np.ndarray]:
-    """The named outputs of an ONNX model over a (N, S, S, 3) uint8 array (memory-mapped is fine)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
-    for start in range(0, len(images), batch):
-        for name, value in zip(outputs, session.run(list(outputs), {"image": np.asarray(images[start:start + batch])}), strict=True):
-            parts[name].append(value)
-    return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def out_of_fold_p(head_input: np.ndarray, fold: np.ndarray, probes: list[probe.Probe], temperature: float) -> np.ndarray:
@@ -155,7 +140,7 @@ def evaluate(model: Path, roots: list[Path], split: str, out: Path | None, thres
     keep = outside if split == "out-of-source" else ~outside
     chosen = [item for item, kept in zip(items, keep, strict=True) if kept]
     images = data.runtime_batch(chosen, card.input_size)
-    head_input = run_model(model, images, (head["reads"],))[head["reads"]]
+    head_input = runtime.run(model, images, (head["reads"],))[head["reads"]]
     probes = [probe.Probe.from_json(raw) for raw in validation["fold_probes"]]
     p_cat = out_of_fold_p(head_input, fold[keep], probes, head["temperature"])
     y_true = np.array([item.target for item in chosen])

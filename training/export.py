@@ -33,6 +33,7 @@ import onnx
 import torch
 from torch import nn
 
+from training import runtime
 from training.model import PIXEL_STEP, PIXEL_ZERO
 
 OPSET = 17
@@ -206,16 +207,12 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
 
 def channel_means(model: onnx.ModelProto, tensors: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
     """Mean of each channel of NCHW `tensors` over `images` (and all positions)."""
-    import onnxruntime as ort
-
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {output.name for output in probe.graph.output}
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                               for name in tensors if name not in known)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = runtime.session(probe.SerializeToString())
     sums: dict[str, np.ndarray] = {name: np.zeros(0) for name in tensors}
     for start in range(0, len(images), 32):
         for name, value in zip(tensors, session.run(tensors, {"image": images[start:start + 32]}), strict=True):

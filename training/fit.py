@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import calibration, card, data, evaluate, export, features, finetune, metrics, prior, probe, splits, thumbnails
+from training import calibration, card, data, evaluate, export, features, finetune, metrics, prior, probe, runtime, splits, thumbnails
 from training.model import ARCH, Shipped, imagenet_classifier, imagenet_model
 
 CIFAR_WEIGHT = 0.25  # 32 px images: a tenth of the pool, and nothing like a user's photo
@@ -138,7 +138,7 @@ def fit(cfg: Config, command: str) -> dict:
     # The heads are fitted on what the shipped int8 backbone computes, not on the float features.
     placeholder = probe.Probe(np.zeros(len(prior.EVIDENCE_NAMES)), 0.0, np.zeros(len(prior.EVIDENCE_NAMES)),
                               np.ones(len(prior.EVIDENCE_NAMES)))
-    inputs = evaluate.run_model(quantized(placeholder, 1.0, "evidence"), pixels, ("embedding", "evidence"))
+    inputs = runtime.run(quantized(placeholder, 1.0, "evidence"), pixels, ("embedding", "evidence"))
     inputs = {name: value.astype(np.float64) for name, value in inputs.items()}
     weights = sample_weights(items)
 
@@ -184,7 +184,7 @@ def fit(cfg: Config, command: str) -> dict:
         tuned_features = finetune.pooled(top, trunk)
         fp32_inputs = {"embedding": tuned_features.astype(np.float64),
                        "evidence": prior.evidence(evidence_module, tuned_features)}
-        inputs = evaluate.run_model(quantized(placeholder, 1.0, "evidence"), pixels, ("embedding", "evidence"))
+        inputs = runtime.run(quantized(placeholder, 1.0, "evidence"), pixels, ("embedding", "evidence"))
         inputs = {name: value.astype(np.float64) for name, value in inputs.items()}
     logits, fold_probes = out_of_fold(inputs[chosen.reads], y, weights, fold, chosen.c)
 
@@ -200,7 +200,7 @@ def fit(cfg: Config, command: str) -> dict:
 
     final = probe.fit(inputs[chosen.reads], y, weights, chosen.c)
     int8_path = quantized(final, temperature, chosen.reads)
-    shipped = evaluate.run_model(int8_path, pixels, (Shipped.OUTPUTS[0], chosen.reads))
+    shipped = runtime.run(int8_path, pixels, (Shipped.OUTPUTS[0], chosen.reads))
     if not np.allclose(shipped[chosen.reads], inputs[chosen.reads], atol=1e-5):
         raise RuntimeError("the re-quantized backbone differs from the one the head was fitted on")
     p_int8 = shipped[Shipped.OUTPUTS[0]][:, 1].astype(np.float64)
