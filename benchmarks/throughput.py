@@ -1,6 +1,6 @@
 """End-to-end throughput benchmark of `notcat-sort` against a naive baseline.
 
-    python benchmarks/throughput.py [--quick] [--profile]
+    python benchmarks/throughput.py [--quick] [--profile] [--only-fast-path | --only-group-cats]
 
 The corpus is made from the photos in ../shared and kept in tmp/benchmarks between runs:
 
@@ -468,6 +468,7 @@ def main() -> None:
     parser.add_argument("--web-files", type=int, default=800, help="1 MP JPEGs to sort")
     parser.add_argument("--thumbnail-files", type=int, default=240, help="12 MP JPEGs with EXIF thumbnails")
     parser.add_argument("--only-fast-path", action="store_true", help="measure only the EXIF-thumbnail fast path")
+    parser.add_argument("--only-group-cats", action="store_true", help="measure only --copy with and without --group-cats")
     parser.add_argument("--library-files", type=int, default=20_000,
                         help="small files in the memory / cached re-run tree")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each throughput measurement (median printed)")
@@ -490,6 +491,12 @@ def main() -> None:
         sys.exit(f"notcat-sort is not installed beside {sys.executable}")
 
     print(f"building/reusing the corpus in {CORPUS} ...", flush=True)
+    if args.only_group_cats:
+        web = photo_corpus("web-1mp", (1200, 900), 48 if not args.quick else 12, args.web_files)
+        with tempfile.TemporaryDirectory(prefix="notcat-bench-") as temporary:
+            checks = group_cats_section(web, args.web_files, args.jobs, args.repeats, Path(temporary))
+        print(f"\n{sum(checks)} of {len(checks)} targets met" + ("" if all(checks) else " (see FAIL above)"))
+        return
     with_thumbnails = photo_corpus("camera-12mp-thumbnails", (4000, 3000), 16 if not args.quick else 6,
                                    args.thumbnail_files, thumbnails=True)
     if not args.only_fast_path:

@@ -9,23 +9,26 @@ Validation holds out whole cats (4 folds by cat): the runtime meets cats the hea
 Photos of one cat taken close in time (a session: EXIF times within `SESSION_MINUTES`, or, for
 photos without a time, near-duplicates by raw embedding) stay together, and nearest-neighbour
 accuracy is measured across sessions only: a photo's neighbour from its own session does not
-count. The clusters are made by the runtime's grouping (notcat_sort.cats); the threshold printed
-(and shipped with the head) is the one with the best pairwise recall at pairwise precision >=
-`PRECISION_TARGET`, pairs pooled over the held-out folds, so those numbers are tuned on them
-(optimistic).
+count. The clusters are made by the runtime's grouping (notcat_sort.cats). Each fold's clusters
+are cut at the threshold chosen on the other folds (best pairwise recall at pairwise precision
+>= `PRECISION_TARGET`, pairs pooled), so the precision and recall printed are measured on cats
+that chose nothing; the threshold shipped with the head is the one chosen on all the folds.
+`held_out` needs no torch: benchmarks/identity.py measures other embeddings and clusterings
+with it.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from notcat_sort.cats import CatGrouper, IdentityHead, head_path, unit
+from notcat_sort.cats import AS_GIVEN, MIN_PHOTOS, RAW, UNKNOWN, CatGrouper, IdentityHead, head_path, unit
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, decode
 from notcat_sort.model import Classifier, load_card
 
@@ -76,10 +79,10 @@ def load(data: Path, model: Path) -> Photos:
     embeddings_array = np.concatenate(embeddings)
     cats_array = np.array(cats)
     return Photos(paths, cats_array, [folder.name for folder in folders], embeddings_array,
-                  np.concatenate(mirrored), _sessions(paths, cats_array, embeddings_array))
+                  np.concatenate(mirrored), sessions_of(paths, cats_array, embeddings_array))
 
 
-def _sessions(paths: list[Path], cats: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+def sessions_of(paths: list[Path], cats: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
     """Connected components of "same cat, and taken within SESSION_MINUTES (or near-duplicates)"."""
     parent = list(range(len(paths)))
 
@@ -117,20 +120,106 @@ def nearest_neighbour_accuracy(vectors: np.ndarray, cats: np.ndarray, sessions: 
     return hits / len(queries), len(queries)
 
 
-def cluster_scores(vectors: np.ndarray, cats: np.ndarray, threshold: float) -> dict:
-    """Pairwise precision and recall of the runtime's grouping (unknown photos pair with nothing)."""
-    grouper = CatGrouper(None, threshold=threshold)
-    try:
-        for i, vector in enumerate(vectors):
-            grouper.add(f"{i:08d}", vector)
-        ids = np.array(grouper.group().ids)
-    finally:
-        grouper.close()
+# A clustering: unit vectors and the thresholds to try -> a label per photo for each (-1: unknown).
+Clustering = Callable[[np.ndarray, np.ndarray], list[np.ndarray]]
+
+
+def runtime_clusters(vectors: np.ndarray, thresholds: np.ndarray) -> list[np.ndarray]:
+    """The runtime's grouping (notcat_sort.cats), vectors taken as they are."""
+    labels = []
+    for threshold in thresholds:
+        grouper = CatGrouper(None, head=AS_GIVEN, threshold=float(threshold))
+        try:
+            for i, vector in enumerate(vectors):
+                grouper.add(f"{i:08d}", vector)
+            ids = grouper.group().ids
+        finally:
+            grouper.close()
+        numbers: dict[str, int] = {}
+        labels.append(np.array([-1 if found == UNKNOWN else numbers.setdefault(found, len(numbers)) for found in ids]))
+    return labels
+
+
+def average_linkage(vectors: np.ndarray, thresholds: np.ndarray) -> list[np.ndarray]:
+    """Agglomerative clustering, average linkage on cosine similarity, cut at each threshold;
+    groups of one photo are unknown. Dense (N x N): for measuring, not for a library."""
+    count = len(vectors)
+    similarity = (vectors @ vectors.T).astype(np.float64)
+    np.fill_diagonal(similarity, -np.inf)
+    size = np.ones(count)
+    merges = []  # (similarity, kept, absorbed), in merge order
+    for _ in range(count - 1):
+        kept, absorbed = np.unravel_index(int(np.argmax(similarity)), similarity.shape)
+        if not np.isfinite(similarity[kept, absorbed]):
+            break
+        merges.append((similarity[kept, absorbed], kept, absorbed))
+        row = (similarity[kept] * size[kept] + similarity[absorbed] * size[absorbed]) / (size[kept] + size[absorbed])
+        similarity[kept], similarity[:, kept] = row, row
+        similarity[absorbed], similarity[:, absorbed] = -np.inf, -np.inf
+        similarity[kept, kept] = -np.inf
+        size[kept] += size[absorbed]
+    labels = []
+    for threshold in thresholds:
+        parent = np.arange(count)
+        for value, kept, absorbed in merges:
+            if value < threshold:
+                break
+            parent[parent == absorbed] = kept
+        found = np.unique(parent, return_inverse=True)[1]
+        labels.append(np.where(np.bincount(found)[found] >= MIN_PHOTOS, found, -1))
+    return labels
+
+
+CLUSTERINGS: dict[str, Clustering] = {"runtime": runtime_clusters, "average linkage": average_linkage}
+
+
+def pair_counts(labels: np.ndarray, cats: np.ndarray) -> tuple[int, int, int]:
+    """(pairs grouped together that are one cat, pairs grouped together, pairs that are one cat)."""
     upper = np.triu_indices(len(cats), 1)
     same_cat = (cats[:, None] == cats[None, :])[upper]
-    grouped = ((ids[:, None] == ids[None, :]) & (ids[:, None] != "unknown"))[upper]
-    return {"together": int(np.sum(grouped & same_cat)), "grouped": int(grouped.sum()), "same": int(same_cat.sum()),
-            "threshold": float(threshold), "unknown": int(np.sum(ids == "unknown"))}
+    grouped = ((labels[:, None] == labels[None, :]) & (labels[:, None] >= 0))[upper]
+    return int(np.sum(grouped & same_cat)), int(grouped.sum()), int(same_cat.sum())
+
+
+def _best(counts: np.ndarray) -> int:
+    """Index of the threshold with the best pooled recall at pooled precision >= PRECISION_TARGET
+    (counts: thresholds x (together, grouped, same)); the most precise one if none gets there."""
+    precision = counts[:, 0] / np.maximum(counts[:, 1], 1)
+    recall = counts[:, 0] / np.maximum(counts[:, 2], 1)
+    good = np.flatnonzero((precision >= PRECISION_TARGET) & (recall > 0))
+    if len(good) == 0:
+        return int(np.argmax(precision))
+    return int(good[np.argmax(recall[good])])
+
+
+def held_out(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]], clustering: Clustering = runtime_clusters) -> dict:
+    """Over folds of held-out cats (each: unit vectors, cats, sessions): 1-NN accuracy across
+    sessions within each fold, and the clusters' pairwise precision and recall, each fold cut at
+    the threshold chosen on the other folds (best recall at precision >= PRECISION_TARGET), pairs
+    pooled. `threshold` is the one chosen on all the folds together: the one to ship."""
+    hits = queries = 0
+    counts = []
+    for vectors, cats, sessions in folds:
+        accuracy, count = nearest_neighbour_accuracy(vectors, cats, sessions)
+        hits, queries = hits + (accuracy * count if count else 0), queries + count
+        counts.append(np.array([pair_counts(labels, cats) for labels in clustering(vectors, THRESHOLDS)]))
+    chosen, totals, unknown = [], np.zeros(3), 0
+    for fold, (vectors, _, _) in enumerate(folds):
+        best = _best(sum((c for other, c in enumerate(counts) if other != fold), np.zeros_like(counts[fold])))
+        chosen.append(float(THRESHOLDS[best]))
+        totals += counts[fold][best]
+        unknown += int(np.sum(clustering(vectors, THRESHOLDS[best:best + 1])[0] < 0))
+    return {"nn_accuracy": hits / max(queries, 1), "queries": queries, "precision": totals[0] / max(totals[1], 1),
+            "recall": totals[0] / max(totals[2], 1), "unknown": unknown, "thresholds": chosen,
+            "threshold": float(THRESHOLDS[_best(sum(counts, np.zeros_like(counts[0])))])}
+
+
+def describe(scores: dict, photos: int) -> str:
+    """One line of `held_out`'s numbers."""
+    return (f"1-NN accuracy across sessions {scores['nn_accuracy']:.3f} ({scores['queries']} queries); clusters at "
+            f"thresholds chosen on the other folds ({' '.join(f'{t:.2f}' for t in scores['thresholds'])}): pairwise "
+            f"precision {scores['precision']:.3f}, recall {scores['recall']:.3f}, {scores['unknown']} of {photos} photos "
+            f"unknown; threshold chosen on all folds {scores['threshold']:.2f}")
 
 
 def train_head(embeddings: np.ndarray, cats: np.ndarray, dimensions: int, steps: int, seed: int,
@@ -163,44 +252,22 @@ def train_head(embeddings: np.ndarray, cats: np.ndarray, dimensions: int, steps:
     return mean.astype(np.float32), projection.weight.detach().numpy().T.astype(np.float32).copy()
 
 
-def _out_of_fold(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
-    """1-NN accuracy, and the threshold with the best pairwise recall at pairwise precision >=
-    PRECISION_TARGET, pairs pooled over the held-out folds (each fold: vectors, cats, sessions)."""
-    hits = queries = 0
-    for vectors, cats, sessions in folds:
-        accuracy, count = nearest_neighbour_accuracy(vectors, cats, sessions)
-        hits, queries = hits + (accuracy * count if count else 0), queries + count
-    curve = []
-    for threshold in THRESHOLDS:
-        scores = [cluster_scores(vectors, cats, threshold) for vectors, cats, _ in folds]
-        together = sum(score["together"] for score in scores)
-        curve.append({"threshold": float(threshold),
-                      "precision": together / max(sum(score["grouped"] for score in scores), 1),
-                      "recall": together / max(sum(score["same"] for score in scores), 1),
-                      "unknown": sum(score["unknown"] for score in scores)})
-    good = [point for point in curve if point["precision"] >= PRECISION_TARGET and point["recall"] > 0]
-    best = max(good, key=lambda p: (p["recall"], -p["threshold"])) if good else max(curve, key=lambda p: p["precision"])
-    return {"nn_accuracy": hits / max(queries, 1), "queries": queries, **best}
-
-
 def run(data: Path, model: Path, out: Path | None, folds: int, dimensions: int, steps: int, seed: int) -> dict:
     photos = load(data, model)
     print(f"{len(photos.paths)} photos of {len(photos.names)} cats in {photos.sessions.max() + 1} sessions; "
           f"{folds} folds by cat")
     fold_of_cat = np.random.default_rng(seed).permutation(len(photos.names)) % folds
-    held_out: dict[str, list] = {"raw embedding": [], "identity head": []}
+    folds_of: dict[str, list] = {"raw embedding": [], "identity head": []}
     for fold in range(folds):
         val = np.flatnonzero(fold_of_cat[photos.cats] == fold)
         train = np.flatnonzero(fold_of_cat[photos.cats] != fold)
         both = np.concatenate([photos.embeddings[train], photos.mirrored[train]])
         mean, matrix = train_head(both, np.concatenate([photos.cats[train]] * 2), dimensions, steps, seed)
-        for name, project in (("raw embedding", unit), ("identity head", IdentityHead(mean, matrix).vectors)):
-            held_out[name].append((project(photos.embeddings[val]), photos.cats[val], photos.sessions[val]))
-    summary = {name: _out_of_fold(results) for name, results in held_out.items()}
+        for name, project in (("raw embedding", RAW.vectors), ("identity head", IdentityHead(mean, matrix).vectors)):
+            folds_of[name].append((project(photos.embeddings[val]), photos.cats[val], photos.sessions[val]))
+    summary = {name: held_out(results) for name, results in folds_of.items()}
     for name, s in summary.items():
-        print(f"{name:>14}: 1-NN accuracy across sessions {s['nn_accuracy']:.3f} ({s['queries']} queries); "
-              f"clusters at threshold {s['threshold']:.2f}: pairwise precision {s['precision']:.3f}, "
-              f"recall {s['recall']:.3f}, {s['unknown']} of {len(photos.paths)} photos unknown")
+        print(f"{name:>14}: {describe(s, len(photos.paths))}")
     if out is not None:
         both = np.concatenate([photos.embeddings, photos.mirrored])
         mean, matrix = train_head(both, np.concatenate([photos.cats] * 2), dimensions, steps, seed)
