@@ -2,8 +2,9 @@
 
 The main thread answers what the cache already knows (an unchanged, moved or renamed file is
 recognised by its stat key without being read) and hands only the rest to `jobs` threads, a
-batch at a time. A thread reads each file once (hashing and decoding the same bytes), checks
-the cache by content, and runs one batched onnxruntime call. Threads are enough because the
+batch at a time. A thread reads each file once (hashing and decoding the same bytes; a JPEG
+that its EXIF thumbnail decides is hashed as it streams by, never held), checks the cache by
+content, and runs one batched onnxruntime call. Threads are enough because the
 heavy parts release the GIL: reading, sha256, Pillow's decoding and resizing, and inference
 (one onnxruntime session, shared, one intra-op thread per call). Against worker processes this
 saves starting an interpreter per core and importing numpy, Pillow and onnxruntime into each
@@ -30,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from notcat_sort.cache import FileKey, Known, PredictionCache, open_cache
-from notcat_sort.content import sha256_file
+from notcat_sort.content import sha256_rest
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, OverPixelCap, decode, exif_orientation
 from notcat_sort.embedded import NoPreview, Source, exif_thumbnail, raw_preview
 from notcat_sort.model import Classifier, ModelCard
@@ -39,6 +40,10 @@ from notcat_sort.sidecars import RAW_SUFFIXES
 
 # Above this size a file is hashed and decoded from disk separately instead of held in memory.
 _READ_WHOLE_LIMIT = 64 * 1024 * 1024
+# What is read first of a JPEG that its EXIF thumbnail may decide: all of its headers (each
+# segment is at most 64 KiB; the camera samples' end before 44 KiB). A JPEG whose EXIF does not
+# fit is decoded in full.
+_HEAD = 256 * 1024
 # Files looked up in the cache at a time; cache hits are yielded in groups of up to this many.
 _LOOKUP_CHUNK = 256
 # Batches submitted but not yet yielded, per thread: enough to keep every thread busy while
@@ -119,24 +124,22 @@ def _source(name: str) -> Source | None:
 
 @dataclass(frozen=True)
 class _Input:
-    """A file's model input and where it came from; for a thumbnail, also the photo itself, to
-    decode when the thumbnail's verdict is not clear enough."""
+    """A file's model input and where it came from."""
 
     key: FileKey
     digest: str
     image: np.ndarray
     source: Source
-    photo: bytes | Path | None = None
 
 
-def _thumbnail(photo: bytes | Path, size: int, max_pixels: int) -> np.ndarray | None:
-    """The model input from a JPEG's EXIF thumbnail, upright as the photo; None when the photo is
-    no JPEG or its thumbnail is unusable (see notcat_sort.embedded). Never raises: anything wrong
-    here only means the photo itself is decoded."""
-    if isinstance(photo, bytes) and not photo.startswith(b"\xff\xd8\xff"):
+def _thumbnail(head: bytes, size: int, max_pixels: int) -> np.ndarray | None:
+    """The model input from a JPEG's EXIF thumbnail, upright as the photo, found in the file's
+    first bytes; None when the photo is no JPEG or its thumbnail is unusable (see
+    notcat_sort.embedded). Never raises: anything wrong here only means the photo itself is decoded."""
+    if not head.startswith(b"\xff\xd8\xff"):
         return None
     try:
-        with Image.open(io.BytesIO(photo) if isinstance(photo, bytes) else photo) as image:
+        with Image.open(io.BytesIO(head)) as image:
             if image.format != "JPEG" or image.width * image.height > max_pixels:
                 return None
             jpeg = exif_thumbnail(image.info.get("exif", b""), image.size)
@@ -146,8 +149,37 @@ def _thumbnail(photo: bytes | Path, size: int, max_pixels: int) -> np.ndarray | 
         return None
 
 
+@dataclass(frozen=True)
+class _Read:
+    """A file read once: its stat key and digest, and what to decode: its bytes, or its path when
+    it is too big to hold; or the model input from its EXIF thumbnail, when that was usable."""
+
+    key: FileKey
+    digest: str
+    photo: bytes | Path
+    thumbnail: np.ndarray | None = None
+
+
+def _read(path: Path, settings: ClassifySettings, thumbnail: bool) -> _Read:
+    """Read `path` once, hashing every byte. With `thumbnail`, a JPEG's headers are read first: if
+    they hold a usable EXIF thumbnail, the rest is only hashed as it streams by (holding a
+    camera JPEG's 3-8 MB costs more in page faults than hashing it)."""
+    with open(path, "rb") as handle:
+        key = FileKey.of(os.fstat(handle.fileno()))
+        if key.size > _READ_WHOLE_LIMIT:
+            return _Read(key, sha256_rest(handle), path)
+        if thumbnail:
+            head = handle.read(_HEAD)
+            found = _thumbnail(head, settings.card.input_size, settings.max_pixels)
+            if found is not None:
+                return _Read(key, sha256_rest(handle, hashlib.sha256(head)), path, found)
+            handle.seek(0)
+        data = handle.read()
+    return _Read(key, hashlib.sha256(data).hexdigest(), data)
+
+
 def _model_input(candidate: Candidate, photo: bytes | Path, settings: ClassifySettings) -> tuple[np.ndarray, Source]:
-    """The pixels that decide first: a RAW file's preview, a usable EXIF thumbnail (fast path), or the image."""
+    """The pixels of a RAW file's preview, or of the image itself."""
     size, max_pixels = settings.card.input_size, settings.max_pixels
     if candidate.path.suffix.lower() in RAW_SUFFIXES:
         try:
@@ -155,48 +187,35 @@ def _model_input(candidate: Candidate, photo: bytes | Path, settings: ClassifySe
         except NoPreview as error:
             raise DecodeError(str(error)) from None
         return decode(preview.jpeg, size, max_pixels, preview.orientation), Source.PREVIEW
-    if settings.thumbnail_band is not None:
-        thumbnail = _thumbnail(photo, size, max_pixels)
-        if thumbnail is not None:
-            return thumbnail, Source.THUMBNAIL
     return decode(photo, size, max_pixels), Source.IMAGE
 
 
-def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDigest | None) -> Prediction | _Input:
-    """Either a finished Prediction (error or cache hit by content) or the input to classify."""
-    path = candidate.path
-    source: Path | bytes  # held whole, or read again from disk when it is big
+def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDigest | None,
+             thumbnail: bool = True) -> Prediction | _Input:
+    """Either a finished Prediction (error or cache hit by content) or the input to classify: a
+    usable EXIF thumbnail where `thumbnail` and the settings allow one (fast path), else a RAW
+    file's preview or the image."""
+    thumbnail = thumbnail and settings.thumbnail_band is not None and candidate.path.suffix.lower() not in RAW_SUFFIXES
     try:
-        key = FileKey.of(os.stat(path))
-        if key.size > _READ_WHOLE_LIMIT:
-            digest, source = sha256_file(path), path
-        else:
-            source = path.read_bytes()
-            digest = hashlib.sha256(source).hexdigest()
+        read = _read(candidate.path, settings, thumbnail)
     except OSError as error:
         return Prediction(candidate, error=_read_problem(error))
+    key, digest = read.key, read.digest
     known = lookup(digest) if lookup else None
     if known is not None:
         return Prediction(candidate, known.p_cat, digest, cached=True, file_key=key, embedding=known.embedding,
                           source=_source(known.source))
-    return _decoded(candidate, key, digest, source, settings)
-
-
-def _decoded(candidate: Candidate, key: FileKey, digest: str, photo: bytes | Path,
-             settings: ClassifySettings, full: bool = False) -> Prediction | _Input:
-    """The model input of a file read as `photo` (`full`: the image itself, never a thumbnail)."""
+    if read.thumbnail is not None:
+        return _Input(key, digest, read.thumbnail, Source.THUMBNAIL)
     try:
-        if full:
-            image, source = decode(photo, settings.card.input_size, settings.max_pixels), Source.IMAGE
-        else:
-            image, source = _model_input(candidate, photo, settings)
+        image, source = _model_input(candidate, read.photo, settings)
     except OverPixelCap as error:  # the command line's own way to allow more
         return Prediction(candidate, sha256=digest, error=f"{error}; raise it with --max-pixels", file_key=key)
     except DecodeError as error:
         return Prediction(candidate, sha256=digest, error=str(error), file_key=key)
     except OSError as error:
         return Prediction(candidate, sha256=digest, error=_read_problem(error), file_key=key)
-    return _Input(key, digest, image, source, photo if source is Source.THUMBNAIL else None)
+    return _Input(key, digest, image, source)
 
 
 def _infer(candidates: list[Candidate], inputs: dict[int, _Input], card: ModelCard) -> dict[int, Prediction]:
@@ -217,16 +236,16 @@ def classify_batch(candidates: list[Candidate], settings: ClassifySettings,
                    lookup: LookupDigest | None) -> list[Prediction]:
     """Runs on a pool thread. Never raises for a bad file: failures become Predictions with an error.
 
-    Files whose EXIF thumbnail gave a p_cat inside the card's band are decoded in full and
-    classified again, in a second model call: the image itself decides them."""
+    Files whose EXIF thumbnail gave a p_cat inside the card's band are read again, decoded in full
+    and classified again, in a second model call: the image itself decides them."""
     prepared = [_prepare(candidate, settings, lookup) for candidate in candidates]
     first = {i: item for i, item in enumerate(prepared) if isinstance(item, _Input)}
     decided = {i: item for i, item in enumerate(prepared) if isinstance(item, Prediction)}
     decided.update(_infer(candidates, first, settings.card))
     band = settings.thumbnail_band
     if band is not None:
-        again = {i: _decoded(candidates[i], item.key, item.digest, item.photo, settings, full=True)
-                 for i, item in first.items() if item.photo is not None
+        again = {i: _prepare(candidates[i], settings, None, thumbnail=False)
+                 for i, item in first.items() if item.source is Source.THUMBNAIL
                  and decided[i].p_cat is not None and band[0] <= decided[i].p_cat <= band[1]}  # type: ignore[operator]
         decided.update({i: item for i, item in again.items() if isinstance(item, Prediction)})
         decided.update(_infer(candidates, {i: item for i, item in again.items() if isinstance(item, _Input)},
