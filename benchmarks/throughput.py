@@ -295,8 +295,9 @@ def run_baseline(folder: Path, files: int, model: Path, cache_home: Path) -> Run
     return run_process([sys.executable, str(BASELINE), str(model), str(folder)], files, cache_home)
 
 
-def profile_pipeline(files: list[Path], out: Path, model: Path | None) -> None:
-    """cProfile one in-process `--copy` run with one job, and say where the time goes."""
+def profile_pipeline(files: list[Path], out: Path, model: Path | None, copy: bool = True) -> None:
+    """cProfile one in-process run with one job (`copy`: --copy, else report only), and say where
+    the time goes, per file."""
     import cProfile
     import pstats
 
@@ -312,7 +313,8 @@ def profile_pipeline(files: list[Path], out: Path, model: Path | None) -> None:
 
     onnxruntime.set_default_logger_severity(3)  # no graph-optimizer chatter in the printout
     card = load_card(model or default_model_path())
-    settings = SortSettings(ClassifySettings(card, jobs=1), Policy(card.threshold, None), action=Action.COPY, out=out)
+    settings = SortSettings(ClassifySettings(card, jobs=1), Policy(card.threshold, None),
+                            action=Action.COPY if copy else None, out=out)
     report = ReportWriter(out / "report.csv")
     profiler = cProfile.Profile()
     profiler.enable()
@@ -326,11 +328,17 @@ def profile_pipeline(files: list[Path], out: Path, model: Path | None) -> None:
     def cumulative(file_part: str, function: str) -> float:
         return sum(row[3] for (file, _, name), row in stats.items() if name == function and file_part in file)
 
+    # The hashing itself: OpenSSL's own time, whether fed a whole file or the blocks of a stream.
+    sha256 = sum(row[2] for (_, _, name), row in stats.items()
+                 if "openssl_sha256" in name or name in ("<method 'update' of '_hashlib.HASH' objects>",
+                                                         "<method 'hexdigest' of '_hashlib.HASH' objects>"))
+    thumbnail = cumulative("notcat_sort/classify.py", "_thumbnail")
     parts = {
-        "read files": cumulative("pathlib", "read_bytes"),
-        "sha256": sum(row[3] for (_, _, name), row in stats.items() if "openssl_sha256" in name),
-        "decode (draft + resize + rotate)": cumulative("notcat_sort/decode.py", "decode"),
-        "inference (onnxruntime)": cumulative("notcat_sort/model.py", "p_cat"),
+        "read files (open, stat, read)": cumulative("notcat_sort/classify.py", "_read") - thumbnail - sha256,
+        "sha256": sha256,
+        "EXIF thumbnail (find, decode, resize)": thumbnail,
+        "decode the image (draft + resize + rotate)": cumulative("notcat_sort/classify.py", "_model_input"),
+        "inference (onnxruntime)": cumulative("notcat_sort/model.py", "scores"),
         "file actions, main thread (plan, journal)": sum(
             cumulative("notcat_sort/pipeline.py", name) for name in ("_plan", "_execute", "_companions", "_carry", "_tag")),
         # Copies run on the pipeline's action threads, which cProfile does not see; what shows is
@@ -339,12 +347,12 @@ def profile_pipeline(files: list[Path], out: Path, model: Path | None) -> None:
             row[2] for (_, _, name), row in stats.items() if "acquire" in name and "_thread.lock" in name),
         "report (CSV journal, fsync)": cumulative("notcat_sort/report.py", "write"),
     }
-    print(f"  {files[0].parent.name}: {len(files)} files, one process, --copy: {total:.2f} s "
-          f"({1000 * total / len(files):.0f} ms per file)")
+    print(f"  {files[0].parent.name}: {len(files)} files, one process, {'--copy' if copy else 'report only'}: "
+          f"{total:.2f} s ({1000 * total / len(files):.1f} ms per file)")
     for name, seconds in parts.items():
-        print(f"    {name:42s} {seconds:7.2f} s  {100 * seconds / total:5.1f} %")
+        print(f"    {name:42s} {1000 * seconds / len(files):7.2f} ms  {100 * seconds / total:5.1f} %")
     rest = total - sum(parts.values())
-    print(f"    {'everything else':42s} {rest:7.2f} s  {100 * rest / total:5.1f} %")
+    print(f"    {'everything else':42s} {1000 * rest / len(files):7.2f} ms  {100 * rest / total:5.1f} %")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,12 +441,17 @@ def fast_path_section(folder: Path, count: int, jobs: int, repeats: int, work: P
     band = load_card(model).thumbnail_band
     print(f"\ncamera JPEGs with EXIF thumbnails, 4000x3000 (12 MP): {len(files)} files, median of {repeats} "
           f"run{'s' if repeats > 1 else ''}, thumbnail band {band or 'none in the card: the fast path is off'}")
-    fast, full = [], []
+    one = work / f"{folder.name}-one"  # start-up: the same command over one of the files
+    one.mkdir()
+    os.link(files[0], one / files[0].name)
+    fast, full, start = [], [], []
     for repeat in range(repeats):
         common = [str(view), "--no-cache", "-j", str(jobs)]
         fast.append(run_cli([*common, "--report", str(work / f"fast{repeat}.csv")], len(files), work / "unused-cache"))
         full.append(run_cli([*common, "--full-decode", "--report", str(work / f"full{repeat}.csv")], len(files),
                             work / "unused-cache"))
+        start.append(run_cli([str(one), "--no-cache", "-j", str(jobs), "--report", str(work / f"one{repeat}.csv")], 1,
+                             work / "unused-cache"))
     fast_labels, full_labels = _labels(work / "fast0.csv"), _labels(work / "full0.csv")
     agreement = sum(fast_labels[path][0] == full_labels[path][0] for path in full_labels) / len(full_labels)
     share = sum(source == "thumbnail" for _, source in fast_labels.values()) / len(fast_labels)
@@ -450,6 +463,9 @@ def fast_path_section(folder: Path, count: int, jobs: int, repeats: int, work: P
     print(f"  {'--full-decode':27s} {slow.rate:7.1f} images/s  ({slow.seconds:.1f} s, {slow.cpu_ms_per_image:.0f} "
           f"CPU ms/image)   runs: {', '.join(f'{r.rate:.1f}' for r in full)}")
     print(f"  fast path / --full-decode   {ratio:7.1f} x")
+    started = _median_run(start)
+    print(f"  start-up (a run over 1 file) {started.seconds:6.2f} s   ({started.cpu_seconds:.2f} CPU s: imports, model, "
+          f"one photo; {100 * started.seconds / quick.seconds:.0f} % of the fast path's run)")
     print(f"  decided by the thumbnail    {share:7.1%}")
     print(f"  labels agreeing             {agreement:7.2%}   target >= {TARGET_FAST_AGREEMENT:.1%}: "
           f"{verdict(agreement >= TARGET_FAST_AGREEMENT)}   ({len(full_labels)} files)")
@@ -525,6 +541,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="notcat-bench-") as temporary:
         work = Path(temporary)
         checks += fast_path_section(with_thumbnails, args.thumbnail_files, args.jobs, args.repeats, work)
+        if args.profile:
+            print("\nwhere the time goes on the fast path (cProfile, report only)")
+            out = work / "profile-fast-path"
+            out.mkdir()
+            profile_pipeline(sorted(with_thumbnails.glob("*.jpg"))[:PROFILE_FILES], out, args.model, copy=False)
         if args.only_fast_path:
             print(f"\n{sum(checks)} of {len(checks)} targets met" + ("" if all(checks) else " (see FAIL above)"))
             return
