@@ -81,6 +81,8 @@ def test_malformed_samples_never_fail_a_photo_that_full_decoding_reads(library, 
     for name, row in fast.items():  # what the thumbnail did not decide, the image did, as with --full-decode
         if row["source"] == "image":
             assert row["p_cat"] == full[name]["p_cat"], name
+    # A photo its thumbnail decides is hashed as it streams by: the digest is still that of every byte.
+    assert all(fast[name]["sha256"] == full[name]["sha256"] for name in readable)
 
 
 def test_a_thumbnail_in_the_band_is_checked_by_decoding_the_image(library, model_copy, run_cli):
@@ -149,3 +151,19 @@ def test_a_thumbnail_of_another_aspect_ratio_is_not_used(library, model_copy, ru
     subprocess.run([exiftool(), "-q", "-overwrite_original", f"-ThumbnailImage<={wide}", str(photo)], check=True)
     [row] = run_cli(photo, "--model", model, "--report", "-", "--no-cache").rows()
     assert row["source"] == "image", row
+
+
+def test_a_jpeg_whose_headers_are_longer_than_what_is_read_first_is_decided_by_the_image(library, model_copy, run_cli):
+    """The fast path reads a JPEG's first bytes for its EXIF thumbnail and hashes the rest as it streams;
+    headers that do not end there (here 320 KiB of APP15 segments before the EXIF) mean the image decides."""
+    threshold = json.loads(card_path(model_copy).read_text())["threshold"]
+    model = with_band(model_copy, threshold, threshold)
+    photo = library / "exif-org" / "nikon-e950.jpg"
+    [before] = run_cli(photo, "--model", model, "--report", "-", "--no-cache").rows()
+    data = photo.read_bytes()
+    padding = b"".join(b"\xff\xef" + (65535).to_bytes(2, "big") + bytes(65533) for _ in range(5))
+    photo.write_bytes(data[:2] + padding + data[2:])
+    [after] = run_cli(photo, "--model", model, "--report", "-", "--no-cache").rows()
+    [full] = run_cli(photo, "--model", model, "--report", "-", "--no-cache", "--full-decode").rows()
+    assert before["source"] == "thumbnail", before
+    assert after["source"] == "image" and after["p_cat"] == full["p_cat"] and after["sha256"] == full["sha256"], (after, full)
