@@ -11,6 +11,10 @@ saves starting an interpreter per core and importing numpy, Pillow and onnxrunti
 (about 0.4 s a run); `benchmarks/throughput.py` measured 12-18% more images per second and half
 the peak memory. Only a bounded number of batches is in flight, so the file list is streamed
 and memory stays flat however large the library is.
+
+With a cluster (`ClassifySettings.cluster`, see notcat_sort.cluster) the same batches go to the
+workers of a Dask cluster instead of to the threads, and run the same `classify_batch` there;
+the cache stays here, on this machine.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import os
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -37,6 +42,11 @@ from notcat_sort.embedded import NoPreview, Source, exif_thumbnail, raw_preview
 from notcat_sort.model import Classifier, ModelCard
 from notcat_sort.scan import Candidate
 from notcat_sort.sidecars import RAW_SUFFIXES
+
+if TYPE_CHECKING:
+    from notcat_sort.cluster import Cluster
+
+T = TypeVar("T")
 
 # Above this size a file is hashed and decoded from disk separately instead of held in memory.
 _READ_WHOLE_LIMIT = 64 * 1024 * 1024
@@ -71,6 +81,7 @@ class ClassifySettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     cache_path: Path | None = None  # None: no cache
     full_decode: bool = False  # never decide from a JPEG's EXIF thumbnail
+    cluster: Cluster | None = None  # None: classify on `jobs` threads here
 
     @property
     def thumbnail_band(self) -> tuple[float, float] | None:
@@ -97,17 +108,19 @@ def _read_problem(error: OSError) -> str:
     return f"cannot read file: {error.strerror or error}"
 
 
-# One onnxruntime session per model file, loaded on first use and kept for the life of the
-# process, so that watch mode's later batches find it warm.
-_classifiers: dict[Path, Classifier] = {}
+# One onnxruntime session per model, loaded on first use and kept for the life of the process,
+# so that watch mode's later batches (and a cluster worker's later tasks) find it warm.
+_classifiers: dict[tuple[Path, str], Classifier] = {}
 _loading = threading.Lock()
 
 
-def _classifier(card: ModelCard) -> Classifier:
+def _classifier(card: ModelCard, model: bytes | None = None) -> Classifier:
+    """`model`: the model file's bytes, for a cluster worker that has no copy of the file."""
     with _loading:
-        if card.path not in _classifiers:
-            _classifiers[card.path] = Classifier(card)
-        return _classifiers[card.path]
+        key = (card.path, card.sha256)
+        if key not in _classifiers:
+            _classifiers[key] = Classifier(card, model=model)
+        return _classifiers[key]
 
 
 # Cache lookup by content digest: what the cache knows, or None when unknown.
@@ -126,7 +139,7 @@ def _source(name: str) -> Source | None:
 class _Input:
     """A file's model input and where it came from."""
 
-    key: FileKey
+    key: FileKey | None  # None: read elsewhere (a cluster worker was sent the bytes)
     digest: str
     image: np.ndarray
     source: Source
@@ -154,16 +167,21 @@ class _Read:
     """A file read once: its stat key and digest, and what to decode: its bytes, or its path when
     it is too big to hold; or the model input from its EXIF thumbnail, when that was usable."""
 
-    key: FileKey
+    key: FileKey | None  # None: read elsewhere (a cluster worker was sent the bytes)
     digest: str
     photo: bytes | Path
     thumbnail: np.ndarray | None = None
 
 
-def _read(path: Path, settings: ClassifySettings, thumbnail: bool) -> _Read:
+def _read(path: Path, settings: ClassifySettings, thumbnail: bool, payload: bytes | None = None) -> _Read:
     """Read `path` once, hashing every byte. With `thumbnail`, a JPEG's headers are read first: if
     they hold a usable EXIF thumbnail, the rest is only hashed as it streams by (holding a
-    camera JPEG's 3-8 MB costs more in page faults than hashing it)."""
+    camera JPEG's 3-8 MB costs more in page faults than hashing it). `payload`: the file's
+    bytes, read elsewhere (then there is no stat key here); its headers are looked at the same way."""
+    if payload is not None:
+        found = (_thumbnail(payload[:_HEAD], settings.card.input_size, settings.max_pixels)
+                 if thumbnail and len(payload) <= _READ_WHOLE_LIMIT else None)
+        return _Read(None, hashlib.sha256(payload).hexdigest(), payload, found)
     with open(path, "rb") as handle:
         key = FileKey.of(os.fstat(handle.fileno()))
         if key.size > _READ_WHOLE_LIMIT:
@@ -191,13 +209,13 @@ def _model_input(candidate: Candidate, photo: bytes | Path, settings: ClassifySe
 
 
 def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDigest | None,
-             thumbnail: bool = True) -> Prediction | _Input:
+             thumbnail: bool = True, payload: bytes | None = None) -> Prediction | _Input:
     """Either a finished Prediction (error or cache hit by content) or the input to classify: a
     usable EXIF thumbnail where `thumbnail` and the settings allow one (fast path), else a RAW
-    file's preview or the image."""
+    file's preview or the image. `payload`: the file's bytes, read elsewhere."""
     thumbnail = thumbnail and settings.thumbnail_band is not None and candidate.path.suffix.lower() not in RAW_SUFFIXES
     try:
-        read = _read(candidate.path, settings, thumbnail)
+        read = _read(candidate.path, settings, thumbnail, payload)
     except OSError as error:
         return Prediction(candidate, error=_read_problem(error))
     key, digest = read.key, read.digest
@@ -218,12 +236,13 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDig
     return _Input(key, digest, image, source)
 
 
-def _infer(candidates: list[Candidate], inputs: dict[int, _Input], card: ModelCard) -> dict[int, Prediction]:
+def _infer(candidates: list[Candidate], inputs: dict[int, _Input], card: ModelCard,
+           model: bytes | None) -> dict[int, Prediction]:
     """One model call for `inputs` (by batch index); a failed call becomes each file's error."""
     if not inputs:
         return {}
     try:
-        probabilities, embeddings = _classifier(card).scores(np.stack([item.image for item in inputs.values()]))
+        probabilities, embeddings = _classifier(card, model).scores(np.stack([item.image for item in inputs.values()]))
     except Exception as error:  # noqa: BLE001 - report the batch's files, never end the run
         return {i: Prediction(candidates[i], sha256=item.digest, error=f"model failed on this batch: {error}",
                               file_key=item.key) for i, item in inputs.items()}
@@ -232,34 +251,38 @@ def _infer(candidates: list[Candidate], inputs: dict[int, _Input], card: ModelCa
             for n, ((i, item), p_cat) in enumerate(zip(inputs.items(), probabilities, strict=True))}
 
 
-def classify_batch(candidates: list[Candidate], settings: ClassifySettings,
-                   lookup: LookupDigest | None) -> list[Prediction]:
-    """Runs on a pool thread. Never raises for a bad file: failures become Predictions with an error.
+def classify_batch(candidates: list[Candidate], settings: ClassifySettings, lookup: LookupDigest | None,
+                   payloads: list[bytes] | None = None, model: bytes | None = None) -> list[Prediction]:
+    """Runs on a pool thread or a cluster worker (which passes the model's bytes, and the files'
+    bytes when it cannot read them). Never raises for a bad file: failures become Predictions
+    with an error.
 
     Files whose EXIF thumbnail gave a p_cat inside the card's band are read again, decoded in full
     and classified again, in a second model call: the image itself decides them."""
-    prepared = [_prepare(candidate, settings, lookup) for candidate in candidates]
+    sources: list[bytes | None] = list(payloads) if payloads is not None else [None] * len(candidates)
+    prepared = [_prepare(candidate, settings, lookup, payload=payload)
+                for candidate, payload in zip(candidates, sources, strict=True)]
     first = {i: item for i, item in enumerate(prepared) if isinstance(item, _Input)}
     decided = {i: item for i, item in enumerate(prepared) if isinstance(item, Prediction)}
-    decided.update(_infer(candidates, first, settings.card))
+    decided.update(_infer(candidates, first, settings.card, model))
     band = settings.thumbnail_band
     if band is not None:
-        again = {i: _prepare(candidates[i], settings, None, thumbnail=False)
+        again = {i: _prepare(candidates[i], settings, None, thumbnail=False, payload=sources[i])
                  for i, item in first.items() if item.source is Source.THUMBNAIL
                  and decided[i].p_cat is not None and band[0] <= decided[i].p_cat <= band[1]}  # type: ignore[operator]
         decided.update({i: item for i, item in again.items() if isinstance(item, Prediction)})
         decided.update(_infer(candidates, {i: item for i, item in again.items() if isinstance(item, _Input)},
-                              settings.card))
+                              settings.card, model))
     return [decided[i] for i in range(len(candidates))]
 
 
-def _batched(items: Iterable[Candidate], size: int) -> Iterator[list[Candidate]]:
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
 
 
-def _last_batches(files: list[Candidate], settings: ClassifySettings) -> Iterator[list[Candidate]]:
+def _last_batches(files: list[T], settings: ClassifySettings) -> Iterator[list[T]]:
     """The last files of a run in a multiple of `jobs` batches of at most `batch_size`, of sizes
     within one of each other, so that no thread waits idle while another classifies the last
     batch (240 files on 2 threads: 16 batches of 15, not 15 of 16 with one thread idle for the last)."""
@@ -269,22 +292,49 @@ def _last_batches(files: list[Candidate], settings: ClassifySettings) -> Iterato
             yield batch
 
 
-def _known(candidate: Candidate, cache: PredictionCache | None) -> Prediction | None:
-    """The prediction for `candidate` without reading it: a scan problem or an unchanged file."""
+@dataclass(frozen=True)
+class Batch:
+    """Files to classify, with the stat keys this machine saw for them (None where not looked up)."""
+
+    candidates: list[Candidate]
+    keys: list[FileKey | None]
+
+
+# What a classifier is handed: predictions already known, or a batch to classify.
+Work = list[Prediction] | Batch
+
+
+def _known(candidate: Candidate, cache: PredictionCache | None) -> tuple[Prediction | None, FileKey | None]:
+    """The prediction for `candidate` without reading it (a scan problem or an unchanged file),
+    and its stat key when the cache was asked."""
     if candidate.problem:
-        return Prediction(candidate, error=candidate.problem)
+        return Prediction(candidate, error=candidate.problem), None
     if cache is None:
-        return None
+        return None, None
     try:
         key = FileKey.of(os.stat(candidate.path))
     except OSError:
-        return None  # the classify thread reports why it cannot be read
+        return None, None  # the classify thread reports why it cannot be read
     found = cache.lookup_file(key)
     if found is None:
-        return None
+        return None, key
     digest, known = found
     return Prediction(candidate, known.p_cat, digest, cached=True, file_key=key, embedding=known.embedding,
-                      source=_source(known.source))
+                      source=_source(known.source)), key
+
+
+def _work(candidates: Iterable[Candidate], cache: PredictionCache | None, settings: ClassifySettings) -> Iterator[Work]:
+    """Per group of up to 256 files: those the cache knows by their stat key, then the rest in batches."""
+    for chunk in _batched(candidates, _LOOKUP_CHUNK):
+        known = [_known(candidate, cache) for candidate in chunk]
+        hits = [prediction for prediction, _ in known if prediction is not None]
+        if hits:
+            yield hits
+        unknown = [(candidate, key) for candidate, (prediction, key) in zip(chunk, known, strict=True)
+                   if prediction is None]
+        last = settings.jobs > 1 and len(chunk) < _LOOKUP_CHUNK  # threads to keep busy; the scan has ended
+        for batch in _last_batches(unknown, settings) if last else _batched(unknown, settings.batch_size):
+            yield Batch([candidate for candidate, _ in batch], [key for _, key in batch])
 
 
 class _Pool:
@@ -315,15 +365,11 @@ class _Pool:
             self._cache.close()
 
 
-def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Iterator[list[Prediction]]:
-    """Yield predictions a group at a time, roughly in scan order, storing new ones in the cache.
-
-    Files the cache knows by their stat key come first in each group of up to 256 and never
-    reach a thread; the threads and the model are started only if something needs classifying.
-    With one job, everything runs on the calling thread."""
-    cache = open_cache(settings.cache_path, settings.cache_model)
+def _classify_here(work: Iterable[Work], settings: ClassifySettings,
+                   cache: PredictionCache | None) -> Generator[tuple[list[Prediction], bool], None, None]:
+    """Classify on `settings.jobs` threads (on this one with one job), a bounded number of batches
+    in flight. Yields each group of predictions with whether it is new to the cache."""
     pool = _Pool(settings)
-    # Each entry: cache hits (already final), or a batch whose results are new to the cache.
     in_flight: deque[tuple[Future | list[Prediction], bool]] = deque()
     limit = _IN_FLIGHT_PER_JOB * settings.jobs
 
@@ -336,37 +382,48 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
         entry = in_flight[0][0]
         return isinstance(entry, list) or entry.done()
 
-    def finished() -> list[Prediction]:
+    def finished() -> tuple[list[Prediction], bool]:
         entry, new = in_flight.popleft()
-        predictions = entry if isinstance(entry, list) else entry.result()
-        if cache and new:
-            try:
-                cache.store(
-                    (p.file_key, p.sha256, Known(p.p_cat, p.embedding, p.source.value))
-                    for p in predictions
-                    if p.p_cat is not None and p.file_key and p.sha256 and p.source
-                )
-            except sqlite3.Error:  # e.g. disk full or locked for too long: only costs the next run
-                pass
-        return predictions
+        return (entry if isinstance(entry, list) else entry.result()), new
 
     try:
-        for chunk in _batched(candidates, _LOOKUP_CHUNK):
-            known = [_known(candidate, cache) for candidate in chunk]
-            hits = [prediction for prediction in known if prediction is not None]
-            if hits:
-                in_flight.append((hits, False))
-            unknown = [candidate for candidate, prediction in zip(chunk, known, strict=True) if prediction is None]
-            last = settings.jobs > 1 and len(chunk) < _LOOKUP_CHUNK  # threads to keep busy; the scan has ended
-            for batch in _last_batches(unknown, settings) if last else _batched(unknown, settings.batch_size):
-                in_flight.append((submit(batch), True))
+        for item in work:
+            if isinstance(item, Batch):
+                in_flight.append((submit(item.candidates), True))
                 while len(in_flight) > limit:
                     yield finished()
+            else:
+                in_flight.append((item, False))
             while in_flight and ready():
                 yield finished()
         while in_flight:
             yield finished()
     finally:
         pool.close()
+
+
+def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Iterator[list[Prediction]]:
+    """Yield predictions a group at a time, roughly in scan order, storing new ones in the cache.
+
+    Files the cache knows by their stat key come first in each group of up to 256 and never
+    reach a thread or the cluster; the threads and the model are started only if something
+    needs classifying. With one job, everything runs on the calling thread."""
+    cache = open_cache(settings.cache_path, settings.cache_model)
+    work = _work(candidates, cache, settings)
+    groups = settings.cluster.classify(work, settings) if settings.cluster else _classify_here(work, settings, cache)
+    try:
+        for predictions, new in groups:
+            if cache and new:
+                try:
+                    cache.store(
+                        (p.file_key, p.sha256, Known(p.p_cat, p.embedding, p.source.value))
+                        for p in predictions
+                        if p.p_cat is not None and p.file_key and p.sha256 and p.source
+                    )
+                except sqlite3.Error:  # e.g. disk full or locked for too long: only costs the next run
+                    pass
+            yield predictions
+    finally:
+        groups.close()
         if cache:
             cache.close()

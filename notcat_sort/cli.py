@@ -18,6 +18,7 @@ from notcat_sort.actions import Action, OnConflict
 from notcat_sort.cache import default_cache_path
 from notcat_sort.cats import NamesError, names_file_for, read_names
 from notcat_sort.classify import ClassifySettings, default_jobs
+from notcat_sort.cluster import Cluster, ClusterLost, ClusterSpec, MissingExtra, require_extra
 from notcat_sort.decide import Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS
 from notcat_sort.model import ModelError, default_model_path, load_card
@@ -45,6 +46,7 @@ Examples:
   notcat-sort --undo ~/Photos/notcat-sort-20261122-101500.csv
   notcat-sort --watch ~/Downloads --move    # keep running: sort each image as it arrives
   notcat-sort serve --report REPORT.csv     # a local web page to check photos and correct a run
+  notcat-sort /mnt/nas/photos --move --cluster tcp://scheduler:8786   # classify on a Dask cluster
 
 \b
 A file given as PATH is sorted into cat/ and not-cat/ in its own folder (or under --out).
@@ -153,6 +155,33 @@ def _install_stop_handlers(stop: StopFlag, log) -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+
+
+def _cluster(address: str | None, send_bytes: bool) -> Cluster | None:
+    """The cluster --cluster names, not connected yet; usage errors for a bad address or a missing extra."""
+    if address is None:
+        if send_bytes:
+            raise click.UsageError("--cluster-send-bytes goes with --cluster")
+        return None
+    if click.get_current_context().get_parameter_source("jobs") is not ParameterSource.DEFAULT:
+        raise click.UsageError("--jobs sets the threads of a local run; with --cluster the workers' threads classify")
+    try:
+        spec = ClusterSpec.parse(address, send_bytes)
+        require_extra()
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--cluster") from None
+    except MissingExtra as error:
+        raise click.UsageError(str(error)) from None
+    return Cluster(spec)
+
+
+def _connect(cluster: Cluster) -> None:
+    """Connect (or start a LocalCluster) now, once the command is known to be sound; closed when it ends."""
+    try:
+        cluster.__enter__()
+    except ClusterLost as error:
+        raise click.ClickException(str(error)) from None
+    click.get_current_context().call_on_close(cluster.__exit__)
 
 
 def _undo(report: Path, quiet: bool) -> None:
@@ -293,13 +322,21 @@ class _SortOrServe(click.Command):
               help="With --watch: how long a new file's size and time must stay unchanged before it is sorted.")
 @click.option("--polling", is_flag=True,
               help="With --watch: poll for changes instead of inotify (network filesystems miss remote writes).")
+@click.option("--cluster", "cluster_address", metavar="ADDRESS",
+              help="Classify on a Dask cluster: tcp://HOST:PORT of its scheduler, or local:N to start N worker "
+                   "processes here. Files are changed only here. Needs the cluster extra "
+                   "(pip install 'notcat-sort[cluster]').")
+@click.option("--cluster-send-bytes", is_flag=True,
+              help="With --cluster: send each file's bytes to the workers, for workers that cannot read the "
+                   "files at the same path (no shared storage).")
 @click.version_option(__version__, prog_name="notcat-sort")
 def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: str, with_raw: bool,
          group_cats: bool, cat_names: Path | None, dry_run: bool,
          out: Path | None, model: Path | None,
          threshold: float | None, uncertain: tuple[float, float] | None, on_conflict: str,
          report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, full_decode: bool, no_cache: bool,
-         undo_path: Path | None, quiet: bool, watch_dir: Path | None, settle: float, polling: bool) -> None:
+         undo_path: Path | None, quiet: bool, watch_dir: Path | None, settle: float, polling: bool,
+         cluster_address: str | None, cluster_send_bytes: bool) -> None:
     """Sort the images under PATHS into cat/ and not-cat/ and write a CSV report of every decision.
 
     Without --move, --copy, --link or --tag nothing is changed: every image is classified and the
@@ -328,6 +365,7 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
         names = read_names(cat_names) if cat_names is not None else {}
     except NamesError as error:
         raise click.BadParameter(str(error), param_hint="--cat-names") from None
+    cluster = _cluster(cluster_address, cluster_send_bytes)
     try:
         card = load_card(model or default_model_path())
     except ModelError as error:
@@ -338,13 +376,15 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
     roots = list(paths) if watch_dir is None else [watch_dir]
     settings = SortSettings(
         classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path(),
-                                  full_decode),
+                                  full_decode, cluster),
         policy=Policy(card.threshold if threshold is None else threshold, uncertain),
         action=action, dry_run=dry_run, out=out, on_conflict=OnConflict(on_conflict),
         sidecar_name=SidecarName(sidecar_name), with_raw=with_raw, remove_emptied_folders=remove_emptied_folders,
         group_cats=group_cats, cat_names=names,
     )
     _check_destinations(settings, roots)
+    if cluster is not None:
+        _connect(cluster)
     to_stdout = report_path == Path("-")
     given_report = None if to_stdout else report_path
     # A run that changes files always journals to a file; `--report -` then gets a copy of the final rows.
@@ -370,6 +410,8 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
                             "sorting" if settings.changes_files else "classifying")
         else:
             view = PlainView(quiet=quiet)
+    if cluster is not None:
+        view.log(cluster.describe())
     created = _missing_folders(report_file.parent) if report_file is not None else []
     stop = StopFlag()
     _install_stop_handlers(stop, view.log)
@@ -387,6 +429,11 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
             for result in results:
                 view.add(result)
                 preview.add(result)
+    except ClusterLost as error:  # between batches: what was acted on is reported, the rest untouched
+        lost = True
+        view.log(f"{error}: stopping; the report has every file handled so far, run again to finish")
+    else:
+        lost = False
     finally:
         report.close(compact=watch_dir is None)  # a watch report may name one path twice: keep every row
     names_file = names_file_for(report_file) if report_file is not None and group_cats else None
@@ -395,10 +442,11 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
         report_file = _keep_out_of_the_photos(report_file, created, names_file)
         names_file = names_file_for(report_file) if names_file else None
     view.finish((preview.lines() if not settings.changes_files else []) + _dry_run_hint(settings)
+                + ([cluster.summary()] if cluster else [])
                 + ([f"report: {report_file}"] if report_file else [])
                 + ([f"cat names: {names_file} (name the cats there, then pass it with --cat-names)"]
                    if names_file is not None and names_file.exists() else []))
-    if stop.requested and watch_dir is None:
+    if lost or stop.requested and watch_dir is None:
         sys.exit(EXIT_INTERRUPTED)
     if view.tally.failed:
         sys.exit(EXIT_FAILED)

@@ -101,9 +101,10 @@ def load_card(model_path: Path) -> ModelCard:
 
 class Classifier:
     """One onnxruntime session with one intra-op thread per call: parallelism comes from the
-    classify threads calling it at once (onnxruntime's `run` is thread-safe)."""
+    classify threads calling it at once (onnxruntime's `run` is thread-safe). `model`: the
+    model file's bytes, where the file itself is not at hand (a cluster worker)."""
 
-    def __init__(self, card: ModelCard, threads: int = 1) -> None:
+    def __init__(self, card: ModelCard, threads: int = 1, model: bytes | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -114,7 +115,7 @@ class Classifier:
         options.log_severity_level = 3  # errors only: graph-optimizer warnings mean nothing to a user
         self.card = card
         self._session = ort.InferenceSession(
-            str(card.path), options, providers=["CPUExecutionProvider"]
+            str(card.path) if model is None else model, options, providers=["CPUExecutionProvider"]
         )
         self._input = self._session.get_inputs()[0].name
         outputs = [output.name for output in self._session.get_outputs()]

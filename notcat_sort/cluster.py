@@ -1,0 +1,306 @@
+"""Classification on a Dask cluster, through joblib's Dask backend, for libraries too big for one machine.
+
+Only the classify stage moves: each batch (read, hash, decode, infer) runs on a worker, and its
+predictions come back here, where scan, cache, decide, plan, journal, act and report run as in
+a local run. A worker reads the files by path (shared storage mounted at the same path) or, with
+`send_bytes`, gets each file's bytes from here; it never changes a file.
+
+The model's bytes are scattered to every worker once (joblib's `scatter`), and each worker
+process keeps one onnxruntime session, shared by its task threads, each call with one intra-op
+thread, as the local threads share theirs: a worker runs as many batches at once as it has
+threads, which Dask sets to its cores. Batches go out in windows of a few per worker thread
+(`Parallel(pre_dispatch="all", return_as="generator_unordered")`), two windows at most in
+flight, alternating between two joblib backends on one Client, so the cluster never waits for
+the slowest batch of a window while memory here stays bounded however many files there are.
+
+Faults: Dask re-runs the batch of a worker that dies on another worker, and a batch's result
+arrives here once, so it is acted on once. A cluster that goes away (or a batch that keeps
+killing workers) raises `ClusterLost` between batches: the run stops as on Ctrl-C, with every
+file acted on so far in the report and the rest untouched, and a rerun completes it.
+
+joblib and dask.distributed come from the optional `cluster` extra and are imported only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from notcat_sort import __version__
+from notcat_sort.cache import FileKey
+from notcat_sort.classify import (_IN_FLIGHT_PER_JOB, Batch, ClassifySettings, Prediction, Work,
+                                  _read_problem, classify_batch, default_jobs)
+from notcat_sort.scan import Candidate
+
+EXTRA_HINT = "pip install 'notcat-sort[cluster]'"
+CONNECT_TIMEOUT = 30.0  # seconds to reach the scheduler and to see a first worker
+# With --cluster-send-bytes a window is closed early once it holds this many bytes of files.
+SEND_BYTES_WINDOW = 256 * 1024 * 1024
+_WINDOWS = 2  # windows in flight: one finishing while the next runs
+_ADDRESS = re.compile(r"^(tcp|tls)://[^\s/:]+:\d+$")
+_LOCAL = re.compile(r"^local:(\d+)$")
+
+
+class MissingExtra(ImportError):
+    """joblib or dask.distributed is not installed."""
+
+
+class ClusterLost(RuntimeError):
+    """The cluster went away, or could not run a batch: the run stops here as on Ctrl-C."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where to classify: an existing scheduler (`tcp://HOST:PORT`) or `local:N` worker processes
+    started here; and whether the files' bytes are sent to the workers."""
+
+    address: str | None
+    local_workers: int = 0
+    send_bytes: bool = False
+
+    @classmethod
+    def parse(cls, text: str, send_bytes: bool = False) -> ClusterSpec:
+        """Raises ValueError with what was expected."""
+        if _ADDRESS.match(text):
+            return cls(text, send_bytes=send_bytes)
+        local = _LOCAL.match(text)
+        if local and int(local.group(1)) >= 1:
+            return cls(None, int(local.group(1)), send_bytes)
+        raise ValueError(f"expected tcp://HOST:PORT (a Dask scheduler) or local:N (N >= 1 worker processes here), "
+                         f"not {text!r}")
+
+    @property
+    def name(self) -> str:
+        return self.address or f"local:{self.local_workers}"
+
+
+def require_extra() -> None:
+    """Raise MissingExtra, naming the extra, when joblib or dask.distributed cannot be imported."""
+    try:
+        import distributed  # noqa: F401
+        import joblib  # noqa: F401
+    except ImportError as error:
+        raise MissingExtra(f"--cluster needs the cluster extra ({error.name or error} is missing): "
+                           f"{EXTRA_HINT}") from error
+
+
+def _worker_version() -> str:
+    return __version__
+
+
+def _worker_name() -> str:
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:  # joblib ran the batch here: the cluster had a single thread
+        return "this machine"
+
+
+def _classify_on_worker(task: int, candidates: list[Candidate], payloads: list[bytes] | None,
+                        settings: ClassifySettings, model: bytes) -> tuple[int, str, list[Prediction]]:
+    """One batch, on a worker: the task's number, the worker's address and the predictions."""
+    return task, _worker_name(), classify_batch(candidates, settings, None, payloads, model)
+
+
+def _as_seen_here(prediction: Prediction, key: FileKey | None, worker: str) -> Prediction:
+    """A worker's prediction with this machine's stat key; a file the worker could not read but
+    this machine can is said to be the worker's problem, with what to do about it."""
+    prediction = replace(prediction, file_key=key)
+    if prediction.error and prediction.sha256 is None and os.path.exists(prediction.candidate.path):
+        return replace(prediction, error=f"worker {worker} cannot read it ({prediction.error}): mount the "
+                                         "storage at the same path there, or use --cluster-send-bytes")
+    return prediction
+
+
+@dataclass
+class _Task:
+    candidates: list[Candidate]
+    keys: list[FileKey | None]  # as this machine saw them: the cache's stat keys are this machine's
+    payloads: list[bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.payloads or ()))
+
+
+def _read(batch: Batch) -> tuple[_Task, list[Prediction]]:
+    """For send_bytes: the batch's files read here (with their stat keys), and those that could not be."""
+    task, failed = _Task([], [], []), []
+    for candidate in batch.candidates:
+        try:
+            with open(candidate.path, "rb") as handle:
+                key = FileKey.of(os.fstat(handle.fileno()))
+                payload = handle.read()
+        except OSError as error:
+            failed.append(Prediction(candidate, error=_read_problem(error)))
+            continue
+        task.candidates.append(candidate)
+        task.keys.append(key)
+        assert task.payloads is not None
+        task.payloads.append(payload)
+    return task, failed
+
+
+@dataclass
+class Cluster:
+    """A Client on a Dask cluster, open for the life of a run (a `with` block); `classify` is the
+    classify stage's way to run batches there."""
+
+    spec: ClusterSpec
+    threads: int = 0  # worker threads when connected
+    workers: int = 0
+    workers_used: set[str] = field(default_factory=set)
+    _client: Any = None
+    _local: Any = None
+    _windows: list[Any] = field(default_factory=list)
+    _model: bytes = b""
+    _model_sha256: str = ""
+
+    def __enter__(self) -> Cluster:
+        require_extra()
+        from distributed import Client, LocalCluster
+
+        logging.getLogger("distributed").setLevel(logging.ERROR)  # our log says what matters
+        try:
+            if self.spec.address is None:
+                per_worker = max(1, default_jobs() // self.spec.local_workers)
+                self._local = LocalCluster(n_workers=self.spec.local_workers, threads_per_worker=per_worker,
+                                           processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+                self._client = Client(self._local, set_as_default=False)
+            else:
+                self._client = Client(self.spec.address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            self._client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+            versions = self._client.run(_worker_version)
+        except (OSError, TimeoutError) as error:
+            self.__exit__(None, None, None)
+            raise ClusterLost(f"cannot use the cluster at {self.spec.name}: {error}") from error
+        except Exception as error:  # noqa: BLE001 - e.g. a worker without notcat-sort cannot unpickle the probe
+            self.__exit__(None, None, None)
+            raise ClusterLost(f"the workers of {self.spec.name} cannot run notcat-sort ({error!r}): "
+                              f"install it there with {EXTRA_HINT}") from error
+        others = {worker: version for worker, version in versions.items() if version != __version__}
+        if others:
+            self.__exit__(None, None, None)
+            raise ClusterLost(f"workers run another notcat-sort than {__version__}: {others}")
+        nthreads = self._client.nthreads()
+        self.workers, self.threads = len(nthreads), sum(nthreads.values())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close_windows()
+        for part in (self._client, self._local):  # the Client first: it releases the scattered model
+            if part is not None:
+                try:
+                    part.close(timeout=5)
+                except Exception:  # noqa: BLE001 - a cluster that is gone cannot be closed any further
+                    pass
+        self._client = self._local = None
+
+    def describe(self) -> str:
+        reading = ("the files' bytes are sent from here" if self.spec.send_bytes
+                   else "workers read the files by path (shared storage)")
+        return f"cluster {self.spec.name}: {self.workers} workers, {self.threads} threads; {reading}"
+
+    def summary(self) -> str:
+        used = len(self.workers_used)
+        return f"cluster {self.spec.name}: {used} {'worker' if used == 1 else 'workers'} took part"
+
+    def _free_windows(self, settings: ClassifySettings) -> deque[Any]:
+        """The joblib Parallel of each window, made with the first call for a model: each has its
+        own Dask backend on the one Client (a backend runs one call at a time), and the model's
+        bytes are scattered to every worker, once (the same bytes scatter to the same key)."""
+        from joblib import Parallel, parallel_config
+
+        if self._model_sha256 != settings.card.sha256:
+            self._close_windows()
+            self._model, self._model_sha256 = settings.card.path.read_bytes(), settings.card.sha256
+            for _ in range(_WINDOWS):
+                with parallel_config(backend="dask", client=self._client, scatter=[self._model]):
+                    parallel = Parallel(n_jobs=-1, return_as="generator_unordered", pre_dispatch="all", batch_size=1)
+                parallel.__enter__()
+                self._windows.append(parallel)
+        return deque(self._windows)
+
+    def _close_windows(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # joblib warns of aborted calls; the run says why it stopped
+            for parallel in self._windows:
+                parallel.__exit__(None, None, None)
+        self._windows.clear()
+
+    def _lost(self, error: Exception) -> ClusterLost:
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        return ClusterLost(f"cluster {self.spec.name} failed ({reason})")
+
+    def classify(self, work: Iterable[Work], settings: ClassifySettings) -> Iterator[tuple[list[Prediction], bool]]:
+        """The classify stage's batches, run on the cluster: each group of predictions with whether
+        it is new to the cache. Known predictions pass straight through."""
+        from joblib import delayed
+
+        remote = replace(settings, cluster=None, cache_path=None)  # what a worker needs, and can unpickle
+        free = self._free_windows(settings)
+        running: deque[tuple[Any, Iterator[tuple[int, str, list[Prediction]]], list[_Task]]] = deque()
+        per_window = max(1, _IN_FLIGHT_PER_JOB * self.threads // _WINDOWS)
+        window: list[_Task] = []
+
+        def start() -> None:
+            parallel, tasks = free.popleft(), list(window)
+            calls = (delayed(_classify_on_worker)(number, task.candidates, task.payloads, remote, self._model)
+                     for number, task in enumerate(tasks))
+            try:
+                running.append((parallel, parallel(calls), tasks))
+            except Exception as error:  # noqa: BLE001 - whatever the cluster raised, the run stops cleanly
+                raise self._lost(error) from error
+            window.clear()
+
+        def finish() -> Iterator[tuple[list[Prediction], bool]]:
+            parallel, results, tasks = running[0]
+            while True:
+                try:
+                    number, worker, predictions = next(results)
+                except StopIteration:
+                    break
+                except Exception as error:  # noqa: BLE001 - as in start()
+                    raise self._lost(error) from error
+                self.workers_used.add(worker)
+                keys = tasks[number].keys
+                yield [_as_seen_here(prediction, key, worker) for prediction, key in zip(predictions, keys)], True
+            running.popleft()
+            free.append(parallel)
+
+        try:
+            for item in work:
+                if not isinstance(item, Batch):
+                    yield item, False
+                    continue
+                if self.spec.send_bytes:
+                    task, failed = _read(item)
+                    if failed:
+                        yield failed, False
+                else:
+                    task = _Task(item.candidates, item.keys)
+                if task.candidates:
+                    window.append(task)
+                if len(window) >= per_window or sum(task.size for task in window) >= SEND_BYTES_WINDOW:
+                    if not free:
+                        yield from finish()
+                    start()
+            if window:
+                if not free:
+                    yield from finish()
+                start()
+            while running:
+                yield from finish()
+        finally:
+            if running:  # stopped early: drop what is still out, so the next call starts clean
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for _, results, _ in running:
+                        results.close()

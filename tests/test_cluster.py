@@ -1,0 +1,261 @@
+"""`--cluster`: classification on a real Dask cluster on loopback, everything else on this machine.
+
+Each test runs the installed `notcat-sort` against real worker processes: a `LocalCluster` that
+the command starts (`--cluster local:2`), or a `dask scheduler` and `dask worker --nworkers 2`
+started here, which a test can kill or hide files from. Results are compared with a local run
+over the same files, never with known labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import read_csv
+from notcat_sort.content import sha256_file
+
+distributed = pytest.importorskip("distributed", reason="needs the cluster extra: pip install '.[cluster]'")
+psutil = pytest.importorskip("psutil")
+
+DASK = Path(sys.executable).parent / "dask"
+
+
+def photos(root: Path, shared: Path, count: int) -> Path:
+    """`count` small real photos of both labels, half of them in a subfolder."""
+    pool = shared / "datasets" / "catnotcat"
+    cats, others = sorted((pool / "cat").glob("petimages-*.jpg")), sorted((pool / "not-cat").glob("petimages-*.jpg"))
+    picked = [photo for pair in zip(cats, others) for photo in pair][:count]
+    for number, photo in enumerate(picked):
+        folder = root / ("sub" if number % 2 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(photo, folder / photo.name)
+    return root
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file under `root` but reports: sub-path -> sha256."""
+    return {str(path.relative_to(root)): sha256_file(path) for path in sorted(root.rglob("*"))
+            if path.is_file() and path.suffix != ".csv"}
+
+
+def by_path(rows: list[dict[str, str]], root: Path, out: Path | None = None) -> dict[str, tuple[str, ...]]:
+    """Report rows keyed by sub-path below `root`: label, p_cat, status, error, sha256, and the
+    destination below `out`."""
+    return {
+        str(Path(row["path"]).relative_to(root)): (
+            row["label"], row["p_cat"], row["status"], row["error"], row["sha256"],
+            str(Path(row["destination"]).relative_to(out)) if out and row["destination"] else row["destination"],
+        )
+        for row in rows
+    }
+
+
+def wait_for(condition, what: str, timeout: float = 90.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the run ended (status {process.returncode}) before {what}: give it more files")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def report_rows(report: Path) -> int:
+    return max(0, len(report.read_text(errors="replace").splitlines()) - 1) if report.exists() else 0
+
+
+class DaskCluster:
+    """`dask scheduler` and `dask worker --nworkers 2 --nthreads 1` on loopback, as subprocesses.
+    With `hide`, the workers run in their own mount namespace with an empty tmpfs over that
+    folder: they cannot read what this machine reads there."""
+
+    def __init__(self, folder: Path, hide: Path | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        scheduler_file = folder / "scheduler.json"
+        self._log = (folder / "dask.log").open("w")
+        self.scheduler = subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", scheduler_file], stdout=self._log, stderr=subprocess.STDOUT)
+        self.workers: subprocess.Popen | None = None
+        wait_for(lambda: scheduler_file.exists() and scheduler_file.stat().st_size > 0, "the scheduler to start")
+        self.address = json.loads(scheduler_file.read_text())["address"]
+        command = [str(DASK), "worker", self.address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
+                   "--local-directory", str(folder / "workers"), "--death-timeout", "30"]
+        if hide is not None:
+            command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                       'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hide), *command]
+        self.workers = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        with distributed.Client(self.address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=90)
+
+    def close(self) -> None:
+        for process in (self.workers, self.scheduler):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[type[DaskCluster]]:
+    """Start clusters with `dask_cluster(folder, hide=None)`; all are stopped after the test."""
+    started: list[DaskCluster] = []
+
+    def start(folder: Path, hide: Path | None = None) -> DaskCluster:
+        started.append(DaskCluster(folder, hide))
+        return started[-1]
+
+    yield start  # type: ignore[misc]
+    for cluster in started:
+        cluster.close()
+
+
+def popen_cli(cli: Path, env: dict[str, str], *args: object) -> subprocess.Popen:
+    return subprocess.Popen([str(cli), *map(str, args)], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_cluster_usage_errors(run_cli, tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    for args, message in [
+        (["--cluster", "scheduler:8786"], "expected tcp://HOST:PORT"),
+        (["--cluster", "local:0"], "expected tcp://HOST:PORT"),
+        (["--cluster-send-bytes"], "--cluster-send-bytes goes with --cluster"),
+        (["--cluster", "local:2", "-j", "2"], "--jobs sets the threads of a local run"),
+    ]:
+        result = run_cli(tmp_path / "photos", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+
+
+def test_cluster_without_the_extra_is_a_usage_error_naming_it(run_cli, cli_env, tmp_path: Path) -> None:
+    """As where dask.distributed is not installed: importing it fails."""
+    missing = tmp_path / "no-distributed"
+    missing.mkdir()
+    (missing / "distributed.py").write_text("raise ModuleNotFoundError(\"No module named 'distributed'\", "
+                                            "name='distributed')\n")
+    cli_env["PYTHONPATH"] = str(missing)
+    (tmp_path / "photos").mkdir()
+    result = run_cli(tmp_path / "photos", "--cluster", "local:2")
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'notcat-sort[cluster]'" in result.stderr and "distributed" in result.stderr
+
+
+def test_copy_on_a_local_cluster_gives_what_a_local_run_gives(run_cli, tmp_path: Path, shared: Path) -> None:
+    source = photos(tmp_path / "photos", shared, 24)
+    here, there = tmp_path / "here", tmp_path / "there"
+    local = run_cli(source, "--copy", "--out", here, "--batch-size", "4", "--no-cache", "--report", tmp_path / "here.csv")
+    assert local.returncode == 0, local.stderr
+    remote = run_cli(source, "--copy", "--out", there, "--batch-size", "4", "--cluster", "local:2",
+                     "--report", tmp_path / "there.csv")
+    assert remote.returncode == 0, remote.stderr
+    assert "cluster local:2: 2 workers, 2 threads; workers read the files by path" in remote.stderr
+    assert "cluster local:2: " in remote.stderr and "took part" in remote.stderr
+    assert by_path(remote.rows(), source, there) == by_path(local.rows(), source, here)
+    assert len(remote.rows()) == 24 and all(row["status"] == "done" for row in remote.rows())
+    assert tree(there) == tree(here) and len(tree(there)) == 24
+    # The cluster run cached what it classified under this machine's stat keys: a rerun reads nothing.
+    rerun = run_cli(source, "--copy", "--out", there, "--report", tmp_path / "rerun.csv")
+    assert rerun.returncode == 0 and "24 files in" in rerun.stderr and "24 from cache" in rerun.stderr, rerun.stderr
+
+
+def test_move_survives_a_worker_killed_mid_run(cli, cli_env, run_cli, tmp_path: Path, shared: Path) -> None:
+    """SIGKILL one of the LocalCluster's worker processes while batches are out: its batches run
+    again on the other worker (or its replacement), and every file is moved exactly once."""
+    source = photos(tmp_path / "photos", shared, 120)
+    expected = by_path(run_cli(source, "--batch-size", "2", "--no-cache", "--report", "-").rows(), source)
+    contents = Counter(tree(source).values())
+    report = tmp_path / "move.csv"
+    run = popen_cli(cli, cli_env, source, "--move", "--batch-size", "2", "--cluster", "local:2", "--report", report)
+    try:
+        wait_for(lambda: report_rows(report) >= 2, "the first files were moved", process=run)
+        workers = [child for child in psutil.Process(run.pid).children()
+                   if "spawn_main" in " ".join(child.cmdline())]
+        assert len(workers) == 2, [child.cmdline() for child in workers]
+        workers[0].send_signal(signal.SIGKILL)
+        assert run.poll() is None, "the run ended before the worker was killed: give it more files"
+        workers[0].wait(timeout=10)
+        stdout, stderr = run.communicate(timeout=240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr
+    rows = read_csv(report.read_text())
+    assert sorted(by_path(rows, source)) == sorted(expected), "one row per file"
+    for path, row in by_path(rows, source).items():
+        label, p_cat, status, error, digest, destination = row
+        assert (label, p_cat, error, digest) == (expected[path][0], expected[path][1], "", expected[path][4])
+        assert status == "done" and Path(destination).is_file() and sha256_file(Path(destination)) == digest
+    sorted_contents = Counter(digest for folder in ("cat", "not-cat", "unsure") if (source / folder).exists()
+                              for digest in tree(source / folder).values())
+    assert sorted_contents == contents, "every file exactly once, by content"
+    assert not [path for path in tree(source) if path.split("/")[0] not in ("cat", "not-cat", "unsure")]
+
+
+def test_a_cluster_that_goes_away_stops_the_run_cleanly_and_a_rerun_completes(
+        cli, cli_env, run_cli, dask_cluster, tmp_path: Path, shared: Path) -> None:
+    source = photos(tmp_path / "photos", shared, 120)
+    before = tree(source)
+    cluster = dask_cluster(tmp_path / "dask")
+    report = tmp_path / "first.csv"
+    run = popen_cli(cli, cli_env, source, "--move", "--batch-size", "2", "--cluster", cluster.address,
+                    "--report", report)
+    try:
+        wait_for(lambda: report_rows(report) >= 2, "the first files were moved", process=run)
+        cluster.scheduler.send_signal(signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, stderr
+    assert f"cluster {cluster.address} failed" in stderr and "run again to finish" in stderr
+    rows = read_csv(report.read_text())
+    moved = {str(Path(row["path"]).relative_to(source)): row for row in rows}
+    assert moved and len(moved) < len(before), "some files, not all, were sorted before the cluster went"
+    for path, row in moved.items():
+        assert row["status"] == "done" and not (source / path).exists()
+        assert sha256_file(Path(row["destination"])) == before[path] == row["sha256"]
+    for path, digest in before.items():
+        if path not in moved:
+            assert sha256_file(source / path) == digest, f"{path} was left as it was"
+
+    rerun = run_cli(source, "--move", "--report", tmp_path / "rerun.csv")
+    assert rerun.returncode == 0, rerun.stderr
+    after = tree(source)
+    assert not [path for path in after if path.split("/")[0] not in ("cat", "not-cat", "unsure")]
+    assert Counter(after.values()) == Counter(before.values()), "every file exactly once, by content"
+
+
+def test_send_bytes_sorts_a_folder_the_workers_cannot_read(run_cli, dask_cluster, tmp_path: Path,
+                                                             shared: Path) -> None:
+    private = tmp_path / "private"
+    source = photos(private / "photos", shared, 12)
+    if subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True).returncode:
+        pytest.skip("cannot make a mount namespace here (unshare --user --mount) to hide files from the workers")
+    cluster = dask_cluster(tmp_path / "dask", hide=private)
+    local = run_cli(source, "--no-cache", "--report", "-")
+    assert local.returncode == 0, local.stderr
+
+    by_path_mode = run_cli(source, "--cluster", cluster.address, "--no-cache", "--report", "-")
+    assert by_path_mode.returncode == 1, "the workers must not see the files for this test to mean anything"
+    assert {row["label"] for row in by_path_mode.rows()} == {"error"}
+    assert all("cannot read it" in row["error"] and "--cluster-send-bytes" in row["error"]
+               for row in by_path_mode.rows())
+
+    sent = run_cli(source, "--cluster", cluster.address, "--cluster-send-bytes", "--no-cache", "--report", "-")
+    assert sent.returncode == 0, sent.stderr
+    assert "the files' bytes are sent from here" in sent.stderr
+    assert by_path(sent.rows(), source) == by_path(local.rows(), source)
