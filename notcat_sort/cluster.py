@@ -15,7 +15,7 @@ the slowest batch of a window while memory here stays bounded however many files
 
 Faults: Dask re-runs the batch of a worker that dies on another worker, and a batch's result
 arrives here once, so it is acted on once. A cluster that goes away (or a batch that keeps
-killing workers) raises `ClusterLost` between batches: the run stops as on Ctrl-C, with every
+killing workers) raises `ClusterError` between batches: the run stops as on Ctrl-C, with every
 file acted on so far in the report and the rest untouched, and a rerun completes it.
 
 joblib and dask.distributed come from the optional `cluster` extra and are imported only here.
@@ -51,8 +51,9 @@ class MissingExtra(ImportError):
     """joblib or dask.distributed is not installed."""
 
 
-class ClusterLost(RuntimeError):
-    """The cluster went away, or could not run a batch: the run stops here as on Ctrl-C."""
+class ClusterError(RuntimeError):
+    """The cluster cannot be used; or, raised between batches, it went away or could not run a
+    batch, and the run stops there as on Ctrl-C."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class _Task:
 
 def _read(batch: Batch) -> tuple[_Task, list[Prediction]]:
     """For send_bytes: the batch's files read here (with their stat keys), and those that could not be."""
-    task, failed = _Task([], [], []), []
+    candidates, keys, payloads, failed = [], [], [], []
     for candidate in batch.candidates:
         try:
             with open(candidate.path, "rb") as handle:
@@ -141,11 +142,10 @@ def _read(batch: Batch) -> tuple[_Task, list[Prediction]]:
         except OSError as error:
             failed.append(Prediction(candidate, error=_read_problem(error)))
             continue
-        task.candidates.append(candidate)
-        task.keys.append(key)
-        assert task.payloads is not None
-        task.payloads.append(payload)
-    return task, failed
+        candidates.append(candidate)
+        keys.append(key)
+        payloads.append(payload)
+    return _Task(candidates, keys, payloads), failed
 
 
 @dataclass
@@ -180,15 +180,15 @@ class Cluster:
             versions = self._client.run(_worker_version)
         except (OSError, TimeoutError) as error:
             self.__exit__(None, None, None)
-            raise ClusterLost(f"cannot use the cluster at {self.spec.name}: {error}") from error
+            raise ClusterError(f"cannot use the cluster at {self.spec.name}: {error}") from error
         except Exception as error:  # noqa: BLE001 - e.g. a worker without notcat-sort cannot unpickle the probe
             self.__exit__(None, None, None)
-            raise ClusterLost(f"the workers of {self.spec.name} cannot run notcat-sort ({error!r}): "
+            raise ClusterError(f"the workers of {self.spec.name} cannot run notcat-sort ({error!r}): "
                               f"install it there with {EXTRA_HINT}") from error
         others = {worker: version for worker, version in versions.items() if version != __version__}
         if others:
             self.__exit__(None, None, None)
-            raise ClusterLost(f"workers run another notcat-sort than {__version__}: {others}")
+            raise ClusterError(f"workers run another notcat-sort than {__version__}: {others}")
         nthreads = self._client.nthreads()
         self.workers, self.threads = len(nthreads), sum(nthreads.values())
         return self
@@ -206,7 +206,8 @@ class Cluster:
     def describe(self) -> str:
         reading = ("the files' bytes are sent from here" if self.spec.send_bytes
                    else "workers read the files by path (shared storage)")
-        return f"cluster {self.spec.name}: {self.workers} workers, {self.threads} threads; {reading}"
+        alone = "; with one worker thread, joblib classifies on this machine" if self.threads == 1 else ""
+        return f"cluster {self.spec.name}: {self.workers} workers, {self.threads} threads; {reading}{alone}"
 
     def summary(self) -> str:
         used = len(self.workers_used)
@@ -235,9 +236,9 @@ class Cluster:
                 parallel.__exit__(None, None, None)
         self._windows.clear()
 
-    def _lost(self, error: Exception) -> ClusterLost:
+    def _lost(self, error: Exception) -> ClusterError:
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        return ClusterLost(f"cluster {self.spec.name} failed ({reason})")
+        return ClusterError(f"cluster {self.spec.name} failed ({reason})")
 
     def classify(self, work: Iterable[Work], settings: ClassifySettings) -> Iterator[tuple[list[Prediction], bool]]:
         """The classify stage's batches, run on the cluster: each group of predictions with whether
