@@ -4,7 +4,8 @@
 
 Both run the installed `notcat-sort` as a subprocess over the same 1 MP JPEGs (the corpus of
 benchmarks/throughput.py, in tmp/benchmarks), with --no-cache, report only (or `--copy --out`),
-interleaved `--repeats` times; medians are printed. On this 2-core machine a LocalCluster of two
+interleaved `--repeats` times; medians are printed, and the overhead is the median of the
+repeats' ratios, since within a repeat the runs are seconds apart. On this 2-core machine a LocalCluster of two
 one-thread workers cannot add cores, so its images/s against the threads' is the overhead of the
 cluster path itself: a scheduler, pickling batches and predictions, and processes instead of
 threads (target: under 15% at 1 MP).
@@ -162,14 +163,15 @@ def main() -> None:
                       f"{runs[-1].rate:6.1f} images/s", flush=True)
 
     local, remote = median(local_runs), median(cluster_runs)
-    overhead = 1 - remote.rate / local.rate
+    # Within a repeat the two runs are seconds apart; across repeats this VM's speed drifts a lot.
+    overhead = statistics.median(1 - there.rate / here.rate for here, there in zip(local_runs, cluster_runs))
     print(f"\n  {'local threads':24s} {local.rate:7.1f} images/s   ({local.sorting:.1f} s sorting, "
           f"{local.wall:.1f} s wall; {local.per_image_ms(local.coordinator_cpu):.1f} CPU ms/image, whole run)")
     print(f"  {'--cluster local:' + str(args.workers):24s} {remote.rate:7.1f} images/s   ({remote.sorting:.1f} s sorting, "
           f"{remote.wall:.1f} s wall: {remote.wall - remote.sorting:.1f} s starting and stopping the cluster)")
     print(f"  overhead of the cluster    {100 * overhead:5.1f} %   target < {100 * TARGET_OVERHEAD:.0f} %: "
-          f"{'PASS' if overhead < TARGET_OVERHEAD else 'FAIL'}   runs: "
-          + ", ".join(f"{100 * (1 - c.rate / l.rate):.0f}%" for l, c in zip(local_runs, cluster_runs)))
+          f"{'PASS' if overhead < TARGET_OVERHEAD else 'FAIL'}   (median of the repeats': "
+          + ", ".join(f"{100 * (1 - there.rate / here.rate):.0f}%" for here, there in zip(local_runs, cluster_runs)) + ")")
 
     coordinator_ms = remote.per_image_ms(remote.coordinator_cpu)
     worker_ms = remote.per_image_ms(remote.worker_cpu)

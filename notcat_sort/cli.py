@@ -18,7 +18,7 @@ from notcat_sort.actions import Action, OnConflict
 from notcat_sort.cache import default_cache_path
 from notcat_sort.cats import NamesError, names_file_for, read_names
 from notcat_sort.classify import ClassifySettings, default_jobs
-from notcat_sort.cluster import Cluster, ClusterLost, ClusterSpec, MissingExtra, require_extra
+from notcat_sort.cluster import Cluster, ClusterError, ClusterSpec, MissingExtra, require_extra
 from notcat_sort.decide import Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS
 from notcat_sort.model import ModelError, default_model_path, load_card
@@ -179,7 +179,7 @@ def _connect(cluster: Cluster) -> None:
     """Connect (or start a LocalCluster) now, once the command is known to be sound; closed when it ends."""
     try:
         cluster.__enter__()
-    except ClusterLost as error:
+    except ClusterError as error:
         raise click.ClickException(str(error)) from None
     click.get_current_context().call_on_close(cluster.__exit__)
 
@@ -429,7 +429,7 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
             for result in results:
                 view.add(result)
                 preview.add(result)
-    except ClusterLost as error:  # between batches: what was acted on is reported, the rest untouched
+    except ClusterError as error:  # between batches: what was acted on is reported, the rest untouched
         lost = True
         view.log(f"{error}: stopping; the report has every file handled so far, run again to finish")
     else:
