@@ -58,7 +58,7 @@ _HEAD = 256 * 1024
 _LOOKUP_CHUNK = 256
 # Batches submitted but not yet yielded, per thread: enough to keep every thread busy while
 # the main thread acts on finished files, few enough that memory stays flat.
-_IN_FLIGHT_PER_JOB = 4
+IN_FLIGHT_PER_JOB = 4
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _read_problem(error: OSError) -> str:
+def read_problem(error: OSError) -> str:
     if isinstance(error, FileNotFoundError):
         return "file disappeared before it could be read"
     if isinstance(error, PermissionError):
@@ -217,7 +217,7 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDig
     try:
         read = _read(candidate.path, settings, thumbnail, payload)
     except OSError as error:
-        return Prediction(candidate, error=_read_problem(error))
+        return Prediction(candidate, error=read_problem(error))
     key, digest = read.key, read.digest
     known = lookup(digest) if lookup else None
     if known is not None:
@@ -232,7 +232,7 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDig
     except DecodeError as error:
         return Prediction(candidate, sha256=digest, error=str(error), file_key=key)
     except OSError as error:
-        return Prediction(candidate, sha256=digest, error=_read_problem(error), file_key=key)
+        return Prediction(candidate, sha256=digest, error=read_problem(error), file_key=key)
     return _Input(key, digest, image, source)
 
 
@@ -371,7 +371,7 @@ def _classify_here(work: Iterable[Work], settings: ClassifySettings,
     in flight. Yields each group of predictions with whether it is new to the cache."""
     pool = _Pool(settings)
     in_flight: deque[tuple[Future | list[Prediction], bool]] = deque()
-    limit = _IN_FLIGHT_PER_JOB * settings.jobs
+    limit = IN_FLIGHT_PER_JOB * settings.jobs
 
     def submit(batch: list[Candidate]) -> Future | list[Prediction]:
         if settings.jobs == 1:

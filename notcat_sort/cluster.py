@@ -23,19 +23,23 @@ joblib and dask.distributed come from the optional `cluster` extra and are impor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import signal
+import threading
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from notcat_sort import __version__
 from notcat_sort.cache import FileKey
-from notcat_sort.classify import (_IN_FLIGHT_PER_JOB, Batch, ClassifySettings, Prediction, Work,
-                                  _read_problem, classify_batch, default_jobs)
+from notcat_sort.classify import (IN_FLIGHT_PER_JOB, Batch, ClassifySettings, Prediction, Work,
+                                  read_problem, classify_batch, default_jobs)
 from notcat_sort.scan import Candidate
 
 EXTRA_HINT = "pip install 'notcat-sort[cluster]'"
@@ -91,6 +95,20 @@ def require_extra() -> None:
                            f"{EXTRA_HINT}") from error
 
 
+@contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start local worker processes with SIGINT ignored (they inherit it): Ctrl-C at a terminal
+    signals the whole process group, and must stop this run as usual, not kill its workers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _worker_version() -> str:
     return __version__
 
@@ -140,7 +158,7 @@ def _read(batch: Batch) -> tuple[_Task, list[Prediction]]:
                 key = FileKey.of(os.fstat(handle.fileno()))
                 payload = handle.read()
         except OSError as error:
-            failed.append(Prediction(candidate, error=_read_problem(error)))
+            failed.append(Prediction(candidate, error=read_problem(error)))
             continue
         candidates.append(candidate)
         keys.append(key)
@@ -148,7 +166,7 @@ def _read(batch: Batch) -> tuple[_Task, list[Prediction]]:
     return _Task(candidates, keys, payloads), failed
 
 
-@dataclass
+@dataclass(eq=False)
 class Cluster:
     """A Client on a Dask cluster, open for the life of a run (a `with` block); `classify` is the
     classify stage's way to run batches there."""
@@ -171,8 +189,9 @@ class Cluster:
         try:
             if self.spec.address is None:
                 per_worker = max(1, default_jobs() // self.spec.local_workers)
-                self._local = LocalCluster(n_workers=self.spec.local_workers, threads_per_worker=per_worker,
-                                           processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+                with _workers_ignore_ctrl_c():
+                    self._local = LocalCluster(n_workers=self.spec.local_workers, threads_per_worker=per_worker,
+                                               processes=True, dashboard_address=None, silence_logs=logging.ERROR)
                 self._client = Client(self._local, set_as_default=False)
             else:
                 self._client = Client(self.spec.address, timeout=CONNECT_TIMEOUT, set_as_default=False)
@@ -221,7 +240,10 @@ class Cluster:
 
         if self._model_sha256 != settings.card.sha256:
             self._close_windows()
-            self._model, self._model_sha256 = settings.card.path.read_bytes(), settings.card.sha256
+            model = settings.card.path.read_bytes()
+            if hashlib.sha256(model).hexdigest() != settings.card.sha256:
+                raise ClusterError(f"{settings.card.path} changed since it was loaded: not sending it to the workers")
+            self._model, self._model_sha256 = model, settings.card.sha256
             for _ in range(_WINDOWS):
                 with parallel_config(backend="dask", client=self._client, scatter=[self._model]):
                     parallel = Parallel(n_jobs=-1, return_as="generator_unordered", pre_dispatch="all", batch_size=1)
@@ -248,7 +270,7 @@ class Cluster:
         remote = replace(settings, cluster=None, cache_path=None)  # what a worker needs, and can unpickle
         free = self._free_windows(settings)
         running: deque[tuple[Any, Iterator[tuple[int, str, list[Prediction]]], list[_Task]]] = deque()
-        per_window = max(1, _IN_FLIGHT_PER_JOB * self.threads // _WINDOWS)
+        per_window = max(1, IN_FLIGHT_PER_JOB * self.threads // _WINDOWS)
         window: list[_Task] = []
 
         def start() -> None:

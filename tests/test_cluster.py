@@ -28,6 +28,7 @@ distributed = pytest.importorskip("distributed", reason="needs the cluster extra
 psutil = pytest.importorskip("psutil")
 
 DASK = Path(sys.executable).parent / "dask"
+SLOW = 600  # seconds a cluster run may take on a machine that others keep busy
 
 
 def photos(root: Path, shared: Path, count: int) -> Path:
@@ -81,22 +82,30 @@ class DaskCluster:
 
     def __init__(self, folder: Path, hide: Path | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        scheduler_file = folder / "scheduler.json"
         self._log = (folder / "dask.log").open("w")
+        self.scheduler: subprocess.Popen | None = None
+        self.workers: subprocess.Popen | None = None
+        try:
+            self._start(folder, hide)
+        except BaseException:
+            self.close()  # a cluster that did not come up must not outlive the test either
+            raise
+
+    def _start(self, folder: Path, hide: Path | None) -> None:
+        scheduler_file = folder / "scheduler.json"
         self.scheduler = subprocess.Popen(
             [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
              "--scheduler-file", scheduler_file], stdout=self._log, stderr=subprocess.STDOUT)
-        self.workers: subprocess.Popen | None = None
-        wait_for(lambda: scheduler_file.exists() and scheduler_file.stat().st_size > 0, "the scheduler to start")
+        wait_for(lambda: scheduler_file.exists() and scheduler_file.stat().st_size > 0, "the scheduler to start", 180)
         self.address = json.loads(scheduler_file.read_text())["address"]
         command = [str(DASK), "worker", self.address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
-                   "--local-directory", str(folder / "workers"), "--death-timeout", "30"]
+                   "--local-directory", str(folder / "workers"), "--death-timeout", "180"]
         if hide is not None:
             command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
                        'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hide), *command]
         self.workers = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         with distributed.Client(self.address, timeout=30) as client:
-            client.wait_for_workers(2, timeout=90)
+            client.wait_for_workers(2, timeout=180)
 
     def close(self) -> None:
         for process in (self.workers, self.scheduler):
@@ -123,9 +132,24 @@ def dask_cluster(tmp_path: Path) -> Iterator[type[DaskCluster]]:
         cluster.close()
 
 
-def popen_cli(cli: Path, env: dict[str, str], *args: object) -> subprocess.Popen:
+def popen_cli(cli: Path, env: dict[str, str], *args: object, own_group: bool = False) -> subprocess.Popen:
+    """`own_group`: in a process group of its own, as a command at a terminal is."""
     return subprocess.Popen([str(cli), *map(str, args)], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=own_group)
+
+
+def assert_stopped_cleanly(rows: list[dict[str, str]], source: Path, before: dict[str, str]) -> None:
+    """Each file the report says was moved is at its destination, intact; every other file is
+    where it was, unchanged; and not every file was handled (the run did stop part-way)."""
+    moved = {str(Path(row["path"]).relative_to(source)): row for row in rows if row["status"] == "done"}
+    assert moved and len(moved) < len(before), "some files, not all, were sorted before the stop"
+    for path, row in moved.items():
+        assert not (source / path).exists()
+        assert sha256_file(Path(row["destination"])) == before[path] == row["sha256"]
+    for path, digest in before.items():
+        if path not in moved:
+            assert sha256_file(source / path) == digest, f"{path} was left as it was"
+    assert {row["status"] for row in rows} <= {"done", "skipped"}
 
 
 def test_cluster_usage_errors(run_cli, tmp_path: Path) -> None:
@@ -149,7 +173,7 @@ def test_cluster_without_the_extra_is_a_usage_error_naming_it(run_cli, cli_env, 
                                             "name='distributed')\n")
     cli_env["PYTHONPATH"] = str(missing)
     (tmp_path / "photos").mkdir()
-    result = run_cli(tmp_path / "photos", "--cluster", "local:2")
+    result = run_cli(tmp_path / "photos", "--cluster", "local:2", timeout=SLOW)
     assert result.returncode == 2, result.stderr
     assert "pip install 'notcat-sort[cluster]'" in result.stderr and "distributed" in result.stderr
 
@@ -160,7 +184,7 @@ def test_copy_on_a_local_cluster_gives_what_a_local_run_gives(run_cli, tmp_path:
     local = run_cli(source, "--copy", "--out", here, "--batch-size", "4", "--no-cache", "--report", tmp_path / "here.csv")
     assert local.returncode == 0, local.stderr
     remote = run_cli(source, "--copy", "--out", there, "--batch-size", "4", "--cluster", "local:2",
-                     "--report", tmp_path / "there.csv")
+                     "--report", tmp_path / "there.csv", timeout=SLOW)
     assert remote.returncode == 0, remote.stderr
     assert "cluster local:2: 2 workers, 2 threads; workers read the files by path" in remote.stderr
     assert "cluster local:2: " in remote.stderr and "took part" in remote.stderr
@@ -188,7 +212,7 @@ def test_move_survives_a_worker_killed_mid_run(cli, cli_env, run_cli, tmp_path: 
         workers[0].send_signal(signal.SIGKILL)
         assert run.poll() is None, "the run ended before the worker was killed: give it more files"
         workers[0].wait(timeout=10)
-        stdout, stderr = run.communicate(timeout=240)
+        stdout, stderr = run.communicate(timeout=SLOW)
     finally:
         if run.poll() is None:
             run.kill()
@@ -215,22 +239,15 @@ def test_a_cluster_that_goes_away_stops_the_run_cleanly_and_a_rerun_completes(
                     "--report", report)
     try:
         wait_for(lambda: report_rows(report) >= 2, "the first files were moved", process=run)
+        assert cluster.scheduler is not None
         cluster.scheduler.send_signal(signal.SIGKILL)
-        stdout, stderr = run.communicate(timeout=120)
+        stdout, stderr = run.communicate(timeout=SLOW)
     finally:
         if run.poll() is None:
             run.kill()
     assert run.returncode == 130, stderr
     assert f"cluster {cluster.address} failed" in stderr and "run again to finish" in stderr
-    rows = read_csv(report.read_text())
-    moved = {str(Path(row["path"]).relative_to(source)): row for row in rows}
-    assert moved and len(moved) < len(before), "some files, not all, were sorted before the cluster went"
-    for path, row in moved.items():
-        assert row["status"] == "done" and not (source / path).exists()
-        assert sha256_file(Path(row["destination"])) == before[path] == row["sha256"]
-    for path, digest in before.items():
-        if path not in moved:
-            assert sha256_file(source / path) == digest, f"{path} was left as it was"
+    assert_stopped_cleanly(read_csv(report.read_text()), source, before)
 
     rerun = run_cli(source, "--move", "--report", tmp_path / "rerun.csv")
     assert rerun.returncode == 0, rerun.stderr
@@ -249,13 +266,33 @@ def test_send_bytes_sorts_a_folder_the_workers_cannot_read(run_cli, dask_cluster
     local = run_cli(source, "--no-cache", "--report", "-")
     assert local.returncode == 0, local.stderr
 
-    by_path_mode = run_cli(source, "--cluster", cluster.address, "--no-cache", "--report", "-")
+    by_path_mode = run_cli(source, "--cluster", cluster.address, "--no-cache", "--report", "-", timeout=SLOW)
     assert by_path_mode.returncode == 1, "the workers must not see the files for this test to mean anything"
     assert {row["label"] for row in by_path_mode.rows()} == {"error"}
     assert all("cannot read it" in row["error"] and "--cluster-send-bytes" in row["error"]
                for row in by_path_mode.rows())
 
-    sent = run_cli(source, "--cluster", cluster.address, "--cluster-send-bytes", "--no-cache", "--report", "-")
+    sent = run_cli(source, "--cluster", cluster.address, "--cluster-send-bytes", "--no-cache", "--report", "-", timeout=SLOW)
     assert sent.returncode == 0, sent.stderr
     assert "the files' bytes are sent from here" in sent.stderr
     assert by_path(sent.rows(), source) == by_path(local.rows(), source)
+
+
+def test_ctrl_c_at_a_terminal_stops_the_run_not_its_workers(cli, cli_env, tmp_path: Path, shared: Path) -> None:
+    """Ctrl-C signals the terminal's whole foreground process group, the LocalCluster's worker
+    processes included: the run stops as it does without a cluster, and no worker dies noisily."""
+    source = photos(tmp_path / "photos", shared, 80)
+    before = tree(source)
+    report = tmp_path / "run.csv"
+    run = popen_cli(cli, cli_env, source, "--move", "--batch-size", "2", "--cluster", "local:2", "--report", report,
+                    own_group=True)
+    try:
+        wait_for(lambda: report_rows(report) >= 2, "the first files were moved", process=run)
+        os.killpg(run.pid, signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=SLOW)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert_stopped_cleanly(read_csv(report.read_text()), source, before)
