@@ -185,7 +185,11 @@ class Cluster:
         require_extra()
         from distributed import Client, LocalCluster
 
-        logging.getLogger("distributed").setLevel(logging.ERROR)  # our log says what matters
+        # Our log says what matters. Stopping part-way (Ctrl-C, a lost cluster) abandons futures whose
+        # callbacks on the Client's event loop then log tracebacks through tornado and asyncio.
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        for noisy in ("tornado.application", "asyncio"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
         try:
             if self.spec.address is None:
                 per_worker = max(1, default_jobs() // self.spec.local_workers)
