@@ -23,6 +23,7 @@ joblib and dask.distributed come from the optional `cluster` extra and are impor
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -262,7 +263,7 @@ class Cluster:
                 parallel.__exit__(None, None, None)
         self._windows.clear()
 
-    def _lost(self, error: Exception) -> ClusterError:
+    def _lost(self, error: BaseException) -> ClusterError:
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         return ClusterError(f"cluster {self.spec.name} failed ({reason})")
 
@@ -283,7 +284,7 @@ class Cluster:
                      for number, task in enumerate(tasks))
             try:
                 running.append((parallel, parallel(calls), tasks))
-            except Exception as error:  # noqa: BLE001 - whatever the cluster raised, the run stops cleanly
+            except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001 - whatever the cluster raised, stop cleanly
                 raise self._lost(error) from error
             window.clear()
 
@@ -294,7 +295,7 @@ class Cluster:
                     number, worker, predictions = next(results)
                 except StopIteration:
                     break
-                except Exception as error:  # noqa: BLE001 - as in start()
+                except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001 - as in start()
                     raise self._lost(error) from error
                 self.workers_used.add(worker)
                 keys = tasks[number].keys
