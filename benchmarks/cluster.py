@@ -32,13 +32,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import CLI, photo_corpus  # noqa: E402 - the same corpus as the throughput benchmark
+from throughput import CLI, photo_corpus  # the same corpus as the throughput benchmark
 
 TARGET_OVERHEAD = 0.15  # at most this much fewer images/s through a local:2 cluster on 2 cores
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -164,14 +163,14 @@ def main() -> None:
 
     local, remote = median(local_runs), median(cluster_runs)
     # Within a repeat the two runs are seconds apart; across repeats this VM's speed drifts a lot.
-    overhead = statistics.median(1 - there.rate / here.rate for here, there in zip(local_runs, cluster_runs))
+    overhead = statistics.median(1 - there.rate / here.rate for here, there in zip(local_runs, cluster_runs, strict=True))
     print(f"\n  {'local threads':24s} {local.rate:7.1f} images/s   ({local.sorting:.1f} s sorting, "
           f"{local.wall:.1f} s wall; {local.per_image_ms(local.coordinator_cpu):.1f} CPU ms/image, whole run)")
     print(f"  {'--cluster local:' + str(args.workers):24s} {remote.rate:7.1f} images/s   ({remote.sorting:.1f} s sorting, "
           f"{remote.wall:.1f} s wall: {remote.wall - remote.sorting:.1f} s starting and stopping the cluster)")
     print(f"  overhead of the cluster    {100 * overhead:5.1f} %   target < {100 * TARGET_OVERHEAD:.0f} %: "
           f"{'PASS' if overhead < TARGET_OVERHEAD else 'FAIL'}   (median of the repeats': "
-          + ", ".join(f"{100 * (1 - there.rate / here.rate):.0f}%" for here, there in zip(local_runs, cluster_runs)) + ")")
+          + ", ".join(f"{100 * (1 - there.rate / here.rate):.0f}%" for here, there in zip(local_runs, cluster_runs, strict=True)) + ")")
 
     coordinator_ms = remote.per_image_ms(remote.coordinator_cpu)
     worker_ms = remote.per_image_ms(remote.worker_cpu)

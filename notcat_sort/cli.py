@@ -446,7 +446,7 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
                 + ([f"report: {report_file}"] if report_file else [])
                 + ([f"cat names: {names_file} (name the cats there, then pass it with --cat-names)"]
                    if names_file is not None and names_file.exists() else []))
-    if lost or stop.requested and watch_dir is None:
+    if lost or (stop.requested and watch_dir is None):
         sys.exit(EXIT_INTERRUPTED)
     if view.tally.failed:
         sys.exit(EXIT_FAILED)

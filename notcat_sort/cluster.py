@@ -32,15 +32,23 @@ import signal
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from notcat_sort import __version__
 from notcat_sort.cache import FileKey
-from notcat_sort.classify import (IN_FLIGHT_PER_JOB, Batch, ClassifySettings, Prediction, Work,
-                                  read_problem, classify_batch, default_jobs)
+from notcat_sort.classify import (
+    IN_FLIGHT_PER_JOB,
+    Batch,
+    ClassifySettings,
+    Prediction,
+    Work,
+    classify_batch,
+    default_jobs,
+    read_problem,
+)
 from notcat_sort.scan import Candidate
 
 EXTRA_HINT = "pip install 'notcat-sort[cluster]'"
@@ -152,7 +160,8 @@ class _Task:
 
 def _read(batch: Batch) -> tuple[_Task, list[Prediction]]:
     """For send_bytes: the batch's files read here (with their stat keys), and those that could not be."""
-    candidates, keys, payloads, failed = [], [], [], []
+    candidates, payloads, failed = [], [], []
+    keys: list[FileKey | None] = []
     for candidate in batch.candidates:
         try:
             with open(candidate.path, "rb") as handle:
@@ -205,7 +214,7 @@ class Cluster:
         except (OSError, TimeoutError) as error:
             self.__exit__(None, None, None)
             raise ClusterError(f"cannot use the cluster at {self.spec.name}: {error}") from error
-        except Exception as error:  # noqa: BLE001 - e.g. a worker without notcat-sort cannot unpickle the probe
+        except Exception as error:  # e.g. a worker without notcat-sort cannot unpickle the probe
             self.__exit__(None, None, None)
             raise ClusterError(f"the workers of {self.spec.name} cannot run notcat-sort ({error!r}): "
                               f"install it there with {EXTRA_HINT}") from error
@@ -267,14 +276,14 @@ class Cluster:
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         return ClusterError(f"cluster {self.spec.name} failed ({reason})")
 
-    def classify(self, work: Iterable[Work], settings: ClassifySettings) -> Iterator[tuple[list[Prediction], bool]]:
+    def classify(self, work: Iterable[Work], settings: ClassifySettings) -> Generator[tuple[list[Prediction], bool], None, None]:
         """The classify stage's batches, run on the cluster: each group of predictions with whether
         it is new to the cache. Known predictions pass straight through."""
         from joblib import delayed
 
         remote = replace(settings, cluster=None, cache_path=None)  # what a worker needs, and can unpickle
         free = self._free_windows(settings)
-        running: deque[tuple[Any, Iterator[tuple[int, str, list[Prediction]]], list[_Task]]] = deque()
+        running: deque[tuple[Any, Generator[tuple[int, str, list[Prediction]], None, None], list[_Task]]] = deque()
         per_window = max(1, IN_FLIGHT_PER_JOB * self.threads // _WINDOWS)
         window: list[_Task] = []
 
@@ -284,7 +293,7 @@ class Cluster:
                      for number, task in enumerate(tasks))
             try:
                 running.append((parallel, parallel(calls), tasks))
-            except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001 - whatever the cluster raised, stop cleanly
+            except (Exception, asyncio.CancelledError) as error:  # whatever the cluster raised, stop cleanly
                 raise self._lost(error) from error
             window.clear()
 
@@ -295,11 +304,11 @@ class Cluster:
                     number, worker, predictions = next(results)
                 except StopIteration:
                     break
-                except (Exception, asyncio.CancelledError) as error:  # noqa: BLE001 - as in start()
+                except (Exception, asyncio.CancelledError) as error:  # as in start()
                     raise self._lost(error) from error
                 self.workers_used.add(worker)
                 keys = tasks[number].keys
-                yield [_as_seen_here(prediction, key, worker) for prediction, key in zip(predictions, keys)], True
+                yield [_as_seen_here(prediction, key, worker) for prediction, key in zip(predictions, keys, strict=True)], True
             running.popleft()
             free.append(parallel)
 
