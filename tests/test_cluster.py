@@ -3,7 +3,8 @@
 Each test runs the installed `notcat-sort` against real worker processes: a `LocalCluster` that
 the command starts (`--cluster local:2`), or a `dask scheduler` and `dask worker --nworkers 2`
 started here, which a test can kill or hide files from. Results are compared with a local run
-over the same files, never with known labels.
+over the same files, never with known labels: the workers run the same per-file classification
+as local threads (EXIF thumbnails, RAW previews, embeddings), so rows and cache entries match.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,26 +22,39 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import read_csv
+from shared_data import SHARED, need
+from test_thumbnails import CAMERA, USABLE, with_band
+
 from notcat_sort.content import sha256_file
+from notcat_sort.model import card_path
 
 distributed = pytest.importorskip("distributed", reason="needs the cluster extra: pip install '.[cluster]'")
 psutil = pytest.importorskip("psutil")
 
 DASK = Path(sys.executable).parent / "dask"
 SLOW = 600  # seconds a cluster run may take on a machine that others keep busy
+RAW_WITH_PREVIEWS = ["FujiFilm.raf", "Panasonic.rw2"]  # ExifTool's samples that have a readable preview
 
 
 def photos(root: Path, shared: Path, count: int) -> Path:
     """`count` small real photos of both labels, half of them in a subfolder."""
     pool = shared / "datasets" / "catnotcat"
     cats, others = sorted((pool / "cat").glob("petimages-*.jpg")), sorted((pool / "not-cat").glob("petimages-*.jpg"))
-    picked = [photo for pair in zip(cats, others) for photo in pair][:count]
+    picked = [photo for pair in zip(cats, others, strict=False) for photo in pair][:count]
     for number, photo in enumerate(picked):
         folder = root / ("sub" if number % 2 else "")
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(photo, folder / photo.name)
+    return root
+
+
+def camera_photos(root: Path) -> Path:
+    """Camera JPEGs whose EXIF thumbnail is current (the fast path) and RAW files with a preview."""
+    root.mkdir(parents=True, exist_ok=True)
+    for photo in [need(CAMERA / name) for name in USABLE] + [need(SHARED / "samples" / "raw" / name) for name in RAW_WITH_PREVIEWS]:
+        shutil.copyfile(photo, root / photo.name)
+        (root / photo.name).chmod(0o644)
     return root
 
 
@@ -50,15 +65,28 @@ def tree(root: Path) -> dict[str, str]:
 
 
 def by_path(rows: list[dict[str, str]], root: Path, out: Path | None = None) -> dict[str, tuple[str, ...]]:
-    """Report rows keyed by sub-path below `root`: label, p_cat, status, error, sha256, and the
-    destination below `out`."""
+    """Report rows keyed by sub-path below `root`: label, p_cat, status, error, sha256, the
+    destination below `out`, which input decided (source) and the cat."""
     return {
         str(Path(row["path"]).relative_to(root)): (
             row["label"], row["p_cat"], row["status"], row["error"], row["sha256"],
             str(Path(row["destination"]).relative_to(out)) if out and row["destination"] else row["destination"],
+            row["source"], row["cat_id"],
         )
         for row in rows
     }
+
+
+def cache_entries(cache_home: Path, source: Path) -> dict[str, list[tuple]]:
+    """What a run left in the prediction cache for the next one: the predictions with their
+    embeddings and sources, the cats, and the stat keys of the files under `source` (a copy's
+    own stat keys are its run's)."""
+    here = {(stat.st_dev, stat.st_ino) for stat in (path.stat() for path in source.rglob("*") if path.is_file())}
+    with sqlite3.connect(cache_home / "notcat-sort" / "predictions.sqlite3") as db:
+        entries = {table: sorted(db.execute(f"SELECT * FROM {table}")) for table in ("predictions", "cats", "cat_photos")}
+        entries["files"] = sorted(row for row in db.execute("SELECT * FROM files") if row[:2] in here)
+    assert len(entries["predictions"]) == len(entries["files"]) == len(here), "every file classified and cached"
+    return entries
 
 
 def wait_for(condition, what: str, timeout: float = 90.0, process: subprocess.Popen | None = None) -> None:
@@ -143,7 +171,7 @@ def assert_stopped_cleanly(rows: list[dict[str, str]], source: Path, before: dic
     """Each file the report says was moved is at its destination, intact; every other file is
     where it was, unchanged; and not every file was handled (the run did stop part-way).
     `some_moved`: the stop came after a batch was acted on (Ctrl-C may land before any file of
-    the batch in hand is touched; those are reported as skipped)."""
+    the batch in hand is touched; those are reported as interrupted)."""
     moved = {str(Path(row["path"]).relative_to(source)): row for row in rows if row["status"] == "done"}
     assert len(moved) < len(before), "the run stopped part-way"
     assert moved or not some_moved, "some files were sorted before the stop"
@@ -153,7 +181,7 @@ def assert_stopped_cleanly(rows: list[dict[str, str]], source: Path, before: dic
     for path, digest in before.items():
         if path not in moved:
             assert sha256_file(source / path) == digest, f"{path} was left as it was"
-    assert {row["status"] for row in rows} <= {"done", "skipped"}
+    assert {row["status"] for row in rows} <= {"done", "interrupted"}
 
 
 def test_cluster_usage_errors(run_cli, tmp_path: Path) -> None:
@@ -182,22 +210,37 @@ def test_cluster_without_the_extra_is_a_usage_error_naming_it(run_cli, cli_env, 
     assert "pip install 'notcat-sort[cluster]'" in result.stderr and "distributed" in result.stderr
 
 
-def test_copy_on_a_local_cluster_gives_what_a_local_run_gives(run_cli, tmp_path: Path, shared: Path) -> None:
+def test_copy_on_a_local_cluster_gives_what_a_local_run_gives(run_cli, cli_env, model_copy, tmp_path: Path,
+                                                              shared: Path) -> None:
+    """Rows, files (cat/<cat-id>/ folders from the embeddings included) and cache entries alike.
+    The card's band is [threshold, threshold], so a current EXIF thumbnail decides its photo
+    whatever the model."""
     source = photos(tmp_path / "photos", shared, 24)
+    camera_photos(source / "camera")
+    count = 24 + len(USABLE) + len(RAW_WITH_PREVIEWS)
+    threshold = json.loads(card_path(model_copy).read_text())["threshold"]
+    model = with_band(model_copy, threshold, threshold)
     here, there = tmp_path / "here", tmp_path / "there"
-    local = run_cli(source, "--copy", "--out", here, "--batch-size", "4", "--no-cache", "--report", tmp_path / "here.csv")
+    common = ["--copy", "--group-cats", "--model", model, "--batch-size", "4"]
+    cli_env["XDG_CACHE_HOME"] = str(tmp_path / "cache-here")
+    local = run_cli(source, *common, "--out", here, "--report", tmp_path / "here.csv")
     assert local.returncode == 0, local.stderr
-    remote = run_cli(source, "--copy", "--out", there, "--batch-size", "4", "--cluster", "local:2",
-                     "--report", tmp_path / "there.csv", timeout=SLOW)
+    cli_env["XDG_CACHE_HOME"] = str(tmp_path / "cache-there")
+    remote = run_cli(source, *common, "--out", there, "--cluster", "local:2", "--report", tmp_path / "there.csv",
+                     timeout=SLOW)
     assert remote.returncode == 0, remote.stderr
     assert "cluster local:2: 2 workers, 2 threads; workers read the files by path" in remote.stderr
     assert "cluster local:2: " in remote.stderr and "took part" in remote.stderr
     assert by_path(remote.rows(), source, there) == by_path(local.rows(), source, here)
-    assert len(remote.rows()) == 24 and all(row["status"] == "done" for row in remote.rows())
-    assert tree(there) == tree(here) and len(tree(there)) == 24
+    assert len(remote.rows()) == count and all(row["status"] == "done" for row in remote.rows())
+    sources = Counter(row["source"] for row in remote.rows())
+    assert sources["thumbnail"] == len(USABLE) and sources["preview"] == len(RAW_WITH_PREVIEWS), sources
+    assert tree(there) == tree(here) and len(tree(there)) == count
+    assert cache_entries(tmp_path / "cache-there", source) == cache_entries(tmp_path / "cache-here", source)
     # The cluster run cached what it classified under this machine's stat keys: a rerun reads nothing.
-    rerun = run_cli(source, "--copy", "--out", there, "--report", tmp_path / "rerun.csv")
-    assert rerun.returncode == 0 and "24 files in" in rerun.stderr and "24 from cache" in rerun.stderr, rerun.stderr
+    rerun = run_cli(source, *common, "--out", there, "--report", tmp_path / "rerun.csv")
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{count} files in" in rerun.stderr and f"{count} from cache" in rerun.stderr, rerun.stderr
 
 
 def test_move_survives_a_worker_killed_mid_run(cli, cli_env, run_cli, tmp_path: Path, shared: Path) -> None:
@@ -216,7 +259,7 @@ def test_move_survives_a_worker_killed_mid_run(cli, cli_env, run_cli, tmp_path: 
         workers[0].send_signal(signal.SIGKILL)
         assert run.poll() is None, "the run ended before the worker was killed: give it more files"
         workers[0].wait(timeout=10)
-        stdout, stderr = run.communicate(timeout=SLOW)
+        _, stderr = run.communicate(timeout=SLOW)
     finally:
         if run.poll() is None:
             run.kill()
@@ -224,8 +267,8 @@ def test_move_survives_a_worker_killed_mid_run(cli, cli_env, run_cli, tmp_path: 
     rows = read_csv(report.read_text())
     assert sorted(by_path(rows, source)) == sorted(expected), "one row per file"
     for path, row in by_path(rows, source).items():
-        label, p_cat, status, error, digest, destination = row
-        assert (label, p_cat, error, digest) == (expected[path][0], expected[path][1], "", expected[path][4])
+        label, p_cat, status, error, digest, destination, decided_by, _ = row
+        assert (label, p_cat, error, digest, decided_by) == (*expected[path][:2], "", expected[path][4], expected[path][6])
         assert status == "done" and Path(destination).is_file() and sha256_file(Path(destination)) == digest
     sorted_contents = Counter(digest for folder in ("cat", "not-cat", "unsure") if (source / folder).exists()
                               for digest in tree(source / folder).values())
@@ -245,7 +288,7 @@ def test_a_cluster_that_goes_away_stops_the_run_cleanly_and_a_rerun_completes(
         wait_for(lambda: report_rows(report) >= 2, "the first files were moved", process=run)
         assert cluster.scheduler is not None
         cluster.scheduler.send_signal(signal.SIGKILL)
-        stdout, stderr = run.communicate(timeout=SLOW)
+        _, stderr = run.communicate(timeout=SLOW)
     finally:
         if run.poll() is None:
             run.kill()
@@ -264,6 +307,7 @@ def test_send_bytes_sorts_a_folder_the_workers_cannot_read(run_cli, dask_cluster
                                                              shared: Path) -> None:
     private = tmp_path / "private"
     source = photos(private / "photos", shared, 12)
+    camera_photos(source / "camera")  # thumbnails and RAW previews from bytes, not from a path
     if subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True).returncode:
         pytest.skip("cannot make a mount namespace here (unshare --user --mount) to hide files from the workers")
     cluster = dask_cluster(tmp_path / "dask", hide=private)
@@ -293,7 +337,7 @@ def test_ctrl_c_at_a_terminal_stops_the_run_not_its_workers(cli, cli_env, tmp_pa
     try:
         wait_for(lambda: report_rows(report) >= 2, "the first files were moved", process=run)
         os.killpg(run.pid, signal.SIGINT)
-        stdout, stderr = run.communicate(timeout=SLOW)
+        _, stderr = run.communicate(timeout=SLOW)
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
