@@ -89,7 +89,7 @@ def cache_entries(cache_home: Path, source: Path) -> dict[str, list[tuple]]:
     return entries
 
 
-def wait_for(condition, what: str, timeout: float = 90.0, process: subprocess.Popen | None = None) -> None:
+def wait_for(condition, what: str, timeout: float = SLOW, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if process is not None and process.poll() is not None:
