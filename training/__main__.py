@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the frozen ImageNet Lite0 over every image once (cached in --workdir), compare "
                     "candidate heads, on the frozen network and on one tuned with LP-FT and ImageNet "
                     "distillation, on leave-sources-out folds, fit the winner's temperature and threshold "
-                    "out of source, and write the int8 model, its card and plots to --out. About 45 "
+                    "out of source, and write the int8 model, its card and plots to --out. About 50 "
                     "minutes on 2 cores from scratch, 30 with the cache.")
     fit.add_argument("--data", action="append", required=True, metavar="DIR",
                      help="a manifest.csv dataset or a folder with cat/ and not-cat/ (e.g. serve's corrections); "
