@@ -272,7 +272,7 @@ def test_the_tuned_top_starts_as_imagenet_and_installs_into_the_network(cached_p
     np.testing.assert_allclose(finetune.pooled(top, trunk), teacher.features, atol=5e-3)  # from the fp16 cache
     assert np.abs(finetune.pooled(tuned, trunk) - teacher.features).max() > 0.05  # tuning moved it
     with torch.inference_mode():
-        whole = pooled_features(tuned.installed(net).eval(), normalise(torch.from_numpy(np.asarray(pixels))))
+        whole = pooled_features(tuned.installed(net).eval(), normalise(torch.from_numpy(np.array(pixels))))  # a writable copy of the memory map
     np.testing.assert_allclose(whole.numpy(), finetune.pooled(tuned, trunk), atol=5e-3)
     half = finetune.pooled(finetune.wise(top, tuned, 0.5), trunk)
     assert np.allclose(finetune.pooled(finetune.wise(top, tuned, 0.0), trunk), finetune.pooled(top, trunk))
