@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import CLI, photo_corpus  # the same corpus as the throughput benchmark
+from throughput import CLI, descendants, photo_corpus  # the same corpus as the throughput benchmark
 
 TARGET_OVERHEAD = 0.15  # at most this much fewer images/s through a local:2 cluster on 2 cores
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -52,24 +52,6 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                    parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, stack = [], list(children.get(pid, []))
-    while stack:
-        child = stack.pop()
-        found.append(child)
-        stack.extend(children.get(child, []))
-    return found
 
 
 @dataclass
@@ -98,7 +80,7 @@ def run(arguments: list[str], files: int, cache_home: Path) -> Run:
     sorting, lines = None, []
 
     def mark() -> None:
-        marks.append((_cpu_seconds(process.pid), sum(map(_cpu_seconds, _descendants(process.pid)))))
+        marks.append((_cpu_seconds(process.pid), sum(map(_cpu_seconds, descendants(process.pid)))))
 
     assert process.stderr is not None
     for line in process.stderr:

@@ -214,8 +214,8 @@ def small_corpus(name: str, count: int) -> Path:
 # Measuring
 
 
-def _process_tree_rss(root_pid: int) -> int:
-    """Summed resident memory (bytes) of `root_pid` and all its descendants, from /proc."""
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
@@ -225,10 +225,18 @@ def _process_tree_rss(root_pid: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(parent, []).append(int(entry.name))
-    total, stack = 0, [root_pid]
+    found, stack = [], list(children.get(pid, []))
     while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, []))
+    return found
+
+
+def _process_tree_rss(root_pid: int) -> int:
+    """Summed resident memory (bytes) of `root_pid` and all its descendants, from /proc."""
+    total = 0
+    for pid in [root_pid, *descendants(root_pid)]:
         try:
             with open(f"/proc/{pid}/statm", "rb") as handle:
                 total += int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
