@@ -116,16 +116,16 @@ def pooled(top: Top, trunk: np.ndarray, batch: int = 256) -> np.ndarray:
 
 
 def out_of_fold(top: Top, classifier: nn.Linear, evidence: prior.Evidence, trunk: np.ndarray, teacher: np.ndarray,
-                frozen_evidence: np.ndarray, y: np.ndarray, weights: np.ndarray, fold: np.ndarray, c: float,
+                starts: list[probe.Probe], y: np.ndarray, weights: np.ndarray, fold: np.ndarray, c: float,
                 recipe: Recipe, seed: int) -> dict[float, np.ndarray]:
     """Per WiSE-FT alpha, every image's logit from a network tuned and a probe fitted without its fold.
 
-    Per fold: the probe on the frozen evidence of the other folds (LP), LP-FT with distillation from
-    it, then for each alpha the mixed network's evidence and a probe refitted on the other folds."""
+    Per fold k: LP-FT with distillation from `starts[k]` (the probe fitted on the frozen evidence of
+    the other folds), then for each alpha the mixed network's evidence and a probe refitted on the
+    other folds."""
     logits = {alpha: np.zeros(len(y)) for alpha in recipe.alphas}
-    for k in range(int(fold.max()) + 1):
+    for k, start in enumerate(starts):
         train = fold != k
-        start = probe.fit(frozen_evidence[train], y[train], weights[train], c)
         tuned = tune(top, classifier, evidence, start, trunk, teacher, y, weights, np.flatnonzero(train), recipe,
                      seed + k)
         for alpha in recipe.alphas:

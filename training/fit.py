@@ -161,11 +161,11 @@ def fit(cfg: Config, command: str) -> dict:
         evidence_variants = [v for v in variants if v.reads == "evidence"]
         tuned_c = max(evidence_variants, key=lambda v: _rank(candidates[v])).c
         # Like for like with the tuned rows (float, probes fitted on float evidence); a reference, not a candidate.
-        comparison.append(_scored(f"frozen network, evidence C={tuned_c:g} (float)",
-                                  out_of_fold(fp32_inputs["evidence"], y, weights, fold, tuned_c)[0], y, outside))
+        frozen_logits, frozen_probes = out_of_fold(fp32_inputs["evidence"], y, weights, fold, tuned_c)
+        comparison.append(_scored(f"frozen network, evidence C={tuned_c:g} (float)", frozen_logits, y, outside))
         trunk = features.trunk(items, ARCH, cfg.size, recipe.stage, workdir)
         tuned_logits = finetune.out_of_fold(top, imagenet_classifier(backbone), evidence_module, trunk, cached.logits,
-                                            fp32_inputs["evidence"], y, weights, fold, tuned_c, recipe, cfg.seed)
+                                            frozen_probes, y, weights, fold, tuned_c, recipe, cfg.seed)  # LP-FT's LPs
         for alpha, logits in tuned_logits.items():
             variant = Variant(f"LP-FT + ImageNet distillation from stage {recipe.stage}, WiSE-FT alpha {alpha:g}, "
                               f"evidence C={tuned_c:g} (float)", "evidence", tuned_c, alpha)
