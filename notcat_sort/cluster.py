@@ -287,7 +287,10 @@ class Cluster:
         per_window = max(1, IN_FLIGHT_PER_JOB * self.threads // _WINDOWS)
         window: list[_Task] = []
 
-        def start() -> None:
+        def send() -> Iterator[tuple[list[Prediction], bool]]:
+            """Send the window out, on a free backend: if none is, first finish the oldest window out."""
+            if not free:
+                yield from finish()
             parallel, tasks = free.popleft(), list(window)
             calls = (delayed(_classify_on_worker)(number, task.candidates, task.payloads, remote, self._model)
                      for number, task in enumerate(tasks))
@@ -304,7 +307,7 @@ class Cluster:
                     number, worker, predictions = next(results)
                 except StopIteration:
                     break
-                except (Exception, asyncio.CancelledError) as error:  # as in start()
+                except (Exception, asyncio.CancelledError) as error:  # as in send()
                     raise self._lost(error) from error
                 self.workers_used.add(worker)
                 keys = tasks[number].keys
@@ -326,13 +329,9 @@ class Cluster:
                 if task.candidates:
                     window.append(task)
                 if len(window) >= per_window or sum(task.size for task in window) >= SEND_BYTES_WINDOW:
-                    if not free:
-                        yield from finish()
-                    start()
+                    yield from send()
             if window:
-                if not free:
-                    yield from finish()
-                start()
+                yield from send()
             while running:
                 yield from finish()
         finally:
