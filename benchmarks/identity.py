@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/, for the evaluation
-from notcat_sort.cats import RAW, unit
+from notcat_sort.cats import NO_HEAD, unit
 from notcat_sort.decode import decode
 from notcat_sort.model import Classifier, default_model_path, load_card
 from training.identity import CLUSTERINGS, IMAGES, held_out, nearest_neighbour_accuracy, sessions_of
@@ -120,7 +120,7 @@ def embed(paths: list[Path], classifier: Classifier, faces: FaceFinder | None) -
 
 def variants(embeddings: dict[str, np.ndarray], with_faces: bool) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """Name -> the vectors of a subset of the photos (given by index), made from the raw embeddings."""
-    root = RAW.vectors
+    root = NO_HEAD.vectors
     found: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "whole photo, as is (before)": lambda i: unit(embeddings["whole"][i]),
         "whole photo, signed sqrt (runtime)": lambda i: root(embeddings["whole"][i]),

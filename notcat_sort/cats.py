@@ -38,7 +38,8 @@ UNKNOWN = "unknown"
 # Cosine similarity to a centroid from which a photo joins that cat, for the power-normalised
 # embedding. benchmarks/identity.py on the campus-cats photos (32 cats, 4 folds held out by cat):
 # 0.84 has the best pairwise recall at pairwise precision >= 0.95, pairs of all folds pooled;
-# lower ones merge cats. Chosen on the other folds, a fold's threshold varies from 0.78 to 0.84.
+# lower ones merge cats. Chosen on the other folds, a fold's threshold varies from 0.78 to 0.84;
+# 0.85, a little stricter, is kept: merging two cats is worse than splitting one.
 JOIN_SIMILARITY = 0.85
 MIN_PHOTOS = 2  # a new group of fewer photos is left unknown
 _CHUNK = 256
@@ -77,7 +78,7 @@ class IdentityHead:
         return unit((embeddings - self.mean) @ self.matrix)
 
 
-RAW = IdentityHead(None, None)
+NO_HEAD = IdentityHead(None, None)  # the embedding itself, power-normalised: no identity head ships
 AS_GIVEN = IdentityHead(None, None, key="as given", root=False)  # vectors already made (measuring, tests)
 
 
@@ -86,16 +87,16 @@ def head_path(model: Path) -> Path:
 
 
 def load_head(model: Path, model_sha256: str) -> IdentityHead:
-    """The identity head stored beside `model` for this very model file, else the raw embedding."""
+    """The identity head stored beside `model` for this very model file, else NO_HEAD."""
     path = head_path(model)
     try:
         with np.load(path) as stored:
             if str(stored["model_sha256"]) != model_sha256:
-                return RAW
+                return NO_HEAD
             return IdentityHead(stored["mean"].astype(np.float32), stored["matrix"].astype(np.float32),
                                 float(stored["threshold"]), f"head {sha256_file(path)}")
     except (OSError, KeyError, ValueError):
-        return RAW
+        return NO_HEAD
 
 
 class NamesError(ValueError):
@@ -170,7 +171,7 @@ class CatGrouper:
     """Collects the cat photos of a run (digest and embedding), then groups them in one go."""
 
     def __init__(self, cache: PredictionCache | None, names: dict[int, str] | None = None,
-                 head: IdentityHead = RAW, threshold: float | None = None) -> None:
+                 head: IdentityHead = NO_HEAD, threshold: float | None = None) -> None:
         self._cache = cache
         self._names = names or {}
         self._head = head

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from notcat_sort.cats import AS_GIVEN, MIN_PHOTOS, RAW, UNKNOWN, CatGrouper, IdentityHead, head_path, unit
+from notcat_sort.cats import AS_GIVEN, MIN_PHOTOS, NO_HEAD, UNKNOWN, CatGrouper, IdentityHead, head_path, unit
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, decode
 from notcat_sort.model import Classifier, load_card
 
@@ -263,7 +263,7 @@ def run(data: Path, model: Path, out: Path | None, folds: int, dimensions: int, 
         train = np.flatnonzero(fold_of_cat[photos.cats] != fold)
         both = np.concatenate([photos.embeddings[train], photos.mirrored[train]])
         mean, matrix = train_head(both, np.concatenate([photos.cats[train]] * 2), dimensions, steps, seed)
-        for name, project in (("raw embedding", RAW.vectors), ("identity head", IdentityHead(mean, matrix).vectors)):
+        for name, project in (("raw embedding", NO_HEAD.vectors), ("identity head", IdentityHead(mean, matrix).vectors)):
             folds_of[name].append((project(photos.embeddings[val]), photos.cats[val], photos.sessions[val]))
     summary = {name: held_out(results) for name, results in folds_of.items()}
     for name, s in summary.items():
