@@ -37,7 +37,7 @@ from PIL import Image
 
 from notcat_sort.cache import FileKey, Known, PredictionCache, open_cache
 from notcat_sort.content import sha256_rest
-from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, OverPixelCap, decode, exif_orientation
+from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, OverPixelCap, decode
 from notcat_sort.embedded import NoPreview, Source, exif_thumbnail, raw_preview
 from notcat_sort.model import Classifier, ModelCard
 from notcat_sort.scan import Candidate
@@ -90,10 +90,11 @@ class ClassifySettings:
 
     @property
     def cache_model(self) -> str:
-        """What cached predictions are keyed on: the model, and the band when thumbnails may
-        decide (a thumbnail's p_cat is not the image's, so --full-decode never reuses one)."""
+        """What cached predictions are keyed on: the model, and the band and size when thumbnails
+        may decide (a thumbnail's p_cat is not the image's, so --full-decode never reuses one)."""
         band = self.thumbnail_band
-        return self.card.sha256 if band is None else f"{self.card.sha256}+thumbnail:{band[0]:g}:{band[1]:g}"
+        return (self.card.sha256 if band is None
+                else f"{self.card.sha256}+thumbnail:{band[0]:g}:{band[1]:g}@{self.card.thumbnail_input_size}")
 
 
 def default_jobs() -> int:
@@ -155,9 +156,8 @@ def _thumbnail(head: bytes, size: int, max_pixels: int) -> np.ndarray | None:
         with Image.open(io.BytesIO(head)) as image:
             if image.format != "JPEG" or image.width * image.height > max_pixels:
                 return None
-            jpeg = exif_thumbnail(image.info.get("exif", b""), image.size)
-            orientation = exif_orientation(image)
-        return None if jpeg is None else decode(jpeg, size, max_pixels, orientation)
+            thumbnail = exif_thumbnail(image.info.get("exif", b""), image.size)
+        return None if thumbnail is None else decode(thumbnail.jpeg, size, max_pixels, thumbnail.orientation)
     except Exception:  # noqa: BLE001 - a malformed thumbnail must never fail a photo
         return None
 
@@ -179,7 +179,7 @@ def _read(path: Path, settings: ClassifySettings, thumbnail: bool, payload: byte
     camera JPEG's 3-8 MB costs more in page faults than hashing it). `payload`: the file's
     bytes, read elsewhere (then there is no stat key here); its headers are looked at the same way."""
     if payload is not None:
-        found = (_thumbnail(payload[:_HEAD], settings.card.input_size, settings.max_pixels)
+        found = (_thumbnail(payload[:_HEAD], settings.card.thumbnail_input_size, settings.max_pixels)
                  if thumbnail and len(payload) <= _READ_WHOLE_LIMIT else None)
         return _Read(None, hashlib.sha256(payload).hexdigest(), payload, found)
     with open(path, "rb") as handle:
@@ -188,7 +188,7 @@ def _read(path: Path, settings: ClassifySettings, thumbnail: bool, payload: byte
             return _Read(key, sha256_rest(handle), path)
         if thumbnail:
             head = handle.read(_HEAD)
-            found = _thumbnail(head, settings.card.input_size, settings.max_pixels)
+            found = _thumbnail(head, settings.card.thumbnail_input_size, settings.max_pixels)
             if found is not None:
                 return _Read(key, sha256_rest(handle, hashlib.sha256(head)), path, found)
             handle.seek(0)
@@ -238,9 +238,16 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDig
 
 def _infer(candidates: list[Candidate], inputs: dict[int, _Input], card: ModelCard,
            model: bytes | None) -> dict[int, Prediction]:
-    """One model call for `inputs` (by batch index); a failed call becomes each file's error."""
-    if not inputs:
-        return {}
+    """One model call per input size among `inputs` (by batch index): thumbnails are smaller than images."""
+    by_size: dict[tuple[int, ...], dict[int, _Input]] = {}
+    for i, item in inputs.items():
+        by_size.setdefault(item.image.shape, {})[i] = item
+    return {i: prediction for same in by_size.values() for i, prediction in _infer_one_size(candidates, same, card, model).items()}
+
+
+def _infer_one_size(candidates: list[Candidate], inputs: dict[int, _Input], card: ModelCard,
+                    model: bytes | None) -> dict[int, Prediction]:
+    """One model call for `inputs`, all of one size; a failed call becomes each file's error."""
     try:
         probabilities, embeddings = _classifier(card, model).scores(np.stack([item.image for item in inputs.values()]))
     except Exception as error:  # noqa: BLE001 - report the batch's files, never end the run

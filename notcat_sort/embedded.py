@@ -202,10 +202,15 @@ def _container_orientation(data: bytes) -> int:
         else:
             return 0
         entries, _ = tiff.ifd(tiff.first_ifd())
-        value = tiff.numbers(entries[_ORIENTATION])[0] if _ORIENTATION in entries else 0
+        return _orientation(tiff, entries, 0)
     except (struct.error, ValueError, IndexError):
         return 0
-    return value if value in range(1, 9) else 0
+
+
+def _orientation(tiff: _Tiff, ifd0: dict[int, tuple[int, int, int]], missing: int) -> int:
+    """IFD0's orientation tag (EXIF 1-8), or `missing` where it is absent or out of range."""
+    values = tiff.numbers(ifd0[_ORIENTATION]) if _ORIENTATION in ifd0 else []
+    return values[0] if values and values[0] in range(1, 9) else missing
 
 
 def _own_orientation(jpeg: bytes) -> int:
@@ -284,10 +289,11 @@ def _edited(tiff: _Tiff, ifds: list[dict[int, tuple[int, int, int]]]) -> bool:
     return bool(_DATE.fullmatch(modified) and _DATE.fullmatch(original) and modified > original)
 
 
-def exif_thumbnail(exif: bytes, image_size: tuple[int, int]) -> bytes | None:
+def exif_thumbnail(exif: bytes, image_size: tuple[int, int]) -> Embedded | None:
     """The IFD1 thumbnail JPEG of a JPEG's EXIF block (`Exif\\0\\0` + TIFF), if it still shows the
-    image of `image_size`; None when it is missing, malformed, too small, of another aspect
-    ratio, or the photo shows signs of editing after it was taken."""
+    image of `image_size`, with the photo's orientation (from the IFD0 parsed here anyway, not
+    from Pillow's parse of the whole block); None when it is missing, malformed, too small, of
+    another aspect ratio, or the photo shows signs of later editing."""
     if not exif.startswith(b"Exif\x00\x00"):
         return None
     try:
@@ -300,13 +306,14 @@ def exif_thumbnail(exif: bytes, image_size: tuple[int, int]) -> bytes | None:
         if _edited(tiff, [ifd0, *exif_ifds]) or _JPEG_OFFSET not in ifd1 or _JPEG_LENGTH not in ifd1:
             return None
         offset, length = tiff.numbers(ifd1[_JPEG_OFFSET])[0] + 6, tiff.numbers(ifd1[_JPEG_LENGTH])[0]
+        orientation = _orientation(tiff, ifd0, 1)
     except (struct.error, ValueError, IndexError, KeyError):
         return None
     jpeg = _largest_jpeg(exif, [(offset, length)])
     size = _jpeg_size(exif, offset) if jpeg else None
-    if size is None or min(size) < MIN_THUMBNAIL_SIDE:
+    if jpeg is None or size is None or min(size) < MIN_THUMBNAIL_SIDE:
         return None
     width, height = image_size
     if abs((size[0] / size[1]) / (width / height) - 1) > ASPECT_TOLERANCE:
         return None
-    return jpeg
+    return Embedded(jpeg, orientation)

@@ -1,8 +1,9 @@
 """The classifier: an int8 ONNX model and the model card that says how to feed it.
 
-The graph takes uint8 RGB images, NHWC, already resized to the card's square input size, and
-does its own normalisation; it returns class probabilities in the card's label order. Keeping
-normalisation inside the graph means the runtime and training cannot disagree about it.
+The graph takes uint8 RGB images, NHWC, already resized to the card's square input size (an EXIF
+thumbnail: to the card's smaller thumbnail size), and does its own normalisation; it returns
+class probabilities in the card's label order. Keeping normalisation inside the graph means the
+runtime and training cannot disagree about it.
 A model may also output `embedding`, its pooled penultimate features: computed in the same call,
 they are what `--group-cats` tells individual cats apart by (see notcat_sort.cats).
 """
@@ -37,6 +38,13 @@ class ModelCard:
     # The p_cat band [low, high] in which an EXIF thumbnail's verdict is checked by decoding the
     # image itself; None (a card without one) turns the thumbnail fast path off.
     thumbnail_band: tuple[float, float] | None = None
+    # The square size an EXIF thumbnail is classified at: smaller than a photo's, as the model takes
+    # any size (see training/thumbnails.py); None (an older card): `input_size`.
+    thumbnail_size: int | None = None
+
+    @property
+    def thumbnail_input_size(self) -> int:
+        return self.thumbnail_size or self.input_size
 
     @property
     def cat_index(self) -> int:
@@ -88,6 +96,7 @@ def load_card(model_path: Path) -> ModelCard:
             sha256=raw["sha256"],
             has_embedding=EMBEDDING_OUTPUT in raw.get("extra_outputs", {}),
             thumbnail_band=_thumbnail_band(raw.get("thumbnail")),
+            thumbnail_size=int(raw["thumbnail"]["size"]) if "size" in raw.get("thumbnail", {}) else None,
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         reason = error.strerror if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
@@ -123,7 +132,7 @@ class Classifier:
         self.has_embedding = EMBEDDING_OUTPUT in outputs
 
     def p_cat(self, images: np.ndarray) -> np.ndarray:
-        """Cat probability for each image of a (N, S, S, 3) uint8 batch."""
+        """Cat probability for each image of a (N, S, S, 3) uint8 batch (S: the card's input or thumbnail size)."""
         return self.scores(images, embedding=False)[0]
 
     def scores(self, images: np.ndarray, embedding: bool = True) -> tuple[np.ndarray, np.ndarray | None]:

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from shared_data import SHARED, requires
 
-from notcat_sort.model import card_path
+from notcat_sort.decode import decode
+from notcat_sort.model import Classifier, card_path, load_card
+from notcat_sort.report import format_p
 
 CAMERA = SHARED / "samples" / "camera"
 # Camera JPEGs whose IFD1 thumbnail is current: 4:3 like the image, no editor, not modified later.
@@ -34,9 +36,9 @@ UNUSABLE = {
 pytestmark = requires(CAMERA)
 
 
-def with_band(model: Path, low: float, high: float) -> Path:
+def with_band(model: Path, low: float, high: float, size: int | None = None) -> Path:
     card = json.loads(card_path(model).read_text())
-    card["thumbnail"] = {"low": low, "high": high}
+    card["thumbnail"] = {"low": low, "high": high, **({"size": size} if size else {})}
     card_path(model).write_text(json.dumps(card))
     return model
 
@@ -110,18 +112,37 @@ def exiftool() -> str:
     return found
 
 
-def test_the_thumbnails_verdict_is_the_thumbnails_own(library, model_copy, run_cli, tmp_path):
-    """The p_cat a thumbnail gives is that of the thumbnail image, extracted by exiftool and classified alone."""
+@pytest.mark.parametrize("size", [None, 192, 160])
+def test_the_thumbnails_verdict_is_the_thumbnails_own(library, model_copy, run_cli, size):
+    """The p_cat a thumbnail gives is that of the thumbnail image, extracted by exiftool and
+    classified alone at the card's thumbnail size (without one, the model's input size)."""
     threshold = json.loads(card_path(model_copy).read_text())["threshold"]
-    model = with_band(model_copy, threshold, threshold)
+    model = with_band(model_copy, threshold, threshold, size)
     photo = library / "exif-org" / "canon-ixus.jpg"  # orientation 1: the thumbnail is shown as stored
-    alone = tmp_path / "alone"
-    alone.mkdir()
-    (alone / "thumbnail.jpg").write_bytes(
-        subprocess.run([exiftool(), "-b", "-ThumbnailImage", str(photo)], capture_output=True, check=True).stdout)
+    thumbnail = subprocess.run([exiftool(), "-b", "-ThumbnailImage", str(photo)], capture_output=True, check=True).stdout
     [fast] = run_cli(photo, "--model", model, "--report", "-", "--no-cache").rows()
-    [reference] = run_cli(alone, "--model", model, "--report", "-", "--no-cache", "--full-decode").rows()
-    assert fast["source"] == "thumbnail" and fast["p_cat"] == reference["p_cat"]
+    card = load_card(model)
+    classifier = Classifier(card)
+    alone = classifier.p_cat(decode(thumbnail, size or card.input_size)[None])[0]
+    assert fast["source"] == "thumbnail" and fast["p_cat"] == format_p(alone)
+    if size:  # the size is the card's doing: at the photo's input size the thumbnail says something else
+        assert format_p(classifier.p_cat(decode(thumbnail, card.input_size)[None])[0]) != fast["p_cat"]
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_the_thumbnail_is_seen_upright_as_the_photo_is(library, model_copy, run_cli, orientation):
+    """A rotated photo's thumbnail is stored as the sensor saw it, like the photo: the photo's EXIF
+    orientation turns both upright (read from the EXIF block the thumbnail is found in)."""
+    threshold = json.loads(card_path(model_copy).read_text())["threshold"]
+    model = with_band(model_copy, threshold, threshold, 192)
+    photo = library / "exif-org" / "canon-ixus.jpg"
+    subprocess.run([exiftool(), "-q", "-overwrite_original", f"-IFD0:Orientation#={orientation}", str(photo)], check=True)
+    thumbnail = subprocess.run([exiftool(), "-b", "-ThumbnailImage", str(photo)], capture_output=True, check=True).stdout
+    [fast] = run_cli(photo, "--model", model, "--report", "-", "--no-cache").rows()
+    classifier = Classifier(load_card(model))
+    upright, as_stored = (format_p(classifier.p_cat(decode(thumbnail, 192, orientation=turn)[None])[0])
+                          for turn in (orientation, 1))
+    assert fast["source"] == "thumbnail" and fast["p_cat"] == upright != as_stored
 
 
 @pytest.mark.parametrize("edit, decides", [

@@ -234,6 +234,23 @@ def test_onnx_matches_pytorch(quantized: Path, shipped: torch.nn.Module, real_im
     np.testing.assert_allclose(_p_cat(quantized / "fp32.onnx", real_images), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("height, width", [(192, 192), (120, 160)])
+def test_the_models_take_images_of_any_size(quantized: Path, shipped: torch.nn.Module, real_images: np.ndarray,
+                                            height: int, width: int) -> None:
+    """Traced at 224, the exported graphs take a thumbnail at its own size (the card's thumbnail
+    size): the fp32 graph computes what the network does at that size, the int8 graph follows it."""
+    from PIL import Image
+
+    small = np.stack([np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+                      for image in real_images])
+    with torch.inference_mode():
+        expected = shipped(torch.from_numpy(small))[0].numpy()[:, 1]
+    np.testing.assert_allclose(_p_cat(quantized / "fp32.onnx", small), expected, atol=1e-4)
+    at_224 = _p_cat(quantized / "fp32.onnx", real_images)
+    assert np.abs(expected - at_224).max() > 1e-3  # the size really changed what the network saw
+    np.testing.assert_allclose(_p_cat(quantized / "int8.onnx", small), expected, atol=0.1)
+
+
 @pytest.fixture(scope="module")
 def cached_pool(tmp_path_factory: pytest.TempPathFactory):
     """A dozen real images through fit's caches: the teacher's outputs and the trunk below stage 6."""

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from training import export, finetune, prior, splits
+from training.thumbnails import THUMBNAIL_INPUT
 
 EXAMPLES = """examples:
   python -m training fit --data ../shared/datasets/catnotcat --out models/
@@ -85,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     thumbs.add_argument("--data", type=Path, required=True, help="its out-of-source photos are used")
     thumbs.add_argument("--target", type=float, default=0.999, help="least agreement with full decoding")
     thumbs.add_argument("--limit", type=int, default=None, help="use only N of the photos, a seeded sample (tiny runs)")
+    thumbs.add_argument("--size", type=int, default=THUMBNAIL_INPUT,
+                        help="classify a thumbnail squashed to SIZE x SIZE px (the model takes any size)")
     return parser
 
 
@@ -112,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         from training.thumbnails import choose_for_model, out_of_source, write_band
 
         photos = limit(out_of_source(load_items(args.data)), args.limit, seed=0)
-        band = choose_for_model(args.model, photos, args.target)
-        print(f"{write_band(args.model, band)}: thumbnail band {band.low}:{band.high}, thumbnail decides "
+        band = choose_for_model(args.model, photos, args.target, args.size)
+        print(f"{write_band(args.model, band)}: thumbnail band {band.low}:{band.high} at {band.size} px, thumbnail decides "
               f"{band.thumbnail_share:.1%} of {band.photos} photos, agreement {band.agreement:.4%}")
     else:
         from training.evaluate import evaluate

@@ -1,4 +1,8 @@
-"""ONNX export (opset 17, dynamic batch) and static int8 QDQ quantization for CPUs without VNNI.
+"""ONNX export (opset 17, free batch and image size) and static int8 QDQ quantization for CPUs without VNNI.
+
+The image's height and width are free as well as the batch: the network is convolutions and a
+global pool, so any size runs, and the CLI classifies a camera's EXIF thumbnail at a smaller
+size than the photo itself (the card's `thumbnail.size`, see training/thumbnails.py).
 
 On AVX2 without VNNI, onnxruntime multiplies u8 activations by s8 weights with an instruction
 that saturates 16-bit pair sums, so the weights of the GEMM-based convolutions are quantized to
@@ -60,13 +64,14 @@ QUANTIZATION = {
 
 def export_onnx(wrapper: nn.Module, path: Path, size: int, outputs: tuple[str, ...]) -> Path:
     """TorchScript exporter (dynamo=False): a compact, plain graph that quantizes cleanly. `wrapper`
-    takes uint8 NHWC pixels (see training.model.Shipped) and returns `outputs`."""
+    takes uint8 NHWC pixels (see training.model.Shipped) of any batch and size (traced at `size`)
+    and returns `outputs`, one row per image."""
     dummy = torch.zeros(1, size, size, 3, dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
         wrapper.eval(), (dummy,), str(path), dynamo=False, opset_version=OPSET,
         input_names=["image"], output_names=list(outputs),
-        dynamic_axes={"image": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
+        dynamic_axes={"image": {0: "batch", 1: "height", 2: "width"}, **{name: {0: "batch"} for name in outputs}},
     )
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)

@@ -255,7 +255,7 @@ def fit(cfg: Config, command: str) -> dict:
     card.write(card.build(int8_path, cfg.size, threshold, **details), int8_path)
     band = thumbnails.choose_for_model(int8_path, thumbnails.out_of_source(items))
     thumbnails.write_band(int8_path, band)
-    print(f"thumbnail band {band.low}:{band.high}: the EXIF thumbnail decides {band.thumbnail_share:.1%} of "
+    print(f"thumbnail band {band.low}:{band.high} at {band.size} px: the EXIF thumbnail decides {band.thumbnail_share:.1%} of "
           f"{band.photos} out-of-source photos, agreeing with full decoding on {band.agreement:.4%}", flush=True)
     installed = _install(staging, Path(cfg.out))
     print(f"wrote {', '.join(map(str, installed))}; total wall time {time.time() - started:.0f} s")
