@@ -1,6 +1,6 @@
 """Which embedding and which clustering tell individual cats apart: `--group-cats` measured.
 
-    python benchmarks/identity.py [--data ../shared/datasets/catnotcat] [--folds 4] [--seed 0]
+    python benchmarks/identity.py [--data ../shared/datasets/catnotcat] [--folds 4] [--seed 0] [--skip-crops]
 
 DATA is a catnotcat dataset (its `campus-cats` group; the 10 characters after `campus-cats-`
 name the cat) or a folder with one folder per cat (NekoNet's layout). Needs no torch: the
@@ -17,6 +17,18 @@ grouped; averaged with its mirror image, and with centre crops (test-time augmen
 three more inferences per cat photo); the largest cat face found, and the face and whole photo
 concatenated. Clusterings: the runtime's one-pass centroid grouping (notcat_sort.cats) and dense
 average-linkage agglomerative clustering.
+
+Then, on the runtime's embedding, re-ranking (free at run time: no more inference, only the
+photos' vectors): k-reciprocal re-ranking (Zhong et al. 2017), alpha- and average query expansion
+(Radenovic et al. 2018, Chum et al. 2007), diffusion on a mutual kNN graph (Iscen et al. 2017)
+and CSLS hubness correction (Conneau et al. 2018), each with the runtime's clustering where it
+yields vectors and with average, complete and single linkage, connected components of the mutual
+nearest-neighbour graph and HDBSCAN (which cuts its own tree: no threshold to choose). These
+need scikit-learn (and its scipy): `pip install -e '.[bench]'`; skipped without it. A "pair
+ceiling" column gives the best pairwise recall that any threshold on the pairs' similarity
+reaches at pairwise precision >= 0.95 within the held-out folds (a threshold chosen on the fold
+itself: what a perfect clustering of those similarities could not much exceed). Last, pairwise
+precision / recall of each clustering at a range of thresholds, folds pooled (the curve).
 """
 
 from __future__ import annotations
@@ -32,10 +44,20 @@ import numpy as np
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/, for the evaluation
-from notcat_sort.cats import NO_HEAD, unit
+from notcat_sort.cats import MIN_PHOTOS, NO_HEAD, unit
 from notcat_sort.decode import decode
 from notcat_sort.model import Classifier, default_model_path, load_card
-from training.identity import CLUSTERINGS, IMAGES, held_out, nearest_neighbour_accuracy, sessions_of
+from training.identity import (
+    CLUSTERINGS,
+    IMAGES,
+    PRECISION_TARGET,
+    Clustering,
+    held_out,
+    nearest_neighbour_accuracy,
+    pair_counts,
+    runtime_clusters,
+    sessions_of,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 224
@@ -93,7 +115,8 @@ class FaceFinder:
                            round(min(image.width, centre_x + side / 2)), round(min(image.height, centre_y + side / 2))))
 
 
-def embed(paths: list[Path], classifier: Classifier, faces: FaceFinder | None) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
+def embed(paths: list[Path], classifier: Classifier, faces: FaceFinder | None,
+          crops: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
     """Raw embeddings per kind of input (whole, mirror, centre, centre mirror, face where found),
     which photos had a face, and CPU seconds per inference of one image (CPU time, not wall time:
     the figures stay comparable on a machine that others share)."""
@@ -108,32 +131,247 @@ def embed(paths: list[Path], classifier: Classifier, faces: FaceFinder | None) -
         found.append(face is not None)
         for kind, array in (("whole", whole), ("mirror", whole[:, ::-1]), ("centre", centre), ("centre mirror", centre[:, ::-1]),
                             ("face", _square(face) if face is not None else whole)):
-            inputs[kind].append(np.ascontiguousarray(array))
+            if crops or kind == "whole":
+                inputs[kind].append(np.ascontiguousarray(array))
     embeddings: dict[str, np.ndarray] = {}
     started, inferred = time.process_time(), 0
     for kind, arrays in inputs.items():
+        if not arrays:
+            continue
         batches = [classifier.scores(np.stack(arrays[start:start + 32]))[1] for start in range(0, len(arrays), 32)]
         embeddings[kind] = np.concatenate([batch for batch in batches if batch is not None])
         inferred += len(arrays)
     return embeddings, np.array(found), (time.process_time() - started) / inferred
 
 
-def variants(embeddings: dict[str, np.ndarray], with_faces: bool) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+def variants(embeddings: dict[str, np.ndarray], with_faces: bool, with_crops: bool) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """Name -> the vectors of a subset of the photos (given by index), made from the raw embeddings."""
     root = NO_HEAD.vectors
     found: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "whole photo, as is (before)": lambda i: unit(embeddings["whole"][i]),
         "whole photo, signed sqrt (runtime)": lambda i: root(embeddings["whole"][i]),
         "whole, sqrt, centred on the photos": lambda i: unit(root(embeddings["whole"][i]) - root(embeddings["whole"][i]).mean(0)),
-        "whole + mirror, sqrt": lambda i: root((embeddings["whole"][i] + embeddings["mirror"][i]) / 2),
-        "whole + mirror + centre crops, sqrt": lambda i: root(sum(embeddings[kind][i] for kind in
-                                                                 ("whole", "mirror", "centre", "centre mirror")) / 4),
     }
+    if with_crops:
+        found["whole + mirror, sqrt"] = lambda i: root((embeddings["whole"][i] + embeddings["mirror"][i]) / 2)
+        found["whole + mirror + centre crops, sqrt"] = lambda i: root(sum(embeddings[kind][i] for kind in
+                                                                         ("whole", "mirror", "centre", "centre mirror")) / 4)
     if with_faces:
         found["face crop (else whole), sqrt"] = lambda i: root(embeddings["face"][i])
         found["whole | face crop, sqrt"] = lambda i: unit(np.concatenate([root(embeddings["whole"][i]),
                                                                           root(embeddings["face"][i])], axis=1))
     return found
+
+
+# Re-ranking: the unit vectors of a set of photos -> a similarity per pair of them (1 on the
+# diagonal), computed from those vectors alone, as the runtime could over the cat photos of a run.
+Reranking = Callable[[np.ndarray], np.ndarray]
+
+
+def cosine(vectors: np.ndarray) -> np.ndarray:
+    return vectors @ vectors.T
+
+
+def query_expansion(k: int, alpha: float) -> Callable[[np.ndarray], np.ndarray]:
+    """alpha-QE: each vector replaced by the sum of itself and its k nearest, weighted by
+    similarity ** alpha (alpha 0: average query expansion). Vectors in, vectors out."""
+    def expand(vectors: np.ndarray) -> np.ndarray:
+        similarity = vectors @ vectors.T
+        nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k + 1]  # itself first
+        weights = np.maximum(np.take_along_axis(similarity, nearest, 1), 0) ** alpha
+        return unit(np.einsum("nk,nkd->nd", weights, vectors[nearest]))
+    return expand
+
+
+def k_reciprocal(k1: int, k2: int, original: float) -> Reranking:
+    """Zhong et al. 2017: Jaccard distance of the photos' k-reciprocal neighbour sets (expanded
+    by their own half-size reciprocal sets, Gaussian-weighted, averaged over k2 neighbours),
+    blended with the original distance with weight `original`; 1 - that distance."""
+    def rerank(vectors: np.ndarray) -> np.ndarray:
+        count = len(vectors)
+        distance = np.maximum(2 - 2 * (vectors @ vectors.T), 0)
+        distance = distance / np.maximum(distance.max(axis=0), 1e-12)
+        rank = np.argsort(distance, axis=1, kind="stable")
+
+        def reciprocal(i: int, k: int) -> np.ndarray:
+            forward = rank[i, :k + 1]
+            return forward[np.any(rank[forward, :k + 1] == i, axis=1)]
+
+        weights = np.zeros((count, count))
+        half = round(k1 / 2)
+        for i in range(count):
+            found = reciprocal(i, k1)
+            expanded = [found]
+            for candidate in found:
+                theirs = reciprocal(int(candidate), half)
+                if len(np.intersect1d(theirs, found)) > 2 / 3 * len(theirs):
+                    expanded.append(theirs)
+            members = np.unique(np.concatenate(expanded))
+            weight = np.exp(-distance[i, members])
+            weights[i, members] = weight / weight.sum()
+        if k2 > 1:
+            weights = weights[rank[:, :k2]].mean(axis=1)
+        shared = np.minimum(weights[:, None, :], weights[None, :, :]).sum(axis=-1)
+        jaccard = 1 - shared / (2 - shared)
+        return 1 - ((1 - original) * jaccard + original * distance)
+    return rerank
+
+
+def diffusion(k: int, alpha: float, gamma: float = 3.0) -> Reranking:
+    """Iscen et al. 2017, in closed form: (I - alpha S)^-1 over the mutual k-nearest-neighbour graph
+    (edges similarity ** gamma, symmetrically normalised), scaled to 1 on the diagonal."""
+    def rerank(vectors: np.ndarray) -> np.ndarray:
+        similarity = np.maximum(vectors @ vectors.T, 0) ** gamma
+        np.fill_diagonal(similarity, 0)
+        nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+        graph = np.zeros_like(similarity)
+        np.put_along_axis(graph, nearest, np.take_along_axis(similarity, nearest, 1), 1)
+        graph = np.minimum(graph, graph.T)
+        degree = np.maximum(graph.sum(axis=1), 1e-12)
+        ranking = np.linalg.inv(np.eye(len(graph)) - alpha * graph / np.sqrt(np.outer(degree, degree)))
+        return ranking / np.sqrt(np.outer(np.diag(ranking), np.diag(ranking)))
+    return rerank
+
+
+def csls(k: int) -> Reranking:
+    """Conneau et al. 2018: cosine less the mean of the two photos' similarities to their k
+    nearest (photos in crowded places, hubs, count for less), shifted by 0.5 to stay near the
+    thresholds' range."""
+    def rerank(vectors: np.ndarray) -> np.ndarray:
+        similarity = vectors @ vectors.T
+        others = similarity.copy()
+        np.fill_diagonal(others, -np.inf)
+        crowd = np.sort(others, axis=1)[:, -k:].mean(axis=1)
+        corrected = similarity - (crowd[:, None] + crowd[None, :]) / 2 + 0.5
+        np.fill_diagonal(corrected, 1.0)
+        return corrected
+    return rerank
+
+
+def nearest_neighbour_of(similarity: np.ndarray, cats: np.ndarray, sessions: np.ndarray) -> tuple[float, int]:
+    """training.identity.nearest_neighbour_accuracy for any similarity, not only a dot product."""
+    similarity = similarity.copy()
+    similarity[sessions[:, None] == sessions[None, :]] = -np.inf
+    queries = [i for i in range(len(cats)) if np.any((cats == cats[i]) & (sessions != sessions[i]))]
+    hits = sum(int(cats[int(np.argmax(similarity[i]))] == cats[i]) for i in queries)
+    return hits / max(len(queries), 1), len(queries)
+
+
+def pair_ceiling(similarity: np.ndarray, cats: np.ndarray) -> tuple[int, int]:
+    """(same-cat pairs above the lowest pair threshold with precision >= PRECISION_TARGET, same-cat pairs)."""
+    upper = np.triu_indices(len(cats), 1)
+    order = np.argsort(-similarity[upper], kind="stable")
+    same = (cats[:, None] == cats[None, :])[upper][order]
+    together = np.cumsum(same)
+    good = together / np.arange(1, len(same) + 1) >= PRECISION_TARGET
+    return (int(together[good].max()) if good.any() else 0), int(same.sum())
+
+
+# A clustering of a similarity matrix: similarity, thresholds -> labels per threshold (-1: unknown).
+MatrixClustering = Callable[[np.ndarray, np.ndarray], list[np.ndarray]]
+
+
+def _small_groups_unknown(labels: np.ndarray) -> np.ndarray:
+    labels = np.unique(labels, return_inverse=True)[1]
+    return np.where(np.bincount(labels)[labels] >= MIN_PHOTOS, labels, -1)
+
+
+def _distances(similarity: np.ndarray) -> np.ndarray:
+    distance = np.clip(1 - (similarity + similarity.T) / 2, 0, None)
+    np.fill_diagonal(distance, 0)
+    return distance
+
+
+def linkage(method: str) -> MatrixClustering:
+    """Agglomerative clustering (scipy), cut at each threshold; groups of one photo are unknown."""
+    from scipy.cluster.hierarchy import fcluster
+    from scipy.cluster.hierarchy import linkage as tree_of
+    from scipy.spatial.distance import squareform
+
+    def cluster(similarity: np.ndarray, thresholds: np.ndarray) -> list[np.ndarray]:
+        tree = tree_of(squareform(_distances(similarity), checks=False), method)
+        return [_small_groups_unknown(fcluster(tree, 1 - threshold, "distance")) for threshold in thresholds]
+    return cluster
+
+
+def mutual_nearest(similarity: np.ndarray, thresholds: np.ndarray) -> list[np.ndarray]:
+    """Connected components of the graph of photos that are each other's nearest neighbour, with
+    a similarity of at least the threshold."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    others = similarity.copy()
+    np.fill_diagonal(others, -np.inf)
+    nearest = np.argmax(others, axis=1)
+    mutual = np.zeros(others.shape, bool)
+    mutual[np.arange(len(others)), nearest] = True
+    mutual &= mutual.T
+    return [_small_groups_unknown(connected_components(csr_matrix(mutual & (others >= threshold)), directed=False)[1])
+            for threshold in thresholds]
+
+
+def hdbscan(similarity: np.ndarray, thresholds: np.ndarray) -> list[np.ndarray]:
+    """HDBSCAN (scikit-learn), groups of two or more, its own cut (the same for every threshold)."""
+    from sklearn.cluster import HDBSCAN
+
+    labels = HDBSCAN(min_cluster_size=MIN_PHOTOS, metric="precomputed", copy=True).fit_predict(_distances(similarity))
+    return [labels for _ in thresholds]
+
+
+def rerankings() -> dict[str, tuple[Callable[[np.ndarray], np.ndarray], Reranking]]:
+    """Name -> (what becomes of the runtime's vectors, the similarity then used)."""
+    same = lambda vectors: vectors  # noqa: E731 - a table of small functions
+    return {
+        "cosine (runtime)": (same, cosine),
+        "average QE, k 2": (query_expansion(2, 0.0), cosine),
+        "alpha-QE, k 3, alpha 3": (query_expansion(3, 3.0), cosine),
+        "alpha-QE, k 5, alpha 3": (query_expansion(5, 3.0), cosine),
+        "k-reciprocal, k1 4, k2 1, l 0.3": (same, k_reciprocal(4, 1, 0.3)),
+        "k-reciprocal, k1 6, k2 3, l 0.3": (same, k_reciprocal(6, 3, 0.3)),
+        "k-reciprocal, k1 10, k2 3, l 0.3": (same, k_reciprocal(10, 3, 0.3)),
+        "diffusion, k 10, alpha 0.9": (same, diffusion(10, 0.9)),
+        "CSLS, k 10": (same, csls(10)),
+    }
+
+
+def matrix_clusterings() -> dict[str, MatrixClustering]:
+    return {"average linkage": linkage("average"), "complete linkage": linkage("complete"),
+            "single linkage": linkage("single"), "mutual 1-NN": mutual_nearest, "HDBSCAN": hdbscan}
+
+
+def on_vectors(cluster: MatrixClustering, similarity_of: Reranking) -> Clustering:
+    return lambda vectors, thresholds: cluster(similarity_of(vectors), thresholds)
+
+
+def measure_reranking(vectors: np.ndarray, cats: np.ndarray, sessions: np.ndarray, folds: list[np.ndarray]) -> None:
+    """The re-ranking table, then the pooled precision / recall curve of each clustering."""
+    print(f"\nre-ranking the runtime's vectors ({'variant':<32}) {'clustering':<16} 1-NN all cats  in folds  pair ceiling"
+          "  pairwise precision  recall  thresholds (other folds)")
+    clusterings = matrix_clusterings()
+    for name, (transform, similarity_of) in rerankings().items():
+        overall, _ = nearest_neighbour_of(similarity_of(transform(vectors)), cats, sessions)
+        fold_sets = [(transform(vectors[members]), cats[members], sessions[members]) for members in folds]
+        hits, queries, together, same = 0.0, 0, 0, 0
+        for fold_vectors, fold_cats, fold_sessions in fold_sets:
+            similarity = similarity_of(fold_vectors)
+            accuracy, count = nearest_neighbour_of(similarity, fold_cats, fold_sessions)
+            found, pairs = pair_ceiling(similarity, fold_cats)
+            hits, queries, together, same = hits + accuracy * count, queries + count, together + found, same + pairs
+        runnable: dict[str, Clustering] = {"runtime": runtime_clusters} if similarity_of is cosine else {}
+        runnable.update({clustering_name: on_vectors(cluster, similarity_of) for clustering_name, cluster in clusterings.items()})
+        for clustering_name, clustering in runnable.items():
+            scores = held_out(fold_sets, clustering)
+            chosen = "own cut" if clustering_name == "HDBSCAN" else " ".join(f"{t:.2f}" for t in scores["thresholds"])
+            print(f"{name:<59} {clustering_name:<16} {overall:13.3f} {hits / max(queries, 1):9.3f} {together / max(same, 1):13.3f}"
+                  f" {scores['precision']:19.3f} {scores['recall']:7.3f}  {chosen}", flush=True)
+    thresholds = np.round(np.arange(0.70, 0.95, 0.04), 2)
+    print("\npairwise precision / recall of the runtime's vectors, folds pooled, by threshold: "
+          + "  ".join(f"{t:.2f}" for t in thresholds))
+    for clustering_name, clustering in {"runtime": runtime_clusters,
+                                        **{n: on_vectors(c, cosine) for n, c in clusterings.items() if n != "HDBSCAN"}}.items():
+        totals = sum((np.array([pair_counts(labels, cats[members]) for labels in clustering(vectors[members], thresholds)])
+                      for members in folds), np.zeros((len(thresholds), 3)))
+        print(f"{clustering_name:<16} " + "  ".join(f"{a / max(b, 1):.2f}/{a / max(c, 1):.3f}" for a, b, c in totals), flush=True)
 
 
 def main() -> None:
@@ -142,16 +380,17 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=default_model_path())
     parser.add_argument("--folds", type=int, default=4, help="validation folds, by cat")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-crops", action="store_true", help="only the whole photo: no mirror, crop or face variants")
     args = parser.parse_args()
     paths, cat_names = photos_of(args.data)
     cats = np.unique(cat_names, return_inverse=True)[1]
+    faces: FaceFinder | None = None
     try:
-        faces: FaceFinder | None = FaceFinder()
+        faces = None if args.skip_crops else FaceFinder()
     except (ImportError, AttributeError) as error:
-        print(f"face crops skipped: {error} (pip install 'opencv-python-headless<5')", file=sys.stderr)
-        faces = None
+        print(f"face crops skipped: {error} (pip install -e '.[bench]')", file=sys.stderr)
     classifier = Classifier(load_card(args.model), threads=2)
-    embeddings, found, per_inference = embed(paths, classifier, faces)
+    embeddings, found, per_inference = embed(paths, classifier, faces, crops=not args.skip_crops)
     sessions = sessions_of(paths, cats, embeddings["whole"])
     print(f"{len(paths)} photos of {cats.max() + 1} cats in {sessions.max() + 1} sessions; {args.folds} folds by cat, "
           f"seed {args.seed}; {1000 * per_inference:.1f} CPU ms per inference")
@@ -162,13 +401,19 @@ def main() -> None:
     folds = [np.flatnonzero(fold_of_cat[cats] == fold) for fold in range(args.folds)]
     everyone = np.arange(len(paths))
     print(f"{'variant':<38} {'clustering':<16} 1-NN all cats  in folds  pairwise precision  recall  thresholds (other folds)")
-    for name, vectors_of in variants(embeddings, faces is not None).items():
+    for name, vectors_of in variants(embeddings, faces is not None, not args.skip_crops).items():
         overall, _ = nearest_neighbour_accuracy(vectors_of(everyone), cats, sessions)
         for clustering_name, clustering in CLUSTERINGS.items():
             scores = held_out([(vectors_of(members), cats[members], sessions[members]) for members in folds], clustering)
             print(f"{name:<38} {clustering_name:<16} {overall:13.3f} {scores['nn_accuracy']:9.3f} "
                   f"{scores['precision']:19.3f} {scores['recall']:7.3f}  {' '.join(f'{t:.2f}' for t in scores['thresholds'])}"
                   f" (all folds {scores['threshold']:.2f})", flush=True)
+    try:
+        import sklearn  # noqa: F401 - scikit-learn, and with it scipy
+    except ImportError as error:
+        print(f"re-ranking and other clusterings skipped: {error} (pip install -e '.[bench]')", file=sys.stderr)
+        return
+    measure_reranking(NO_HEAD.vectors(embeddings["whole"]), cats, sessions, folds)
 
 
 if __name__ == "__main__":
