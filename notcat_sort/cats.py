@@ -4,11 +4,14 @@ The model's `embedding` output (computed in the classifying call, kept in the pr
 goes through the identity head where the model has one (`<model>.identity.npz` beside it: a
 matrix trained by `python -m training identity`, applied here in numpy) and is L2-normalised;
 two photos of one cat are close by cosine similarity. Grouping is built to
-split a cat rather than merge two: a photo joins a cat only if it is within `JOIN_SIMILARITY`
-of that cat's centroid, and a new group needs at least `MIN_PHOTOS` photos; everything else is
-`unknown`. It runs in one deterministic pass in content (sha256) order over the cat photos,
-in chunks, holding only a chunk of vectors and the centroids in memory (the photos' vectors wait
-in a temporary file on disk).
+split a cat rather than merge two: a photo joins a known cat only if it is within
+`JOIN_SIMILARITY` of that cat's centroid; the photos that join none are clustered by HDBSCAN over
+their nearest neighbours, which needs no similarity threshold to find a cat (the one that fits
+moves from one set of cats to the next), and a cluster becomes a new cat of its photos within
+`JOIN_SIMILARITY` of its centroid, if at least `MIN_PHOTOS` are; everything else is `unknown`.
+It is deterministic (content, sha256, order) and chunked: the photos' vectors wait in a
+temporary file on disk, and memory holds a block of them, each photo's `NEIGHBOURS` nearest and
+the centroids.
 
 The cats found are kept in the cache per model (centroid, number of photos, name), with the cat
 each photo went to (or that it was unknown), so a re-run puts every photo where it put it before,
@@ -35,14 +38,17 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 UNKNOWN = "unknown"
-# Cosine similarity to a centroid from which a photo joins that cat, for the power-normalised
-# embedding. benchmarks/identity.py on the campus-cats photos (32 cats, 4 folds held out by cat):
-# 0.84 has the best pairwise recall at pairwise precision >= 0.95, pairs of all folds pooled;
-# lower ones merge cats. Chosen on the other folds, a fold's threshold varies from 0.78 to 0.84;
-# 0.85, a little stricter, is kept: merging two cats is worse than splitting one.
-JOIN_SIMILARITY = 0.85
+# Cosine similarity to a centroid from which a photo is in that cat, for the power-normalised
+# embedding. benchmarks/identity.py on the campus-cats photos (32 cats, 4 folds held out by cat),
+# best pairwise recall at pairwise precision >= 0.95 on the other folds: mostly 0.86 to 0.92 over
+# 6 ways of drawing the folds, 0.90 on all folds of the first; at 0.90, the pairs of all those
+# folds pooled have precision 0.947 at recall 0.067. Lower ones merge cats.
+JOIN_SIMILARITY = 0.90
 MIN_PHOTOS = 2  # a new group of fewer photos is left unknown
+NEIGHBOURS = 10  # the most similar others of each photo, among which new cats are found
+LINK_SIMILARITY = 0.6  # photos less similar are never linked (campus-cats: 0.5 and 0.6 alike, 0.7 loses recall)
 _CHUNK = 256
+_COLUMNS = 4096
 _ID = re.compile(r"cat-([1-9][0-9]*)")
 
 
@@ -228,69 +234,167 @@ class CatGrouper:
 
 def _assign(digests: list[str], vectors: _Vectors, cats: list[Cat], earlier: dict[str, int],
             next_number: int, threshold: float) -> list[int]:
-    """A cat number per photo (0: none). Photos are visited in digest order, a chunk at a time;
-    a photo joins the most similar centroid if it is similar enough, else starts a group. A chunk
-    is compared with the centroids as they stood at its start in one product; with the groups
-    begun or moved within the chunk, photo by photo."""
-    numbers = [0] * len(digests)
-    order = sorted(range(len(digests)), key=lambda i: digests[i])
-    centroids = _Rows(vectors.dimensions)
-    for cat in cats:
-        centroids.append(unit(cat.centroid))
+    """A cat number per photo (0: none). A photo an earlier run placed stays where it was; any
+    other joins the known cat whose centroid is most similar, if within `threshold`; the rest
+    are clustered among themselves (`_clusters`), and each cluster becomes a new cat of its
+    photos within `threshold` of its centroid, if at least MIN_PHOTOS are (numbered in the
+    digest order of their first photo). Each distinct photo counts once, in digest order."""
+    first: dict[str, int] = {}
+    for i in sorted(range(len(digests)), key=lambda i: digests[i]):
+        first.setdefault(digests[i], i)
     index = {cat.number: position for position, cat in enumerate(cats)}
-    seen: dict[str, int] = {}
-    for start in range(0, len(order), _CHUNK):
-        chunk = order[start:start + _CHUNK]
+    placed = {digest: number for digest, number in earlier.items() if digest in first and (number == 0 or number in index)}
+    unplaced = [i for digest, i in first.items() if digest not in placed]
+    centroids = np.stack([unit(cat.centroid) for cat in cats]) if cats else np.zeros((0, vectors.dimensions), np.float32)
+    joined = np.zeros((len(cats), vectors.dimensions))
+    counts = np.zeros(len(cats), np.int64)
+    fresh = []  # photos for new cats, in digest order
+    for start in range(0, len(unplaced), _CHUNK):
+        chunk = unplaced[start:start + _CHUNK]
         block = vectors.read(np.array(chunk))
-        at_start = len(cats)
-        similarity = block @ centroids.rows[:at_start].T
-        moved: set[int] = set()
+        similarity = block @ centroids.T
         for row, i in enumerate(chunk):
-            digest, vector = digests[i], block[row]
-            number = seen.get(digest, earlier.get(digest))
-            if number == 0 or number in index:  # the same photo again, or one an earlier run placed
-                numbers[i] = seen[digest] = number
-                continue
-            scores = similarity[row].copy()
-            for position in moved:
-                scores[position] = centroids.rows[position] @ vector
-            fresh = centroids.rows[at_start:len(cats)] @ vector
-            scores = np.concatenate([scores, fresh])
-            best = int(np.argmax(scores)) if len(scores) else -1
-            if best >= 0 and scores[best] >= threshold:
-                cat = cats[best]
-                cat.centroid = (cat.centroid * cat.photos + vector) / (cat.photos + 1)
-                cat.photos += 1
-                centroids.rows[best] = unit(cat.centroid)
-                if best < at_start:
-                    moved.add(best)
+            best = int(np.argmax(similarity[row])) if len(cats) else -1
+            if best >= 0 and similarity[row, best] >= threshold:
+                placed[digests[i]] = cats[best].number
+                joined[best] += block[row]
+                counts[best] += 1
             else:
-                cat = Cat(next_number, None, 1, vector.copy())
-                next_number += 1
-                index[cat.number] = len(cats)
-                cats.append(cat)
-                centroids.append(vector)
-            cat.changed = True
-            numbers[i] = seen[digest] = cat.number
-    return numbers
+                fresh.append(i)
+    for position in np.flatnonzero(counts):
+        cat = cats[position]
+        cat.centroid = (cat.centroid * cat.photos + joined[position]) / (cat.photos + counts[position])
+        cat.photos += int(counts[position])
+        cat.changed = True
+    labels = _clusters(vectors, fresh)
+    for label in dict.fromkeys(int(label) for label in labels if label >= 0):  # in the order of their first photo
+        members = [fresh[row] for row in np.flatnonzero(labels == label)]
+        block = vectors.read(np.array(members))
+        kept = [i for i, similarity in zip(members, block @ unit(block.mean(axis=0)), strict=True) if similarity >= threshold]
+        if len(kept) < MIN_PHOTOS:
+            continue
+        cat = Cat(next_number, None, len(kept), vectors.read(np.array(kept)).mean(axis=0), changed=True)
+        next_number += 1
+        cats.append(cat)
+        placed.update((digests[i], cat.number) for i in kept)
+    return [placed.get(digest, 0) for digest in digests]
 
 
-class _Rows:
-    """A matrix that grows a row at a time (capacity doubling)."""
+def _nearest(vectors: _Vectors, rows: list[int], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each of `rows`' `count` most similar others among them (positions in `rows`, similarities),
+    from products of a block of columns (read once) with a chunk of rows at a time."""
+    nearest = np.zeros((len(rows), 0), np.int64)
+    similarities = np.zeros((len(rows), 0), np.float32)
+    for column in range(0, len(rows), _COLUMNS):
+        positions = np.arange(column, min(len(rows), column + _COLUMNS))
+        columns = vectors.read(np.array(rows[column:column + _COLUMNS]))
+        take = min(count, len(positions))
+        found, found_similarity = [], []
+        for start in range(0, len(rows), _CHUNK):
+            similarity = vectors.read(np.array(rows[start:start + _CHUNK])) @ columns.T
+            similarity[np.arange(start, start + len(similarity))[:, None] == positions[None, :]] = -np.inf  # not itself
+            top = np.argpartition(-similarity, take - 1, axis=1)[:, :take]
+            found.append(positions[top])
+            found_similarity.append(np.take_along_axis(similarity, top, 1))
+        candidates = np.concatenate([nearest, np.concatenate(found)], axis=1)
+        scores = np.concatenate([similarities, np.concatenate(found_similarity)], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :count]
+        nearest, similarities = np.take_along_axis(candidates, order, 1), np.take_along_axis(scores, order, 1)
+    return nearest, similarities
 
-    def __init__(self, dimensions: int) -> None:
-        self._data = np.zeros((16, dimensions), np.float32)
-        self._count = 0
 
-    @property
-    def rows(self) -> np.ndarray:
-        return self._data[:self._count]
+def _clusters(vectors: _Vectors, rows: list[int]) -> np.ndarray:
+    """HDBSCAN (Campello et al. 2013) of the photos `rows`: a label per photo, -1 for none. It
+    needs no similarity threshold (the one that works moves from one set of cats to the next):
+    single linkage over each photo's NEIGHBOURS most similar others (links below LINK_SIMILARITY
+    left out), condensed to the groups of MIN_PHOTOS or more, of which it keeps those that hold
+    together over the widest range of distances (excess of mass). On campus-cats it makes the
+    same clusters as scikit-learn's HDBSCAN(min_cluster_size=2) (benchmarks/identity.py)."""
+    count = len(rows)
+    labels = np.full(count, -1)
+    if count < MIN_PHOTOS:
+        return labels
+    nearest, similarity = _nearest(vectors, rows, min(NEIGHBOURS, count - 1))
+    low = np.minimum(np.arange(count)[:, None], nearest).ravel()
+    high = np.maximum(np.arange(count)[:, None], nearest).ravel()
+    linked = similarity.ravel() >= LINK_SIMILARITY
+    low, high, link = low[linked], high[linked], similarity.ravel()[linked]
+    # Single linkage (Kruskal): tree node count + k is the k-th merge, of children[k] at reach[k].
+    parent = np.arange(count)
 
-    def append(self, row: np.ndarray) -> None:
-        if self._count == len(self._data):
-            self._data = np.concatenate([self._data, np.zeros_like(self._data)])
-        self._data[self._count] = row
-        self._count += 1
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    node_of = list(range(count))  # the tree node of each union-find root
+    size = [1] * count
+    children: list[tuple[int, int]] = []
+    reach: list[float] = []  # 1 / distance at each merge
+    for edge in np.lexsort((high, low, -link)):
+        a, b = root(int(low[edge])), root(int(high[edge]))
+        if a != b:
+            children.append((node_of[a], node_of[b]))
+            reach.append(1.0 / max(1.0 - float(link[edge]), 1e-6))
+            size.append(size[node_of[a]] + size[node_of[b]])
+            parent[b], node_of[a] = a, count + len(children) - 1
+    # The condensed tree. Cluster 0 stands above every tree's top, each born where links stop.
+    born, above, stability = [0.0], [-1], [0.0]
+    below: list[list[int]] = [[]]
+    leaves_from = np.zeros(count, np.int64)  # the cluster each photo drops out of
+    work: list[tuple[int, int]] = []
+
+    def begin(node: int, cluster: int, at: float) -> None:
+        born.append(at)
+        above.append(cluster)
+        stability.append(0.0)
+        below.append([])
+        below[cluster].append(len(born) - 1)
+        work.append((node, len(born) - 1))
+
+    def drop(node: int, cluster: int, at: float) -> None:
+        stability[cluster] += size[node] * (at - born[cluster])
+        stack = [node]
+        while stack:
+            node = stack.pop()
+            if node < count:
+                leaves_from[node] = cluster
+            else:
+                stack.extend(children[node - count])
+
+    floor = 1.0 / (1.0 - LINK_SIMILARITY)
+    for top in sorted({node_of[root(i)] for i in range(count)}):
+        (begin if size[top] >= MIN_PHOTOS else drop)(top, 0, floor)
+    while work:
+        node, cluster = work.pop()
+        at, parts = reach[node - count], children[node - count]
+        if all(size[part] >= MIN_PHOTOS for part in parts):
+            for part in parts:
+                stability[cluster] += size[part] * (at - born[cluster])
+                begin(part, cluster, at)
+        else:
+            for part in parts:
+                if size[part] >= MIN_PHOTOS:
+                    work.append((part, cluster))
+                else:
+                    drop(part, cluster, at)
+    # Excess of mass, bottom up: a cluster is chosen unless the clusters below it hold more.
+    best = list(stability)
+    chosen = [False] * len(born)
+    for cluster in range(len(born) - 1, 0, -1):
+        held = sum(best[part] for part in below[cluster])
+        if below[cluster] and held > stability[cluster]:
+            best[cluster] = held
+        else:
+            chosen[cluster] = True
+    for photo in range(count):
+        cluster = int(leaves_from[photo])
+        while cluster > 0:
+            if chosen[cluster]:
+                labels[photo] = cluster  # the topmost chosen cluster above the photo
+            cluster = above[cluster]
+    return labels
 
 
 def names_file_for(report: Path) -> Path:

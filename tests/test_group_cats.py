@@ -227,3 +227,33 @@ def test_grouping_is_deterministic_and_chunked() -> None:
 def test_a_photo_like_no_other_is_unknown() -> None:
     vectors, _ = _blobs(2, cats=3, per_cat=1)
     assert _group(vectors, ["a", "b", "c"]) == [UNKNOWN] * 3
+
+
+def test_new_cats_are_the_clusters_hdbscan_finds() -> None:
+    """Cats seen in a few sessions each, some close together, some spread out: the new cats are
+    scikit-learn's HDBSCAN clusters (min_cluster_size 2, cosine distances), found here in chunks
+    over each photo's nearest neighbours."""
+    hdbscan = pytest.importorskip("sklearn.cluster").HDBSCAN
+    generator = np.random.default_rng(3)
+    centres = np.linalg.qr(generator.normal(size=(64, 6)))[0].T
+    sessions = np.repeat(np.arange(6), 3)  # the cat of each session
+    session_centres = centres[sessions] + np.repeat([0.2, 0.5, 0.9], 6)[:, None] * generator.normal(size=(18, 64)) / 8
+    of_session = generator.integers(0, 18, 300)
+    vectors = session_centres[of_session] + 0.03 * generator.normal(size=(300, 64))
+    grouper = CatGrouper(None, threshold=-1.0)  # every photo HDBSCAN puts in a cluster stays in it
+    try:
+        for i, vector in enumerate(vectors):
+            grouper.add(f"{i:064x}", vector)
+        ids = grouper.group().ids
+    finally:
+        grouper.close()
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    distances = np.clip(1 - unit @ unit.T, 0, None)
+    np.fill_diagonal(distances, 0)
+    expected = hdbscan(min_cluster_size=2, metric="precomputed", copy=True).fit_predict(distances)
+    partition = {frozenset(np.flatnonzero(expected == label)) for label in set(expected) if label >= 0}
+    assert len(partition) > 6  # some cats are one cluster, the spread-out ones one per session
+    found = {frozenset(i for i, cat in enumerate(ids) if cat == name) for name in set(ids) if name != UNKNOWN}
+    assert found == partition
+    for cluster in partition:  # no cluster holds two cats
+        assert len(set(sessions[of_session[list(cluster)]])) == 1
