@@ -305,6 +305,7 @@ class Batch:
 
     candidates: list[Candidate]
     keys: list[FileKey | None]
+    last: bool = False  # one of the run's last batches, sized to keep every thread busy to the end
 
 
 # What a classifier is handed: predictions already known, or a batch to classify.
@@ -341,7 +342,7 @@ def _work(candidates: Iterable[Candidate], cache: PredictionCache | None, settin
                    if prediction is None]
         last = settings.jobs > 1 and len(chunk) < _LOOKUP_CHUNK  # threads to keep busy; the scan has ended
         for batch in _last_batches(unknown, settings) if last else _batched(unknown, settings.batch_size):
-            yield Batch([candidate for candidate, _ in batch], [key for _, key in batch])
+            yield Batch([candidate for candidate, _ in batch], [key for _, key in batch], last)
 
 
 class _Pool:

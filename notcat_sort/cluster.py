@@ -8,12 +8,13 @@ a local run. A worker reads the files by path (shared storage mounted at the sam
 The model's bytes are scattered to every worker once (joblib's `scatter`), and each worker
 process keeps one onnxruntime session, shared by its task threads, each call with one intra-op
 thread, as the local threads share theirs: a worker runs as many batches at once as it has
-threads, which Dask sets to its cores. Batches go out in windows of a few per worker thread
+threads, which Dask sets to its cores. Batches go out a few to a Dask task (each task costs
+this machine's CPU), in windows of a few tasks per worker thread
 (`Parallel(pre_dispatch="all", return_as="generator_unordered")`), two windows at most in
 flight, alternating between two joblib backends on one Client, so the cluster never waits for
-the slowest batch of a window while memory here stays bounded however many files there are.
+the slowest task of a window while memory here stays bounded however many files there are.
 
-Faults: Dask re-runs the batch of a worker that dies on another worker, and a batch's result
+Faults: Dask re-runs the task of a worker that dies on another worker, and a task's result
 arrives here once, so it is acted on once. A cluster that goes away (or a batch that keeps
 killing workers) raises `ClusterError` between batches: the run stops as on Ctrl-C, with every
 file acted on so far in the report and the rest untouched, and a rerun completes it.
@@ -56,6 +57,9 @@ CONNECT_TIMEOUT = 30.0  # seconds to reach the scheduler and to see a first work
 # With --cluster-send-bytes a window is closed early once it holds this many bytes of files.
 SEND_BYTES_WINDOW = 256 * 1024 * 1024
 _WINDOWS = 2  # windows in flight: one finishing while the next runs
+# Batches of files by path per Dask task: a task costs this machine about 15 CPU ms (joblib,
+# the Client and, for local:N, the scheduler), 1 ms per photo in batches of 16 on 2 cores.
+_TASK_BATCHES = 4
 _ADDRESS = re.compile(r"^(tcp|tls)://[^\s/:]+:\d+$")
 _LOCAL = re.compile(r"^local:(\d+)$")
 # What the scheduler, nannies and workers of a `local:N` cluster run with (a remote cluster's are
@@ -157,10 +161,13 @@ class _Model:
         return self.sha256
 
 
-def _classify_on_worker(task: int, candidates: list[Candidate], payloads: list[bytes] | None,
+def _classify_on_worker(task: int, batches: list[list[Candidate]], payloads: list[list[bytes]] | None,
                         settings: ClassifySettings, model: _Model) -> tuple[int, str, list[Prediction]]:
-    """One batch, on a worker: the task's number, the worker's address and the predictions."""
-    return task, _worker_name(), classify_batch(candidates, settings, None, payloads, model.data)
+    """One task's batches, on a worker, one model call each as on the local threads: the task's
+    number, the worker's address and the predictions, in order."""
+    sent: list[list[bytes] | None] = list(payloads) if payloads is not None else [None] * len(batches)
+    return task, _worker_name(), [prediction for candidates, files in zip(batches, sent, strict=True)
+                                  for prediction in classify_batch(candidates, settings, None, files, model.data)]
 
 
 def _as_seen_here(prediction: Prediction, key: FileKey | None, worker: str) -> Prediction:
@@ -175,13 +182,27 @@ def _as_seen_here(prediction: Prediction, key: FileKey | None, worker: str) -> P
 
 @dataclass
 class _Task:
-    candidates: list[Candidate]
-    keys: list[FileKey | None]  # as this machine saw them: the cache's stat keys are this machine's
-    payloads: list[bytes] | None = None
+    """What one Dask task classifies: a few batches (one with the files' bytes)."""
+
+    batches: list[list[Candidate]]
+    keys: list[FileKey | None]  # of its files in order, as this machine saw them (the cache's stat keys)
+    payloads: list[list[bytes]] | None = None
+    joins: bool = True  # whether it may take more batches: not a run's last (see Batch.last)
 
     @property
     def size(self) -> int:
-        return sum(map(len, self.payloads or ()))
+        return sum(len(payload) for batch in self.payloads or () for payload in batch)
+
+    def takes(self, other: _Task, most: int) -> bool:
+        """Whether `other`'s batch joins this task: files by path only (a task with the files'
+        bytes is big enough), not a run's last batches (each its own task, so that every worker
+        thread has one), and at most `most` files."""
+        return (self.joins and other.joins and self.payloads is None and other.payloads is None
+                and len(self.keys) + len(other.keys) <= most)
+
+    def extend(self, other: _Task) -> None:
+        self.batches.extend(other.batches)
+        self.keys.extend(other.keys)
 
 
 def _read(batch: Batch) -> tuple[_Task, list[Prediction]]:
@@ -199,7 +220,7 @@ def _read(batch: Batch) -> tuple[_Task, list[Prediction]]:
         candidates.append(candidate)
         keys.append(key)
         payloads.append(payload)
-    return _Task(candidates, keys, payloads), failed
+    return _Task([candidates] if candidates else [], keys, [payloads]), failed
 
 
 @dataclass(eq=False)
@@ -320,7 +341,7 @@ class Cluster:
             if not free:
                 yield from finish()
             parallel, tasks = free.popleft(), list(window)
-            calls = (delayed(_classify_on_worker)(number, task.candidates, task.payloads, remote, self._model)
+            calls = (delayed(_classify_on_worker)(number, task.batches, task.payloads, remote, self._model)
                      for number, task in enumerate(tasks))
             try:
                 running.append((parallel, parallel(calls), tasks))
@@ -353,10 +374,16 @@ class Cluster:
                     if failed:
                         yield failed, False
                 else:
-                    task = _Task(item.candidates, item.keys)
-                if task.candidates:
-                    window.append(task)
-                if len(window) >= per_window or sum(task.size for task in window) >= SEND_BYTES_WINDOW:
+                    task = _Task([item.candidates], list(item.keys), joins=not item.last)
+                if not task.keys:
+                    continue
+                if window and window[-1].takes(task, _TASK_BATCHES * settings.batch_size):
+                    window[-1].extend(task)
+                    continue
+                if len(window) >= per_window:  # full: the batch in hand starts the next window
+                    yield from send()
+                window.append(task)
+                if sum(task.size for task in window) >= SEND_BYTES_WINDOW:
                     yield from send()
             if window:
                 yield from send()
