@@ -24,7 +24,6 @@ joblib and dask.distributed come from the optional `cluster` extra and are impor
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -328,6 +327,8 @@ class Cluster:
     def classify(self, work: Iterable[Work], settings: ClassifySettings) -> Generator[tuple[list[Prediction], bool], None, None]:
         """The classify stage's batches, run on the cluster: each group of predictions with whether
         it is new to the cache. Known predictions pass straight through."""
+        import asyncio  # here, not at the top: the CLI imports this module on every run, cluster or not
+
         from joblib import delayed
 
         remote = replace(settings, cluster=None, cache_path=None)  # what a worker needs, and can unpickle
