@@ -201,8 +201,8 @@ def _blobs(seed: int, cats: int, per_cat: int, dimensions: int = 64) -> tuple[np
     return centres[labels] + 0.03 * generator.normal(size=(len(labels), dimensions)), labels
 
 
-def _group(vectors: np.ndarray, digests: list[str]) -> list[str]:
-    grouper = CatGrouper(None)
+def _group(vectors: np.ndarray, digests: list[str], threshold: float | None = None) -> list[str]:
+    grouper = CatGrouper(None, threshold=threshold)
     try:
         for digest, vector in zip(digests, vectors, strict=True):
             grouper.add(digest, vector)
@@ -240,13 +240,8 @@ def test_new_cats_are_the_clusters_hdbscan_finds() -> None:
     session_centres = centres[sessions] + np.repeat([0.2, 0.5, 0.9], 6)[:, None] * generator.normal(size=(18, 64)) / 8
     of_session = generator.integers(0, 18, 300)
     vectors = session_centres[of_session] + 0.03 * generator.normal(size=(300, 64))
-    grouper = CatGrouper(None, threshold=-1.0)  # every photo HDBSCAN puts in a cluster stays in it
-    try:
-        for i, vector in enumerate(vectors):
-            grouper.add(f"{i:064x}", vector)
-        ids = grouper.group().ids
-    finally:
-        grouper.close()
+    # Threshold -1: every photo HDBSCAN puts in a cluster stays in it.
+    ids = _group(vectors, [f"{i:064x}" for i in range(len(vectors))], threshold=-1.0)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     distances = np.clip(1 - unit @ unit.T, 0, None)
     np.fill_diagonal(distances, 0)
