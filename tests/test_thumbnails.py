@@ -112,6 +112,16 @@ def exiftool() -> str:
     return found
 
 
+def extracted_thumbnail(photo: Path) -> bytes:
+    """The photo's IFD1 thumbnail JPEG, as exiftool reads it (not by the code under test)."""
+    return subprocess.run([exiftool(), "-b", "-ThumbnailImage", str(photo)], capture_output=True, check=True).stdout
+
+
+def p_cat_alone(classifier: Classifier, jpeg: bytes, size: int, orientation: int | None = None) -> str:
+    """The report's p_cat of `jpeg` classified by itself at `size`, turned by `orientation`."""
+    return format_p(classifier.p_cat(decode(jpeg, size, orientation=orientation)[None])[0])
+
+
 @pytest.mark.parametrize("size", [None, 192, 160])
 def test_the_thumbnails_verdict_is_the_thumbnails_own(library, model_copy, run_cli, size):
     """The p_cat a thumbnail gives is that of the thumbnail image, extracted by exiftool and
@@ -119,14 +129,13 @@ def test_the_thumbnails_verdict_is_the_thumbnails_own(library, model_copy, run_c
     threshold = json.loads(card_path(model_copy).read_text())["threshold"]
     model = with_band(model_copy, threshold, threshold, size)
     photo = library / "exif-org" / "canon-ixus.jpg"  # orientation 1: the thumbnail is shown as stored
-    thumbnail = subprocess.run([exiftool(), "-b", "-ThumbnailImage", str(photo)], capture_output=True, check=True).stdout
+    thumbnail = extracted_thumbnail(photo)
     [fast] = run_cli(photo, "--model", model, "--report", "-", "--no-cache").rows()
     card = load_card(model)
     classifier = Classifier(card)
-    alone = classifier.p_cat(decode(thumbnail, size or card.input_size)[None])[0]
-    assert fast["source"] == "thumbnail" and fast["p_cat"] == format_p(alone)
+    assert fast["source"] == "thumbnail" and fast["p_cat"] == p_cat_alone(classifier, thumbnail, size or card.input_size)
     if size:  # the size is the card's doing: at the photo's input size the thumbnail says something else
-        assert format_p(classifier.p_cat(decode(thumbnail, card.input_size)[None])[0]) != fast["p_cat"]
+        assert p_cat_alone(classifier, thumbnail, card.input_size) != fast["p_cat"]
 
 
 @pytest.mark.parametrize("orientation", [6, 8, 3])
@@ -137,11 +146,10 @@ def test_the_thumbnail_is_seen_upright_as_the_photo_is(library, model_copy, run_
     model = with_band(model_copy, threshold, threshold, 192)
     photo = library / "exif-org" / "canon-ixus.jpg"
     subprocess.run([exiftool(), "-q", "-overwrite_original", f"-IFD0:Orientation#={orientation}", str(photo)], check=True)
-    thumbnail = subprocess.run([exiftool(), "-b", "-ThumbnailImage", str(photo)], capture_output=True, check=True).stdout
+    thumbnail = extracted_thumbnail(photo)
     [fast] = run_cli(photo, "--model", model, "--report", "-", "--no-cache").rows()
     classifier = Classifier(load_card(model))
-    upright, as_stored = (format_p(classifier.p_cat(decode(thumbnail, 192, orientation=turn)[None])[0])
-                          for turn in (orientation, 1))
+    upright, as_stored = (p_cat_alone(classifier, thumbnail, 192, turn) for turn in (orientation, 1))
     assert fast["source"] == "thumbnail" and fast["p_cat"] == upright != as_stored
 
 
