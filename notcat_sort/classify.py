@@ -94,7 +94,7 @@ class ClassifySettings:
         may decide (a thumbnail's p_cat is not the image's, so --full-decode never reuses one)."""
         band = self.thumbnail_band
         return (self.card.sha256 if band is None
-                else f"{self.card.sha256}+thumbnail:{band[0]:g}:{band[1]:g}@{self.card.thumbnail_input_size}")
+                else f"{self.card.sha256}+thumbnail:{band[0]:g}:{band[1]:g}@{self.card.thumbnail_size}")
 
 
 def default_jobs() -> int:
@@ -179,7 +179,7 @@ def _read(path: Path, settings: ClassifySettings, thumbnail: bool, payload: byte
     camera JPEG's 3-8 MB costs more in page faults than hashing it). `payload`: the file's
     bytes, read elsewhere (then there is no stat key here); its headers are looked at the same way."""
     if payload is not None:
-        found = (_thumbnail(payload[:_HEAD], settings.card.thumbnail_input_size, settings.max_pixels)
+        found = (_thumbnail(payload[:_HEAD], settings.card.thumbnail_size, settings.max_pixels)
                  if thumbnail and len(payload) <= _READ_WHOLE_LIMIT else None)
         return _Read(None, hashlib.sha256(payload).hexdigest(), payload, found)
     with open(path, "rb") as handle:
@@ -188,7 +188,7 @@ def _read(path: Path, settings: ClassifySettings, thumbnail: bool, payload: byte
             return _Read(key, sha256_rest(handle), path)
         if thumbnail:
             head = handle.read(_HEAD)
-            found = _thumbnail(head, settings.card.thumbnail_input_size, settings.max_pixels)
+            found = _thumbnail(head, settings.card.thumbnail_size, settings.max_pixels)
             if found is not None:
                 return _Read(key, sha256_rest(handle, hashlib.sha256(head)), path, found)
             handle.seek(0)

@@ -31,6 +31,9 @@ class ModelCard:
     name: str
     version: str
     input_size: int
+    # The square size an EXIF thumbnail is classified at: smaller than a photo's, as the model takes
+    # any size (see training/thumbnails.py); a card without one (older): `input_size`.
+    thumbnail_size: int
     labels: tuple[str, ...]
     threshold: float
     sha256: str
@@ -38,13 +41,6 @@ class ModelCard:
     # The p_cat band [low, high] in which an EXIF thumbnail's verdict is checked by decoding the
     # image itself; None (a card without one) turns the thumbnail fast path off.
     thumbnail_band: tuple[float, float] | None = None
-    # The square size an EXIF thumbnail is classified at: smaller than a photo's, as the model takes
-    # any size (see training/thumbnails.py); None (an older card): `input_size`.
-    thumbnail_size: int | None = None
-
-    @property
-    def thumbnail_input_size(self) -> int:
-        return self.thumbnail_size or self.input_size
 
     @property
     def cat_index(self) -> int:
@@ -67,14 +63,15 @@ class ModelError(ValueError):
     """A model that cannot be used: missing, without a readable card, or not the file its card describes."""
 
 
-def _thumbnail_band(entry: dict | None) -> tuple[float, float] | None:
-    """The card's `thumbnail: {"low": ..., "high": ...}`, chosen by `python -m training thumbnails`."""
+def _thumbnail(entry: dict | None, input_size: int) -> tuple[tuple[float, float] | None, int]:
+    """The band and input size of the card's `thumbnail: {"low": ..., "high": ..., "size": ...}`,
+    chosen by `python -m training thumbnails`; no band without the entry, and without a size the photo's."""
     if entry is None:
-        return None
+        return None, input_size
     low, high = float(entry["low"]), float(entry["high"])
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"thumbnail band {low}:{high} is not 0 <= low <= high <= 1")
-    return low, high
+    return (low, high), int(entry.get("size", input_size))
 
 
 def load_card(model_path: Path) -> ModelCard:
@@ -86,17 +83,19 @@ def load_card(model_path: Path) -> ModelCard:
     card_file = card_path(model_path)
     try:
         raw = json.loads(card_file.read_text(encoding="utf-8"))
+        input_size = int(raw["input"]["size"])
+        band, thumbnail_size = _thumbnail(raw.get("thumbnail"), input_size)
         card = ModelCard(
             path=model_path,
             name=raw["name"],
             version=raw["version"],
-            input_size=int(raw["input"]["size"]),
+            input_size=input_size,
+            thumbnail_size=thumbnail_size,
             labels=tuple(raw["output"]["labels"]),
             threshold=float(raw["threshold"]),
             sha256=raw["sha256"],
             has_embedding=EMBEDDING_OUTPUT in raw.get("extra_outputs", {}),
-            thumbnail_band=_thumbnail_band(raw.get("thumbnail")),
-            thumbnail_size=int(raw["thumbnail"]["size"]) if "size" in raw.get("thumbnail", {}) else None,
+            thumbnail_band=band,
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         reason = error.strerror if isinstance(error, OSError) else f"{type(error).__name__}: {error}"

@@ -63,7 +63,7 @@ def test_the_command_writes_the_band_into_the_card_and_nothing_else(model_copy):
     assert 0 <= band["low"] <= before["threshold"] <= band["high"] <= 1 and band["photos"] == 24
     assert band["agreement"] >= 0.999
     assert load_card(model_copy).thumbnail_band == (band["low"], band["high"])
-    assert load_card(model_copy).thumbnail_input_size == band["size"] == 192  # the default --size
+    assert load_card(model_copy).thumbnail_size == band["size"] == 192  # the default --size
 
 
 @requires(DATASET)
