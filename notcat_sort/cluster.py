@@ -235,7 +235,6 @@ class Cluster:
     _local: Any = None
     _windows: list[Any] = field(default_factory=list)
     _model: _Model | None = None
-    _model_sha256: str = ""
 
     def __enter__(self) -> Cluster:
         require_extra()
@@ -299,12 +298,12 @@ class Cluster:
         bytes are scattered to every worker, once (the same bytes scatter to the same key)."""
         from joblib import Parallel, parallel_config
 
-        if self._model_sha256 != settings.card.sha256:
+        if self._model is None or self._model.sha256 != settings.card.sha256:
             self._close_windows()
             model = settings.card.path.read_bytes()
             if hashlib.sha256(model).hexdigest() != settings.card.sha256:
                 raise ClusterError(f"{settings.card.path} changed since it was loaded: not sending it to the workers")
-            self._model, self._model_sha256 = _Model(model, settings.card.sha256), settings.card.sha256
+            self._model = _Model(model, settings.card.sha256)
             for _ in range(_WINDOWS):
                 with parallel_config(backend="dask", client=self._client, scatter=[self._model]):
                     parallel = Parallel(n_jobs=-1, return_as="generator_unordered", pre_dispatch="all", batch_size=1)
@@ -318,7 +317,7 @@ class Cluster:
             for parallel in self._windows:
                 parallel.__exit__(None, None, None)
         self._windows.clear()
-        self._model, self._model_sha256 = None, ""
+        self._model = None
 
     def _lost(self, error: BaseException) -> ClusterError:
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
