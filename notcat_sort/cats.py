@@ -39,10 +39,10 @@ else:  # pragma: no cover - Python 3.10
 
 UNKNOWN = "unknown"
 # Cosine similarity to a centroid from which a photo is in that cat, for the power-normalised
-# embedding. benchmarks/identity.py on the campus-cats photos (32 cats, 4 folds held out by cat),
-# best pairwise recall at pairwise precision >= 0.95 on the other folds: mostly 0.86 to 0.92 over
-# 6 ways of drawing the folds, 0.90 on all folds of the first; at 0.90, the pairs of all those
-# folds pooled have precision 0.947 at recall 0.067. Lower ones merge cats.
+# embedding. The threshold with the best pairwise recall at pairwise precision >= 0.95 on held-out
+# folds of the campus-cats photos (32 cats, 4 folds by cat, 6 ways of drawing them): 0.86 to 0.92
+# for model 2.1.0's embedding (pooled over the cat), as for 2.0.0's (the whole photo's average);
+# the same photos pasted into rooms that all the cats share choose 0.92 to 0.94. Lower ones merge cats.
 JOIN_SIMILARITY = 0.90
 MIN_PHOTOS = 2  # a new group of fewer photos is left unknown
 NEIGHBOURS = 10  # the most similar others of each photo, among which new cats are found
@@ -69,7 +69,7 @@ class IdentityHead:
     Without one, the embedding is power-normalised (signed square root, as for instance
     retrieval): it damps the few channels that fire on any cat, leaving more say to the ones that
     tell coats apart. On campus-cats this lifts 1-NN accuracy across sessions over all 32 cats
-    from 0.635 to 0.716 (benchmarks/identity.py)."""
+    from 0.591 to 0.673 (benchmarks/identity.py, model 2.1.0)."""
 
     mean: np.ndarray | None  # (D,)
     matrix: np.ndarray | None  # (D, K); None: the embedding itself, power-normalised if `root`

@@ -4,8 +4,8 @@ The graph takes uint8 RGB images, NHWC, already resized to the card's square inp
 thumbnail: to the card's smaller thumbnail size), and does its own normalisation; it returns
 class probabilities in the card's label order. Keeping normalisation inside the graph means the
 runtime and training cannot disagree about it.
-A model may also output `embedding`, its pooled penultimate features: computed in the same call,
-they are what `--group-cats` tells individual cats apart by (see notcat_sort.cats).
+A model may also output `embedding`, its last feature map pooled over the cat: computed in the same
+call, it is what `--group-cats` tells individual cats apart by (see notcat_sort.cats).
 """
 
 from __future__ import annotations

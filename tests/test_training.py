@@ -186,7 +186,7 @@ def test_int8_model_reads_the_pixels_themselves(quantized: Path, real_images: np
     onnx.save(_read_pixels_directly(onnx.load(str(quantized / "fp32-qdq.onnx")), stem_input), str(cut))
     np.testing.assert_array_equal(_p_cat(cut, real_images), _p_cat(quantized / "fp32-qdq.onnx", real_images))
     graph = onnx.load(str(quantized / "int8.onnx")).graph  # what quantize() ships
-    head = {node.name for node in _downstream(graph, next(n for n in graph.node if n.op_type == "GlobalAveragePool"))}
+    head = {node.name for node in _downstream(graph, next(n for n in graph.node if n.op_type == "GlobalAveragePool").input[0])}
     assert not {"Cast", "Sub", "Div"} & {node.op_type for node in graph.node if node.name not in head}
     transpose = next(node for node in graph.node if node.input[0] == "image")
     assert [node.op_type for node in graph.node if transpose.output[0] in node.input] == ["DequantizeLinear"]
@@ -311,3 +311,53 @@ def test_distillation_keeps_the_imagenet_outputs(cached_pool) -> None:
         return float((teacher_p * (teacher_p.log() - torch.log_softmax(student, dim=1))).sum(dim=1).mean())
 
     assert drift(10.0) < 0.5 * drift(0.0)
+
+
+def _in_rooms(cats: list[Path], rooms: list[Path]) -> np.ndarray:
+    """Each cat photo at half the side, in the middle of each room photo: room-major, (rooms x cats, 224, 224, 3)."""
+    from PIL import Image
+
+    pasted = []
+    for room in rooms:
+        for cat in cats:
+            background = Image.open(room).convert("RGB").resize((224, 224))
+            photo = Image.open(cat).convert("RGB")
+            shrink = 0.5 * 224 / max(photo.size)
+            photo = photo.resize((round(photo.width * shrink), round(photo.height * shrink)))
+            background.paste(photo, ((224 - photo.width) // 2, (224 - photo.height) // 2))
+            pasted.append(np.asarray(background))
+    return np.stack(pasted)
+
+
+def _same_cat_nearest(embeddings: np.ndarray, cats: int) -> float:
+    """Share of photos whose nearest other photo (power-normalised cosine) shows the same cat."""
+    from notcat_sort.cats import NO_HEAD
+
+    vectors = NO_HEAD.vectors(embeddings)
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    return float(np.mean(np.argmax(similarity, axis=1) % cats == np.arange(len(vectors)) % cats))
+
+
+def test_the_embedding_tells_cats_apart_in_a_room_they_share(quantized: Path, shipped: torch.nn.Module) -> None:
+    """Six campus cats, each pasted into the same two room photos: by the exported embedding (pooled
+    over the cat) every photo's nearest is the same cat in the other room, where the global average
+    of the same feature maps, the embedding before, puts some with another cat in the same room."""
+    import csv
+
+    from training.model import normalise, pooled_features
+
+    with open(POOL / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rooms = [POOL / row["path"] for row in rows if row["group"] == "rooms"][:2]
+    one_each = {Path(row["path"]).name[:len("campus-cats-") + 10]: POOL / row["path"] for row in rows if row["group"] == "campus-cats"}
+    cats = [one_each[cat] for cat in sorted(one_each)[:6]]
+    images = _in_rooms(cats, rooms)
+    with torch.inference_mode():
+        expected = shipped(torch.from_numpy(images))[1].numpy()
+        averaged = pooled_features(shipped.backbone, normalise(torch.from_numpy(images))).numpy()
+    fp32 = run_model(quantized / "fp32.onnx", images, ("embedding",))["embedding"]
+    np.testing.assert_allclose(fp32, expected, rtol=1e-3, atol=1e-4)
+    assert _same_cat_nearest(averaged, len(cats)) < 0.9
+    assert _same_cat_nearest(fp32, len(cats)) == 1.0
+    assert _same_cat_nearest(run_model(quantized / "int8.onnx", images, ("embedding",))["embedding"], len(cats)) == 1.0

@@ -9,7 +9,7 @@ from pathlib import Path
 from notcat_sort.content import sha256_file
 
 NAME = "notcat-lite0"
-VERSION = "2.0.0"
+VERSION = "2.1.0"
 DATA_SOURCES = [
     {"name": "Kaggle Dogs vs Cats (Microsoft PetImages)", "groups": "petimages-cat, petimages-dog",
      "licence": "research use (Microsoft Research / Kaggle competition terms)"},
@@ -50,7 +50,8 @@ def build(model: Path, size: int, threshold: float, **details) -> dict:
                              "quantized input (scale 1/128, zero point 128)",
         },
         "output": {"name": "probabilities", "labels": ["not-cat", "cat"], "dtype": "float32", "softmax": True},
-        "extra_outputs": {"embedding": "pooled penultimate features, float32 (N, 1280)",
+        "extra_outputs": {"embedding": "the last feature map pooled over where ImageNet's domestic-cat classes fire "
+                                       "(training.model.CatPooling), float32 (N, 1280)",
                           "evidence": "the head's input: clamped ImageNet log-probabilities and log-odds, float32 (N, 22)"},
         "threshold": threshold,
         "data_sources": DATA_SOURCES,

@@ -53,9 +53,10 @@ QUANTIZATION = {
     "activation_type": "QUInt8",
     "weight_type": "QInt8",
     "calibrate_method": f"Percentile ({CALIBRATION_PERCENTILE})",
-    "excluded": "the head after the backbone's global pool runs in float32 (the ImageNet logits it reads "
-                "feed log-sum-exps, which 8-bit activations would blur); its weights are stored as int8 "
-                "per channel and dequantized once at load",
+    "excluded": "everything after the backbone's last feature map runs in float32: the head after the global "
+                "pool (the ImageNet logits it reads feed log-sum-exps, which 8-bit activations would blur; its "
+                "weights are stored as int8 per channel and dequantized once at load) and the embedding's "
+                "pooling over the cat",
     "input": "the uint8 pixels themselves (scale 1/128, zero point 128); no float normalisation",
     "bias_correction": "weight rounding (W_q - W).E[x], then sequential empirical per conv output "
                        f"(damping {BIAS_CORRECTION_DAMPING}), on the calibration images",
@@ -98,7 +99,7 @@ def quantize(fp32: Path, out: Path, calibration_images: np.ndarray, work: Path) 
     quant_pre_process(str(fp32), str(prepared))
     fp32_model = onnx.load(str(prepared))
     nodes = fp32_model.graph.node
-    head = _downstream(fp32_model.graph, next(n for n in nodes if n.op_type == "GlobalAveragePool"))
+    head = _downstream(fp32_model.graph, next(n for n in nodes if n.op_type == "GlobalAveragePool").input[0])
     depthwise_weights = [n.input[1] for n in nodes if n.op_type == "Conv" and _groups(n) > 1]
     normalised = next(n for n in nodes if n.op_type == "Conv").input[0]  # what the stem reads
     pixels_as_quantized = {"scale": np.array(1 / PIXEL_STEP, np.float32),
@@ -127,11 +128,12 @@ def quantize(fp32: Path, out: Path, calibration_images: np.ndarray, work: Path) 
     return out
 
 
-def _downstream(graph: onnx.GraphProto, first: onnx.NodeProto) -> list[onnx.NodeProto]:
-    """`first` and every node that reads, directly or not, what it computes."""
-    reached, tensors = [first], set(first.output)
+def _downstream(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
+    """Every node that reads, directly or not, `tensor` (for the last feature map: the float head,
+    the global pool and the cat pooling of the embedding)."""
+    reached, tensors = [], {tensor}
     for node in graph.node:  # topologically sorted
-        if node is not first and tensors & set(node.input):
+        if tensors & set(node.input):
             reached.append(node)
             tensors.update(node.output)
     return reached

@@ -68,12 +68,48 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images.permute(0, 3, 1, 2).float() - PIXEL_ZERO) / PIXEL_STEP
 
 
+CAT_MAP_TEMPERATURE = 4.0  # logit units; see CatPooling
+
+
+class CatPooling(nn.Module):
+    """The feature map averaged over where the ImageNet classifier sees a domestic cat: what tells one
+    cat from another, rather than the sofa they all sit on.
+
+    At each place of the last feature map the five domestic-cat rows of the ImageNet classifier give
+    a logit (their log-sum-exp); the places are weighted by its softmax at CAT_MAP_TEMPERATURE.
+    benchmarks/identity_features.py (fp32, power-normalised), 1-NN accuracy across sessions over
+    all 32 campus cats, close-ups that the cat fills, against the global average: 0.673 against
+    0.692 (within held-out folds 0.868 against 0.863); the same photos pasted at 60% / 40% of the
+    side into six room photos that all the cats share, as one home's cats share its rooms: 0.562 /
+    0.399 against 0.423 / 0.188, and the clusters' pairwise precision at 60% 0.976 against 0.623
+    (the average merges cats that sat on one sofa). Temperatures 1 and 8 each lose one of the three."""
+
+    def __init__(self, classifier: nn.Linear, temperature: float = CAT_MAP_TEMPERATURE) -> None:
+        from training.prior import DOMESTIC_CATS
+
+        super().__init__()
+        rows = list(DOMESTIC_CATS)
+        self.cat_logits = nn.Conv2d(classifier.in_features, len(rows), kernel_size=1)
+        self.cat_logits.weight.data = classifier.weight.detach()[rows].clone()[:, :, None, None]
+        self.cat_logits.bias.data = classifier.bias.detach()[rows].clone()
+        self.temperature = temperature
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C)."""
+        scaled = torch.logsumexp(self.cat_logits(maps), dim=1, keepdim=True) / self.temperature  # (N, 1, H, W)
+        weights = torch.exp(scaled - torch.amax(scaled, dim=(2, 3), keepdim=True))  # a softmax over the places,
+        weights = weights / weights.sum(dim=(2, 3), keepdim=True)  # kept free of reshapes for any H, W
+        return (maps * weights).sum(dim=(2, 3))
+
+
 class Shipped(nn.Module):
     """What goes into the ONNX file: the runtime contract around the frozen network and the fitted head.
 
-    Outputs, in order: `probabilities` (not-cat, cat; what the CLI reads), `embedding` (the pooled
-    penultimate features: what identifies one cat from another), `evidence` (the ImageNet
-    log-probabilities the head reads, see training.prior).
+    Outputs, in order: `probabilities` (not-cat, cat; what the CLI reads), `embedding` (the last
+    feature map pooled over the cat, see CatPooling: what identifies one cat from another),
+    `evidence` (the ImageNet log-probabilities the head reads, see training.prior).
     """
 
     OUTPUTS = ("probabilities", "embedding", "evidence")
@@ -83,10 +119,13 @@ class Shipped(nn.Module):
 
         super().__init__()
         self.backbone, self.evidence, self.reads = backbone, evidence, reads
+        self.cat_pooling = CatPooling(imagenet_classifier(backbone))
         self.head = Head(fitted.weights, fitted.intercept, fitted.mean, fitted.scale, temperature)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pooled = pooled_features(self.backbone, normalise(image))
+        timm_model: Any = self.backbone
+        maps = timm_model.forward_features(normalise(image))
+        pooled = timm_model.forward_head(maps, pre_logits=True)  # as pooled_features
         evidence = self.evidence(pooled)
         logits = self.head(evidence if self.reads == "evidence" else pooled)
-        return torch.softmax(logits, dim=1), pooled, evidence
+        return torch.softmax(logits, dim=1), self.cat_pooling(maps), evidence
