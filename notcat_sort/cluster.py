@@ -59,6 +59,7 @@ _WINDOWS = 2  # windows in flight: one finishing while the next runs
 # Batches of files by path per Dask task: a task costs this machine about 15 CPU ms (joblib,
 # the Client and, for local:N, the scheduler), 1 ms per photo in batches of 16 on 2 cores.
 _TASK_BATCHES = 4
+_WATCH_SECONDS = 0.5  # how often a running classify looks whether its Client has given up on the scheduler
 _ADDRESS = re.compile(r"^(tcp|tls)://[^\s/:]+:\d+$")
 _LOCAL = re.compile(r"^local:(\d+)$")
 # What the scheduler, nannies and workers of a `local:N` cluster run with (a remote cluster's are
@@ -319,6 +320,28 @@ class Cluster:
         self._windows.clear()
         self._model = None
 
+    @contextmanager
+    def _stop_when_client_closes(self) -> Iterator[None]:
+        """While in the block, a Client that closes (Dask gives up reconnecting to a lost scheduler after
+        its timeout) aborts the windows' joblib calls: joblib's Dask backend would otherwise wait forever
+        for the futures of a closed Client. An aborted call stops short of its tasks (see `classify`)."""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(_WATCH_SECONDS):
+                if str(getattr(self._client, "status", "closed")) in ("closing", "closed", "failed"):
+                    for parallel in self._windows:
+                        parallel._aborting = True  # what joblib's own abort sets: its retrieval loop then stops
+                    return
+
+        watcher = threading.Thread(target=watch, name="cluster-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()
+
     def _lost(self, error: BaseException) -> ClusterError:
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         return ClusterError(f"cluster {self.spec.name} failed ({reason})")
@@ -351,6 +374,7 @@ class Cluster:
 
         def finish() -> Iterator[tuple[list[Prediction], bool]]:
             parallel, results, tasks = running[0]
+            returned = 0
             while True:
                 try:
                     number, worker, predictions = next(results)
@@ -358,37 +382,41 @@ class Cluster:
                     break
                 except (Exception, asyncio.CancelledError) as error:  # as in send()
                     raise self._lost(error) from error
+                returned += 1
                 self.workers_used.add(worker)
                 keys = tasks[number].keys
                 yield [_as_seen_here(prediction, key, worker) for prediction, key in zip(predictions, keys, strict=True)], True
+            if returned < len(tasks):  # the call was aborted: the Client closed
+                raise self._lost(ConnectionError(f"the client closed with {len(tasks) - returned} tasks still out"))
             running.popleft()
             free.append(parallel)
 
         try:
-            for item in work:
-                if not isinstance(item, Batch):
-                    yield item, False
-                    continue
-                if self.spec.send_bytes:
-                    task, failed = _read(item)
-                    if failed:
-                        yield failed, False
-                else:
-                    task = _Task([item.candidates], list(item.keys), joins=not item.last)
-                if not task.keys:
-                    continue
-                if window and window[-1].takes(task, _TASK_BATCHES * settings.batch_size):
-                    window[-1].extend(task)
-                    continue
-                if len(window) >= per_window:  # full: the batch in hand starts the next window
+            with self._stop_when_client_closes():
+                for item in work:
+                    if not isinstance(item, Batch):
+                        yield item, False
+                        continue
+                    if self.spec.send_bytes:
+                        task, failed = _read(item)
+                        if failed:
+                            yield failed, False
+                    else:
+                        task = _Task([item.candidates], list(item.keys), joins=not item.last)
+                    if not task.keys:
+                        continue
+                    if window and window[-1].takes(task, _TASK_BATCHES * settings.batch_size):
+                        window[-1].extend(task)
+                        continue
+                    if len(window) >= per_window:  # full: the batch in hand starts the next window
+                        yield from send()
+                    window.append(task)
+                    if sum(task.size for task in window) >= SEND_BYTES_WINDOW:
+                        yield from send()
+                if window:
                     yield from send()
-                window.append(task)
-                if sum(task.size for task in window) >= SEND_BYTES_WINDOW:
-                    yield from send()
-            if window:
-                yield from send()
-            while running:
-                yield from finish()
+                while running:
+                    yield from finish()
         finally:
             if running:  # stopped early: drop what is still out, so the next call starts clean
                 with warnings.catch_warnings():
