@@ -42,7 +42,7 @@ import argparse
 import csv
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -143,10 +143,15 @@ def embed(paths: list[Path], classifier: Classifier, faces: FaceFinder | None,
     for kind, arrays in inputs.items():
         if not arrays:
             continue
-        batches = [classifier.scores(np.stack(arrays[start:start + 32]))[1] for start in range(0, len(arrays), 32)]
-        embeddings[kind] = np.concatenate([batch for batch in batches if batch is not None])
+        embeddings[kind] = embeddings_of(classifier, arrays)
         inferred += len(arrays)
     return embeddings, np.array(found), (time.process_time() - started) / inferred
+
+
+def embeddings_of(classifier: Classifier, images: Sequence[np.ndarray] | np.ndarray, batch: int = 32) -> np.ndarray:
+    """The model's raw `embedding` of each image, `batch` images a call."""
+    found = [classifier.scores(np.asarray(images[start:start + batch]))[1] for start in range(0, len(images), batch)]
+    return np.concatenate([embeddings for embeddings in found if embeddings is not None])
 
 
 def variants(embeddings: dict[str, np.ndarray], with_faces: bool, with_crops: bool) -> dict[str, Callable[[np.ndarray], np.ndarray]]:

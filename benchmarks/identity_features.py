@@ -39,16 +39,15 @@ import torch
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/
-from identity import pair_ceiling, photos_of  # benchmarks/identity.py, beside this file
+from identity import embeddings_of, pair_ceiling, photos_of  # benchmarks/identity.py, beside this file
 
 from notcat_sort.cats import NO_HEAD, unit
 from notcat_sort.decode import decode
 from notcat_sort.model import Classifier, default_model_path, load_card
 from training.identity import held_out, nearest_neighbour_accuracy, sessions_of
-from training.model import imagenet_model, normalise
+from training.model import CatPooling, imagenet_classifier, imagenet_model, normalise
 
 REPO = Path(__file__).resolve().parents[1]
-DOMESTIC_CATS = [281, 282, 283, 284, 285]  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 BATCH = 32
 ROOMS = 6  # room photos the campus cats are pasted into
 SCALES = (0.6, 0.4)  # the pasted photo's long side, as a share of the room photo's
@@ -73,25 +72,17 @@ def feature_maps(net: torch.nn.Module, images: np.ndarray, blocks: tuple[int, ..
     return {name: np.concatenate(maps) for name, maps in found.items()}
 
 
-def cat_weights(net: torch.nn.Module, head: np.ndarray, temperature: float) -> np.ndarray:
-    """(N, H, W) pooling weights: softmax over places of the domestic-cat classes' log-sum-exp logit."""
-    classifier: Any = net
-    weight = classifier.classifier.weight.detach().numpy()[DOMESTIC_CATS]
-    bias = classifier.classifier.bias.detach().numpy()[DOMESTIC_CATS]
-    logits = np.einsum("kc,nchw->nkhw", weight, head) + bias[None, :, None, None]
-    top = logits.max(1)
-    places = (top + np.log(np.exp(logits - top[:, None]).sum(1))).reshape(len(head), -1) / temperature
-    places = np.exp(places - places.max(1, keepdims=True))
-    return (places / places.sum(1, keepdims=True)).reshape(head.shape[0], *head.shape[2:])
+def cat_pooled(net: torch.nn.Module, head: np.ndarray, temperature: float) -> np.ndarray:
+    """The maps pooled as the shipped model pools its embedding (training.model.CatPooling), at `temperature`."""
+    with torch.no_grad():
+        return CatPooling(imagenet_classifier(net), temperature)(torch.from_numpy(head)).numpy()
 
 
-def pooled(maps: np.ndarray, weights: np.ndarray | None = None, power: float = 1.0) -> np.ndarray:
-    """Weighted (default: average) pooling of (N, C, H, W) maps; power > 1: generalised mean."""
-    if weights is None:
-        weights = np.full((maps.shape[0], *maps.shape[2:]), 1.0 / (maps.shape[2] * maps.shape[3]))
+def pooled(maps: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """Average pooling of (N, C, H, W) maps; power > 1: generalised mean."""
     if power == 1.0:
-        return np.einsum("nchw,nhw->nc", maps, weights)
-    return np.einsum("nchw,nhw->nc", np.clip(maps, 1e-6, None) ** power, weights) ** (1 / power)
+        return maps.mean(axis=(2, 3))
+    return (np.clip(maps, 1e-6, None) ** power).mean(axis=(2, 3)) ** (1 / power)
 
 
 def colour_histogram(images: np.ndarray, bins: int = 4) -> np.ndarray:
@@ -127,13 +118,8 @@ def pool_embeddings(data: Path, classifier: Classifier, size: int, seed: int) ->
         for kind, arrays in enumerate(([np.asarray(photo.resize((size, size), Image.Resampling.BILINEAR)) for photo in photos],
                                        [_view(photo, generator, size) for photo in photos],
                                        [_view(photo, generator, size) for photo in photos])):
-            views[kind].extend(_embed(classifier, np.stack(arrays)))
+            views[kind].extend(embeddings_of(classifier, np.stack(arrays)))
     return np.stack([np.stack(kind) for kind in views])
-
-
-def _embed(classifier: Classifier, images: np.ndarray) -> np.ndarray:
-    batches = [classifier.scores(images[start:start + BATCH])[1] for start in range(0, len(images), BATCH)]
-    return np.concatenate([batch for batch in batches if batch is not None])
 
 
 def whitening(pool: np.ndarray, dimensions: int = 128, power: float = 0.5) -> Callable[[np.ndarray], np.ndarray]:
@@ -197,7 +183,7 @@ def main() -> None:
     card = load_card(args.model)
     classifier = Classifier(card, threads=2)
     images = np.stack([decode(path.read_bytes(), card.input_size) for path in paths])
-    runtime = _embed(classifier, images)
+    runtime = embeddings_of(classifier, images)
     sessions = sessions_of(paths, cats, runtime)
     net = imagenet_model().eval()
     maps = feature_maps(net, images, blocks=(5, 6))
@@ -207,7 +193,7 @@ def main() -> None:
         "runtime int8 embedding, sqrt (ships)": power_normalised(runtime),
         "Lite0 fp32, average, as is": unit(pooled(head)),
         "Lite0 fp32, average, sqrt": power_normalised(pooled(head)),
-        **{f"Lite0, cat-map weighted T={t:g}, sqrt": power_normalised(pooled(head, cat_weights(net, head, t))) for t in (1, 4, 8)},
+        **{f"Lite0, cat-map weighted T={t:g}, sqrt": power_normalised(cat_pooled(net, head, t)) for t in (1, 4, 8)},
         "Lite0, generalised mean p=3, sqrt": power_normalised(pooled(head, power=3.0)),
         **{f"Lite0 {name} ({maps[name].shape[1]} ch), average, sqrt": power_normalised(pooled(maps[name])) for name in ("block 5", "block 6")},
         "Lite0 sqrt + RGB 4^3 histogram (30%)": np.concatenate([power_normalised(pooled(head)) * np.sqrt(0.7), colours * np.sqrt(0.3)], 1),
@@ -226,9 +212,9 @@ def main() -> None:
     for name, pasted in rooms.items():
         head = feature_maps(net, pasted)["head"]
         measure(f"the same, {name}", {
-            "runtime int8 embedding, sqrt (ships)": power_normalised(_embed(classifier, pasted)),
+            "runtime int8 embedding, sqrt (ships)": power_normalised(embeddings_of(classifier, pasted)),
             "Lite0 fp32, average, sqrt": power_normalised(pooled(head)),
-            **{f"Lite0, cat-map weighted T={t:g}, sqrt": power_normalised(pooled(head, cat_weights(net, head, t))) for t in (1, 2, 4, 8)},
+            **{f"Lite0, cat-map weighted T={t:g}, sqrt": power_normalised(cat_pooled(net, head, t)) for t in (1, 2, 4, 8)},
         }, cats, sessions, draws)
 
 
