@@ -329,7 +329,7 @@ class Cluster:
 
         def watch() -> None:
             while not done.wait(_WATCH_SECONDS):
-                if str(getattr(self._client, "status", "closed")) in ("closing", "closed", "failed"):
+                if str(self._client.status) in ("closing", "closed", "failed"):
                     for parallel in self._windows:
                         parallel._aborting = True  # what joblib's own abort sets: its retrieval loop then stops
                     return
