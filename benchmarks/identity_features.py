@@ -45,7 +45,7 @@ from notcat_sort.cats import NO_HEAD, unit
 from notcat_sort.decode import decode
 from notcat_sort.model import Classifier, default_model_path, load_card
 from training.identity import held_out, nearest_neighbour_accuracy, sessions_of
-from training.model import CatPooling, imagenet_classifier, imagenet_model, normalise
+from training.model import CatPooling, feature_map, imagenet_classifier, imagenet_model, normalise
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 32
@@ -66,7 +66,7 @@ def feature_maps(net: torch.nn.Module, images: np.ndarray, blocks: tuple[int, ..
         for block in blocks]
     with torch.no_grad():
         for start in range(0, len(images), BATCH):
-            found["head"].append(timm_net.forward_features(normalise(torch.from_numpy(images[start:start + BATCH]))).numpy())
+            found["head"].append(feature_map(net, normalise(torch.from_numpy(images[start:start + BATCH]))).numpy())
     for hook in hooks:
         hook.remove()
     return {name: np.concatenate(maps) for name, maps in found.items()}

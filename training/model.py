@@ -46,10 +46,21 @@ def imagenet_model(arch: str = ARCH) -> nn.Module:
     return model
 
 
+def feature_map(net: nn.Module, normalised: torch.Tensor) -> torch.Tensor:
+    """timm's last feature map (N, C, H, W), before the global pool."""
+    timm_model: Any = net  # timm's forward_features/forward_head are not in nn.Module's type
+    return timm_model.forward_features(normalised)
+
+
+def globally_pooled(net: nn.Module, maps: torch.Tensor) -> torch.Tensor:
+    """timm's global pool of a feature map: the penultimate features the classifier reads."""
+    timm_model: Any = net
+    return timm_model.forward_head(maps, pre_logits=True)
+
+
 def pooled_features(net: nn.Module, normalised: torch.Tensor) -> torch.Tensor:
     """timm's globally pooled penultimate features: what the classifier reads."""
-    timm_model: Any = net  # timm's forward_features/forward_head are not in nn.Module's type
-    return timm_model.forward_head(timm_model.forward_features(normalised), pre_logits=True)
+    return globally_pooled(net, feature_map(net, normalised))
 
 
 def imagenet_classifier(net: nn.Module) -> nn.Linear:
@@ -123,9 +134,8 @@ class Shipped(nn.Module):
         self.head = Head(fitted.weights, fitted.intercept, fitted.mean, fitted.scale, temperature)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        timm_model: Any = self.backbone
-        maps = timm_model.forward_features(normalise(image))
-        pooled = timm_model.forward_head(maps, pre_logits=True)  # as pooled_features
+        maps = feature_map(self.backbone, normalise(image))
+        pooled = globally_pooled(self.backbone, maps)
         evidence = self.evidence(pooled)
         logits = self.head(evidence if self.reads == "evidence" else pooled)
         return torch.softmax(logits, dim=1), self.cat_pooling(maps), evidence
