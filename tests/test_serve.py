@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def make_client(tmp_path: Path):
     def make(report: Path | None = None, max_upload: int = 50 * 1024 * 1024) -> TestClient:
         card = load_card(default_model_path())
         review = Review(report, CorrectionsFolder(tmp_path / "corrections")) if report else None
-        config = ServeConfig(card, Policy(card.threshold), TOKEN, review, max_upload=max_upload, workers=2)
+        config = ServeConfig(card, Policy(card.threshold), TOKEN, review, max_upload=max_upload, workers=2,
+                             thumbnail_cache=tmp_path / "thumbnails.sqlite3")
         client = TestClient(create_app(config), base_url="http://127.0.0.1")
         client.__enter__()
         clients.append(client)
@@ -287,7 +289,7 @@ def test_a_dry_run_correction_changes_only_the_report(make_client, tmp_path, sha
     ({"x-notcat-token": "wrong"}, {"label": "cat"}, 403),
     ({"x-notcat-token": TOKEN, "content-type": "application/json"}, b"{not json", 400),
     ({"x-notcat-token": TOKEN}, {"label": "dog"}, 400),
-    ({"x-notcat-token": TOKEN}, {"label": "unsure"}, 400),
+    ({"x-notcat-token": TOKEN}, {"label": "error"}, 400),
     ({"x-notcat-token": TOKEN}, {"path": "/etc/passwd"}, 400),
     ({"x-notcat-token": TOKEN, "content-type": "text/plain"}, b'{"label": "cat"}', 415),
 ])
@@ -383,10 +385,211 @@ def test_a_report_it_cannot_read_is_a_usage_error(tmp_path, env, first_line, say
     ("/home/cat/a.jpg", "/home/cat/cat/a.jpg", "cat", "not-cat", "/home/cat/not-cat/a.jpg"),  # sorting a folder named cat
     ("/p/x/a.jpg", "/p/unsure/x/a.jpg", "unsure", "cat", "/p/cat/x/a.jpg"),
     ("/p/a.jpg", "/p/elsewhere/a.jpg", "cat", "not-cat", None),
+    ("/p/2020/a.jpg", "/o/cat/cat-3/2020/a.jpg", "cat:cat-3", "not-cat", "/o/not-cat/2020/a.jpg"),  # --group-cats
+    ("/p/cat-3/a.jpg", "/o/cat/cat-3/cat-3/a.jpg", "cat:cat-3", "not-cat", "/o/not-cat/cat-3/a.jpg"),
+    ("/p/cat-3/a.jpg", "/o/cat/cat-3/a.jpg", "cat:Tom", "not-cat", "/o/not-cat/cat-3/a.jpg"),  # Tom's folder missing
+    ("/p/2020/a.jpg", "/o/not-cat/2020/a.jpg", "not-cat", "cat:unknown", "/o/cat/unknown/2020/a.jpg"),
 ])
 def test_the_other_label_folder(source, placed, old, new, expected):
-    found = other_label_path(Path(source), Path(placed), Label(old), Label(new))
+    (old, _, old_cat), (new, _, new_cat) = old.partition(":"), new.partition(":")
+    found = other_label_path(Path(source), Path(placed), Label(old), Label(new), old_cat, new_cat)
     assert found == (Path(expected) if expected else None)
+
+
+# --- a library's review: the list on the server, many photos at once, undo -------------------------
+
+def _listing(client: TestClient, **query) -> dict:
+    response = client.get("/api/review", params={"token": TOKEN, **query})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _post(client: TestClient, path: str, body: dict):
+    return client.post(path, json=body, headers={"x-notcat-token": TOKEN})
+
+
+@pytest.fixture
+def wide_run(tmp_path: Path, shared: Path):
+    """A real `--move --out --uncertain` run over 8 cats and 8 not-cats in two folders."""
+    photos, out, report = tmp_path / "photos", tmp_path / "sorted", tmp_path / "run.csv"
+    library(shared, photos, cats=8, not_cats=8)
+    before = tree(photos)
+    run_cli(photos, "--move", "--out", out, "--uncertain", "0.2:0.95", "--report", report, "-j", "1", "--no-cache",
+            env=environment(tmp_path))
+    return photos, out, report, before
+
+
+def test_the_list_is_filtered_ordered_and_paged_on_the_server(make_client, wide_run):
+    _, _, report, _ = wide_run
+    rows = {row["destination"]: row for row in read_rows(report)}
+    client = make_client(report)
+    everything = _listing(client, limit=500)
+    assert everything["total"] == len(rows) == 16 and everything["counts"]["all"] == 16
+    # the default order: unsure first, then cat and not-cat, each from the least sure
+    order = [(entry["label"], entry["p_cat"]) for entry in everything["entries"]]
+    groups = [label for label, _ in order]
+    assert groups == sorted(groups, key=["unsure", "cat", "not-cat"].index)
+    for label, direction in (("unsure", 1), ("cat", 1), ("not-cat", -1)):
+        ps = [p for group, p in order if group == label]
+        assert ps == sorted(ps, key=lambda p: direction * p)
+    # pages of one view join up to the whole, in the same order
+    first = _listing(client, limit=5)
+    pages = [first] + [_listing(client, view=first["view"], offset=offset, limit=5) for offset in (5, 10, 15)]
+    assert [entry["id"] for page in pages for entry in page["entries"]] == [entry["id"] for entry in everything["entries"]]
+    assert pages[-1]["entries"] and len(pages[-1]["entries"]) == 1
+    # filters: label (any of several), p_cat range, a part of the folder, and the counts by label
+    for labels in (["cat"], ["unsure", "not-cat"]):
+        found = _listing(client, label=labels)
+        assert found["total"] == sum(row["label"] in labels for row in rows.values()) == \
+            sum(everything["counts"][label] for label in labels)
+        assert {entry["label"] for entry in found["entries"]} <= set(labels)
+    middle = _listing(client, p_cat_min=0.3, p_cat_max=0.9)
+    assert {entry["id"] for entry in middle["entries"]} == \
+        {entry["id"] for entry in everything["entries"] if 0.3 <= entry["p_cat"] <= 0.9}
+    roll1 = _listing(client, folder="ROLL1")
+    assert roll1["total"] == sum(Path(row["path"]).parent.name == "roll1" for row in rows.values()) > 0
+    by_path = _listing(client, order="path")
+    assert [entry["folder"] + "/" + Path(entry["path"]).name for entry in by_path["entries"]] == \
+        sorted(row["path"] for row in rows.values())
+    assert {item["name"]: item["kind"] for item in everything["filters"]} == \
+        {"label": "choice", "run_label": "choice", "p_cat": "range", "folder": "text", "cat": "choice"}
+    ids = client.get("/api/review/ids", params={"token": TOKEN, "label": "cat"}).json()["ids"]
+    assert ids == [entry["id"] for entry in _listing(client, label="cat")["entries"]]
+    for bad in ({"p_cat_min": "lots"}, {"order": "random"}, {"offset": "-1"}, {"limit": "ten"}):
+        response = client.get("/api/review", params={"token": TOKEN, **bad})
+        assert response.status_code == 400 and response.json()["error"]
+
+
+def test_counts_follow_corrections_and_a_view_keeps_its_photos(make_client, wide_run):
+    _, _, report, _ = wide_run
+    client = make_client(report)
+    cats = _listing(client, label="cat")
+    before = cats["counts"]
+    chosen = [entry["id"] for entry in cats["entries"][:2]]
+    answer = _post(client, "/api/review/label", {"ids": chosen, "label": "not-cat"}).json()
+    assert answer["refused"] == [] and {entry["id"] for entry in answer["entries"]} == set(chosen)
+    counts = answer["counts"]
+    assert (counts["cat"], counts["not-cat"], counts["corrected"]) == (before["cat"] - 2, before["not-cat"] + 2, 2)
+    # the same view still holds them, as not-cats now; asked again, the filter leaves them out
+    again = _listing(client, view=cats["view"], label="cat")
+    assert [entry["id"] for entry in again["entries"]] == [entry["id"] for entry in cats["entries"]]
+    assert {entry["label"] for entry in again["entries"] if entry["id"] in chosen} == {"not-cat"}
+    fresh = _listing(client, label="cat")
+    assert fresh["total"] == cats["total"] - 2 and not {entry["id"] for entry in fresh["entries"]} & set(chosen)
+    assert fresh["counts"] == counts
+
+
+def test_many_photos_corrected_at_once_and_undone(make_client, wide_run, env, tmp_path):
+    """A selection goes to another label in one request; undo puts the files, the report's story and
+    the corrections folder back as they were, and the CLI's --undo still puts back the whole run."""
+    photos, out, report, before = wide_run
+    client = make_client(report)
+    listing = _listing(client)
+    chosen = [entry for entry in listing["entries"] if entry["label"] != "not-cat"][:4]
+    vanished = next(entry for entry in listing["entries"] if entry not in chosen and entry["label"] != "not-cat")
+    Path(vanished["path"]).rename(tmp_path / "elsewhere.jpg")  # one of the selection is gone: refused, the rest go on
+    sorted_before = tree(out)
+    ids = [entry["id"] for entry in chosen] + [vanished["id"]]
+    answer = _post(client, "/api/review/label", {"ids": ids, "label": "not-cat"}).json()
+    assert [item["id"] for item in answer["refused"]] == [vanished["id"]]
+    assert "not there any more" in answer["refused"][0]["error"]
+    for entry, now in zip(chosen, answer["entries"], strict=True):
+        assert Path(now["path"]) == out / "not-cat" / Path(entry["path"]).relative_to(out / entry["label"])
+        assert Path(now["path"]).exists() and not Path(entry["path"]).exists() and now["undo"] == 1
+    corrections = tmp_path / "corrections"
+    assert len(list((corrections / "not-cat").iterdir())) == 4 and len(read_rows(corrections / "corrections.csv")) == 4
+
+    undone = _post(client, "/api/review/undo", {"ids": [entry["id"] for entry in chosen]}).json()
+    assert undone["refused"] == []
+    assert [(entry["label"], entry["path"], entry["undo"]) for entry in undone["entries"]] == \
+        [(entry["label"], entry["path"], 0) for entry in chosen]
+    assert tree(out) == sorted_before
+    assert list((corrections / "not-cat").iterdir()) == [] and list((corrections / "cat").iterdir()) == []
+    assert read_rows(corrections / "corrections.csv") == []
+    assert undone["counts"] == listing["counts"]
+    nothing = _post(client, "/api/review/undo", {"ids": [chosen[0]["id"]]}).json()
+    assert nothing["entries"] == [] and "no correction" in nothing["refused"][0]["error"]
+
+    (tmp_path / "elsewhere.jpg").rename(vanished["path"])
+    run_cli("--undo", report, env=env)
+    assert tree(photos) == before
+
+
+def test_undo_gives_back_the_training_copy_an_earlier_correction_made(make_client, moved_run, tmp_path):
+    _, _, report, _ = moved_run
+    client = make_client(report)
+    entry = _entry_for(client, "cat")
+    corrections = tmp_path / "corrections"
+    assert _post(client, "/api/review/label", {"ids": [entry["id"]], "label": "not-cat"}).json()["refused"] == []
+    assert _post(client, "/api/review/label", {"ids": [entry["id"]], "label": "cat"}).json()["refused"] == []
+    assert len(list((corrections / "cat").iterdir())) == 1 and list((corrections / "not-cat").iterdir()) == []
+    _post(client, "/api/review/undo", {"ids": [entry["id"]]})
+    kept = list((corrections / "not-cat").iterdir())
+    assert len(kept) == 1 and list((corrections / "cat").iterdir()) == []
+    assert [row["label"] for row in read_rows(corrections / "corrections.csv")] == ["not-cat"]
+    assert Path(_entry_for(client, "not-cat")["path"]).read_bytes() == kept[0].read_bytes()
+
+
+def test_a_photo_goes_back_to_unsure_and_out_of_the_training_copies(make_client, tmp_path, shared, env):
+    photos, out, report = tmp_path / "photos", tmp_path / "sorted", tmp_path / "run.csv"
+    library(shared, photos, cats=1, not_cats=1)
+    run_cli(photos, "--move", "--out", out, "--uncertain", "0:1", "--report", report, "-j", "1", "--no-cache", env=env)
+    client = make_client(report)
+    entry = _entry_for(client, "unsure")
+    assert _post(client, f"/api/review/{entry['id']}/label", {"label": "cat"}).status_code == 200
+    assert len(list((tmp_path / "corrections" / "cat").iterdir())) == 1
+    back = _post(client, f"/api/review/{entry['id']}/label", {"label": "unsure"})
+    assert back.status_code == 200 and back.json()["label"] == "unsure" and back.json()["path"] == entry["path"]
+    assert list((tmp_path / "corrections" / "cat").iterdir()) == []
+    assert [row["label"] for row in read_rows(tmp_path / "corrections" / "corrections.csv")] == ["cat", "unsure"]
+
+
+def test_photos_the_run_could_not_read_are_listed_and_not_corrected(make_client, tmp_path, shared, env):
+    photos, out, report = tmp_path / "photos", tmp_path / "sorted", tmp_path / "run.csv"
+    library(shared, photos, cats=1, not_cats=1)
+    (photos / "broken.jpg").write_bytes(_jpeg()[:300])
+    run_cli(photos, "--move", "--out", out, "--report", report, "-j", "1", "--no-cache", env=env, check=False)
+    client = make_client(report)
+    errors = _listing(client, label="error")
+    assert errors["total"] == 1 and errors["counts"]["error"] == 1
+    broken = errors["entries"][0]
+    assert broken["name"] == "broken.jpg" and broken["error"]
+    answer = _post(client, "/api/review/label", {"ids": [broken["id"]], "label": "cat"}).json()
+    assert "could not read" in answer["refused"][0]["error"] and (photos / "broken.jpg").exists()
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"ids": [], "label": "cat"}, 400),
+    ({"ids": "all", "label": "cat"}, 400),
+    ({"ids": [0, True], "label": "cat"}, 400),
+    ({"ids": [0], "label": "dog"}, 400),
+    ({"label": "cat"}, 400),
+])
+def test_a_malformed_selection_changes_nothing(make_client, untouched_run, body, status):
+    _, out, report, _ = untouched_run
+    client = make_client(report)
+    before, journal = tree(out), report.read_bytes()
+    response = _post(client, "/api/review/label", body)
+    assert response.status_code == status and response.json()["error"]
+    assert client.post("/api/review/label", json={"ids": [0], "label": "cat"}, params={"token": TOKEN}).status_code == 401
+    assert tree(out) == before and report.read_bytes() == journal
+
+
+def test_a_thumbnail_is_drawn_once_and_kept_on_disk(make_client, moved_run):
+    """A second server answers from the thumbnail cache: the photo's bytes, overwritten with the same
+    size and modification time, are not read again (and a changed stat draws it anew)."""
+    _, _, report, _ = moved_run
+    entry = _entry_for(make_client(report))
+    first = make_client(report).get(f"/api/review/{entry['id']}/thumbnail", params={"token": TOKEN})
+    assert first.status_code == 200
+    photo = Path(entry["path"])
+    stat = photo.stat()
+    photo.write_bytes(b"\0" * stat.st_size)
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = make_client(report).get(f"/api/review/{entry['id']}/thumbnail", params={"token": TOKEN})
+    assert again.status_code == 200 and again.content == first.content
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert make_client(report).get(f"/api/review/{entry['id']}/thumbnail", params={"token": TOKEN}).status_code == 422
 
 
 # --- a real server ---------------------------------------------------------------------------------

@@ -32,9 +32,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notcat_sort.decide import Label, Policy
 from notcat_sort.model import ModelCard, card_path
-from notcat_sort.serve.corrections import TRAINING_LABELS
 from notcat_sort.serve.inference import BatchedClassifier, DecodeError, NotAnImage
-from notcat_sort.serve.review import NotFound, Refused, Review
+from notcat_sort.serve.listing import DEFAULT_PAGE, MAX_PAGE, Listing, View
+from notcat_sort.serve.review import REVIEW_LABELS, Changes, NotFound, Refused, Review
 from notcat_sort.serve.thumbnails import Thumbnails
 
 STATIC = Path(__file__).parent / "static"
@@ -53,6 +53,7 @@ class ServeConfig:
     workers: int = 1  # threads calling the shared model session
     batch_size: int = 16
     allowed_hosts: Sequence[str] = LOOPBACK_HOSTS  # ("*",) when bound beyond this machine
+    thumbnail_cache: Path | None = None  # where thumbnails are kept; None: drawn for each request
 
 
 class ApiError(Exception):
@@ -121,9 +122,52 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     return body
 
 
+_LABELS_WORDS = " or ".join(f'"{label.value}"' for label in REVIEW_LABELS)
+
+
+async def _json_body(request: Request, example: str) -> dict:
+    """The request's JSON object; 415 when it is not sent as JSON, 400 when it is not an object."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise ApiError(415, f"send JSON: {example}")
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"expected JSON {example}")
+    return body
+
+
+def _label_of(body: dict) -> Label:
+    try:
+        label = Label(body["label"])
+    except (ValueError, KeyError, TypeError):
+        label = Label.ERROR
+    if label not in REVIEW_LABELS:
+        raise ApiError(400, f'expected {{"label": ...}} with the label {_LABELS_WORDS}')
+    return label
+
+
+def _ids_of(body: dict) -> list[int]:
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ApiError(400, 'expected "ids": a list of photo numbers')
+    return ids
+
+
+def _int_parameter(request: Request, name: str, default: int) -> int:
+    text = request.query_params.get(name, "")
+    if not text:
+        return default
+    if not text.isdigit():
+        raise ApiError(400, f"{name} must be a whole number, not {text!r}")
+    return int(text)
+
+
 def create_app(config: ServeConfig) -> Starlette:
     classifier = BatchedClassifier(config.card, config.policy, config.workers, config.batch_size)
-    thumbnails = Thumbnails()
+    thumbnails = Thumbnails(config.thumbnail_cache)
+    listing = Listing(config.review) if config.review is not None else None
     model_name = f"{config.card.name} {config.card.version}"
 
     def need_token(request: Request, header_only: bool = False) -> None:
@@ -161,11 +205,51 @@ def create_app(config: ServeConfig) -> Starlette:
         return JSONResponse({"label": verdict.label.value, "p_cat": verdict.p_cat,
                              "threshold": config.policy.threshold, "model": model_name, "sha256": verdict.sha256})
 
-    async def review_list(request: Request) -> Response:
+    def the_listing() -> Listing:
+        the_review()
+        assert listing is not None
+        return listing
+
+    def view_of(request: Request) -> tuple[Listing, View]:
         need_token(request)
-        review = the_review()
+        found = the_listing()
+        try:
+            return found, found.view({key: request.query_params.getlist(key) for key in request.query_params})
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
+
+    async def review_list(request: Request) -> Response:
+        """A page of the photos the filters let through, with the counts as they are now."""
+        found, view = view_of(request)
+        offset, limit = _int_parameter(request, "offset", 0), _int_parameter(request, "limit", DEFAULT_PAGE)
+        review = found.review
         return JSONResponse({"report": str(review.report), "corrections": str(review.corrections.root),
-                             "entries": [entry.as_json() for entry in review.entries]})
+                             "view": view.id, "total": len(view.ids), "offset": offset, "page_limit": MAX_PAGE,
+                             "entries": [entry.as_json() for entry in found.page(view, offset, limit)],
+                             "counts": review.counts(), "filters": found.describe()})
+
+    async def review_ids(request: Request) -> Response:
+        """Every photo number of a view, in order (to select all that a filter lets through)."""
+        _, view = view_of(request)
+        return JSONResponse({"view": view.id, "ids": view.ids})
+
+    def changes(done: Changes, review: Review) -> Response:
+        return JSONResponse({"entries": [entry.as_json() for entry in done.changed],
+                             "refused": [{"id": entry_id, "error": error} for entry_id, error in done.refused],
+                             "counts": review.counts()})
+
+    async def correct_many(request: Request) -> Response:
+        need_token(request, header_only=True)
+        review = the_review()
+        body = await _json_body(request, '{"ids": [3, 4], "label": "cat"}')
+        label, ids = _label_of(body), _ids_of(body)
+        return changes(await run_in_threadpool(review.correct_many, ids, label), review)
+
+    async def undo_many(request: Request) -> Response:
+        need_token(request, header_only=True)
+        review = the_review()
+        ids = _ids_of(await _json_body(request, '{"ids": [3, 4]}'))
+        return changes(await run_in_threadpool(review.undo_many, ids), review)
 
     async def thumbnail(request: Request) -> Response:
         need_token(request)
@@ -185,15 +269,7 @@ def create_app(config: ServeConfig) -> Starlette:
     async def correct(request: Request) -> Response:
         need_token(request, header_only=True)
         review = the_review()
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise ApiError(415, 'send JSON: {"label": "cat"} or {"label": "not-cat"}')
-        try:
-            wanted = (await request.json())["label"]
-            label = Label(wanted)
-        except (ValueError, KeyError, TypeError):
-            raise ApiError(400, 'expected JSON {"label": "cat"} or {"label": "not-cat"}') from None
-        if label not in TRAINING_LABELS:
-            raise ApiError(400, f"a correction is cat or not-cat, not {label.value}")
+        label = _label_of(await _json_body(request, '{"label": "cat"}'))
         try:
             entry = await run_in_threadpool(review.correct, entry_id(request), label)
         except NotFound as error:
@@ -225,6 +301,9 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/api/model", model),
         Route("/api/classify", classify, methods=["POST"]),
         Route("/api/review", review_list),
+        Route("/api/review/ids", review_ids),
+        Route("/api/review/label", correct_many, methods=["POST"]),
+        Route("/api/review/undo", undo_many, methods=["POST"]),
         Route("/api/review/{entry:int}/thumbnail", thumbnail),
         Route("/api/review/{entry:int}/label", correct, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

@@ -18,6 +18,7 @@ from notcat_sort.model import default_model_path, load_card
 from notcat_sort.serve.app import LOOPBACK_HOSTS, ServeConfig, create_app
 from notcat_sort.serve.corrections import CorrectionsFolder
 from notcat_sort.serve.review import ReportError, Review
+from notcat_sort.serve.thumbnails import default_thumbnail_cache
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -96,7 +97,7 @@ def serve(report: Path | None, host: str | None, port: int, corrections: Path | 
     token = secrets.token_urlsafe(18)
     config = ServeConfig(card, Policy(card.threshold if threshold is None else threshold), token, review,
                          max_upload=int(max_upload_mb * 1024 * 1024), workers=jobs, batch_size=batch_size,
-                         allowed_hosts=LOOPBACK_HOSTS if local else ("*",))
+                         allowed_hosts=LOOPBACK_HOSTS if local else ("*",), thumbnail_cache=default_thumbnail_cache())
     app = create_app(config)
     shown = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
     base = f"http://{shown}:{listener.getsockname()[1]}"

@@ -7,7 +7,8 @@ any move: a fsynced `started` row naming the file where it is and where it goes,
 Those rows come after the run's, so `notcat-sort --undo REPORT` first moves the photo back to
 the folder the run chose, then puts back what the run did. In a dry run's report nothing was
 placed: a correction there changes only the label recorded in the report. Every correction is
-also kept for training (see corrections.py).
+also kept for training (see corrections.py), and can be undone while the server runs: the photo
+goes back where it was (journalled the same way) and the corrections folder is as it was before.
 
 Only files the report names are ever opened; the client refers to a photo by its number here.
 """
@@ -17,19 +18,24 @@ from __future__ import annotations
 import csv
 import os
 import threading
-from dataclasses import dataclass, replace
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from notcat_sort.actions import PLACING_ACTIONS, Action, Kind, OnConflict, Outcome, execute, perform, plan
+from notcat_sort.cats import UNKNOWN
 from notcat_sort.content import sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label
 from notcat_sort.report import FIELDS, ReportWriter, Row, Status, read_report
-from notcat_sort.serve.corrections import TRAINING_LABELS, CorrectionsFolder
+from notcat_sort.serve.corrections import Correction, CorrectionsFolder
 from notcat_sort.sidecars import RAW_SUFFIXES, companion_name, companions
 
 _PLACED = (Status.DONE, Status.DUPLICATE_REMOVED)
 _RELABEL_ONLY = (Status.PLANNED, Status.SKIPPED)
 _COMPANION_SUFFIXES = (".xmp", ".aae", *RAW_SUFFIXES)  # rows for files carried with an image
+_LISTED = {label.value for label in (*SORTED_LABELS, Label.ERROR)}
+REVIEW_LABELS = SORTED_LABELS  # what a reviewer can give a photo: cat, not-cat, or back to unsure
 
 
 class ReportError(Exception):
@@ -44,25 +50,51 @@ class Refused(Exception):
     """A correction that cannot be made as things are; nothing was changed unless it says so."""
 
 
+@dataclass(frozen=True)
+class Step:
+    """What a photo was before one correction made by this server: what its undo restores."""
+
+    label: Label
+    location: Path
+    row: Row
+    cat: str
+    correction: Correction | None
+
+
 @dataclass
 class Entry:
     id: int
-    row: Row  # the run's latest row for this photo
+    row: Row  # the run's latest row for this photo (for a photo not placed, the latest correction's)
     label: Label  # as the run decided, or as corrected since
     location: Path  # where the photo is now
     placed: bool  # the run put it at `location`: a correction moves it
     run_label: Label  # what the run decided
+    cat: str = ""  # --group-cats: the cat's id (`unknown` for none); "" for a photo that is no cat
+    run_cat: str = ""  # the cat id the run gave it
+    undo: list[Step] = field(default_factory=list)  # this server's corrections of it, the latest last
 
     @property
     def source(self) -> Path:
         return Path(self.row.path)
 
+    @property
+    def p_cat(self) -> float | None:
+        return float(self.row.p_cat) if self.row.p_cat else None
+
     def as_json(self) -> dict[str, object]:
         return {
-            "id": self.id, "name": self.location.name, "path": str(self.location), "label": self.label.value,
-            "p_cat": float(self.row.p_cat) if self.row.p_cat else None, "action": self.row.action,
-            "status": self.row.status, "run_label": self.run_label.value,
+            "id": self.id, "name": self.location.name, "path": str(self.location), "folder": str(self.source.parent),
+            "label": self.label.value, "p_cat": self.p_cat, "action": self.row.action, "status": self.row.status,
+            "error": self.row.error, "run_label": self.run_label.value, "cat": self.cat, "undo": len(self.undo),
         }
+
+
+@dataclass
+class Changes:
+    """The outcome of a correction or undo of several photos: those changed, and those refused with why."""
+
+    changed: list[Entry] = field(default_factory=list)
+    refused: list[tuple[int, str]] = field(default_factory=list)
 
 
 def check_report(path: Path) -> None:
@@ -80,26 +112,36 @@ def check_report(path: Path) -> None:
     raise ReportError(f"{path} is not a notcat-sort report (its first line is not {','.join(FIELDS)})")
 
 
-def other_label_path(source: Path, placed: Path, old: Label, new: Label) -> Path | None:
-    """Where `placed`, at OUT/old/SUB/NAME, goes under `new`: OUT/new/SUB/NAME.
+def other_label_path(source: Path, placed: Path, old: Label, new: Label, old_cat: str = "", new_cat: str = "") -> Path | None:
+    """Where `placed`, at OUT/old/SUB/NAME, goes under `new`: OUT/new/SUB/NAME. With --group-cats
+    a cat photo is at OUT/cat/<old_cat>/SUB/NAME, and one given a cat goes to OUT/cat/<new_cat>/SUB/NAME.
 
     The report names the source and the destination, not OUT, so OUT/old is found as a folder
     named `old` above `placed` whose sub-path SUB ends the source's folder too. When several fit,
     a sort in place (OUT is the folder that was sorted, so it begins the source's path) takes the
     deepest, since the scan never enters OUT/old; a sort into --out the shallowest. None if none fits."""
     folders, source_folders = placed.parent.parts, source.parent.parts
-    fits = [index for index, name in enumerate(folders) if name == old.value
-            and len(folders) - index - 1 <= len(source_folders)
-            and folders[index + 1:] == source_folders[len(source_folders) - (len(folders) - index - 1):]]
-    in_place = [index for index in fits if folders[:index] == source_folders[:index]]
-    if not fits:
+
+    def fits(skip: int) -> list[int]:
+        found = []
+        for index, name in enumerate(folders):
+            sub = folders[index + 1 + skip:]
+            if (name == old.value and folders[index + 1:index + 1 + skip] == (old_cat,) * skip
+                    and len(sub) <= len(source_folders) and sub == source_folders[len(source_folders) - len(sub):]):
+                found.append(index)
+        return found
+
+    skip = 1 if old_cat and fits(1) else 0
+    found = fits(skip)
+    if not found:
         return None
-    chosen = max(in_place) if in_place else min(fits)
-    return Path(*folders[:chosen], new.value, *folders[chosen + 1:], placed.name)
+    in_place = [index for index in found if folders[:index] == source_folders[:index]]
+    chosen = max(in_place) if in_place else min(found)
+    return Path(*folders[:chosen], new.value, *((new_cat,) if new_cat else ()), *folders[chosen + 1 + skip:], placed.name)
 
 
 def _is_photo(row: Row) -> bool:
-    return row.label in {label.value for label in SORTED_LABELS} and not row.path.lower().endswith(_COMPANION_SUFFIXES)
+    return row.label in _LISTED and not row.path.lower().endswith(_COMPANION_SUFFIXES)
 
 
 def _moved(row: Row) -> bool:
@@ -116,6 +158,8 @@ class Review:
         self.corrections = corrections
         self._lock = threading.Lock()  # one correction at a time: each reads and appends the journal
         self.entries = self._load()
+        self.grouped = any(entry.cat for entry in self.entries)  # a --group-cats run: cat photos go under cat/<id>/
+        self.version = 0  # counts the changes, so that what is worked out from the entries can be kept until the next
 
     def _load(self) -> list[Entry]:
         """Replay the report in the order it was written: the run's rows make entries, and rows that
@@ -127,7 +171,7 @@ class Review:
             if owner is not None and row.path != owner.row.path:
                 if row.action == Action.MOVE and _moved(row):
                     del placed_at[owner.location]
-                    owner.location, owner.label = Path(row.destination), Label(row.label)
+                    owner.location, owner.label, owner.cat = Path(row.destination), Label(row.label), row.cat_id
                     placed_at[owner.location] = owner
                 continue
             if not _is_photo(row):
@@ -138,7 +182,8 @@ class Review:
             placed = row.action in PLACING_ACTIONS and row.status in _PLACED and bool(row.destination)
             entry = Entry(earlier.id if earlier else len(by_source), row, Label(row.label),
                           Path(row.destination) if placed else Path(row.path), placed,
-                          earlier.run_label if earlier else Label(row.label))
+                          earlier.run_label if earlier else Label(row.label), row.cat_id,
+                          earlier.run_cat if earlier else row.cat_id)
             by_source[row.path] = entry
             if placed:
                 placed_at[entry.location] = entry
@@ -149,27 +194,82 @@ class Review:
             raise NotFound(f"no photo number {entry_id} in this review")
         return self.entries[entry_id]
 
+    def counts(self) -> dict[str, int]:
+        """How many photos have each label now, how many in all, and how many were corrected."""
+        found = Counter(entry.label.value for entry in self.entries)
+        return {"all": len(self.entries), **{label.value: found[label.value] for label in (*SORTED_LABELS, Label.ERROR)},
+                "corrected": sum(entry.label is not entry.run_label for entry in self.entries)}
+
     def correct(self, entry_id: int, label: Label) -> Entry:
-        """Give photo `entry_id` the label `label` (cat or not-cat), moving it if the run placed it."""
-        if label not in TRAINING_LABELS:
-            raise ValueError(f"a correction is cat or not-cat, not {label.value}")
+        """Give photo `entry_id` the label `label` (cat, not-cat or unsure), moving it if the run placed it."""
+        changes = self.correct_many([entry_id], label)
+        if changes.refused:
+            raise Refused(changes.refused[0][1])
+        return self.entry(entry_id)
+
+    def correct_many(self, entry_ids: Iterable[int], label: Label) -> Changes:
+        """Correct each photo in turn; one that cannot be corrected is refused with the reason, and the rest go on."""
+        if label not in REVIEW_LABELS:
+            raise ValueError(f"a correction is cat, not-cat or unsure, not {label.value}")
+        return self._each(entry_ids, lambda entry: self._correct(entry, label))
+
+    def undo_many(self, entry_ids: Iterable[int]) -> Changes:
+        """Undo the latest correction this server made of each photo: back where and as it was, and the
+        corrections folder as it was before."""
+        return self._each(entry_ids, self._undo)
+
+    def _each(self, entry_ids: Iterable[int], change: Callable[[Entry], bool]) -> Changes:
+        changes = Changes()
         with self._lock:
-            entry = self.entry(entry_id)
-            if entry.label is label:
-                return entry
-            self._check(entry)
-            previous = entry.label
-            if entry.placed:
-                self._move(entry, label)
-            else:
-                self._relabel(entry, label)
-            self.corrections.record(entry.location, entry.row.sha256, label, previous, entry.row.p_cat,
-                                    entry.row.path, self.report)
-            return entry
+            for entry_id in dict.fromkeys(entry_ids):
+                try:
+                    entry = self.entry(entry_id)
+                    if change(entry):
+                        changes.changed.append(entry)
+                except (NotFound, Refused) as error:
+                    changes.refused.append((entry_id, str(error)))
+            self.version += 1
+        return changes
+
+    def _correct(self, entry: Entry, label: Label) -> bool:
+        if entry.label is label:
+            return False
+        self._check(entry)
+        before = Step(entry.label, entry.location, entry.row, entry.cat, None)
+        self._relocate(entry, label, self._cat_for(entry, label), None)
+        correction = self.corrections.record(entry.location, entry.row.sha256, label, before.label, entry.row.p_cat,
+                                             entry.row.path, self.report)
+        entry.undo.append(replace(before, correction=correction))
+        return True
+
+    def _undo(self, entry: Entry) -> bool:
+        if not entry.undo:
+            raise Refused("no correction of this photo to undo since the server started "
+                          "(notcat-sort --undo REPORT puts back the whole run)")
+        step = entry.undo[-1]
+        self._check(entry)
+        if entry.placed:
+            self._relocate(entry, step.label, step.cat, step.location)
+        else:
+            self._journal([step.row])
+            entry.row, entry.label, entry.cat = step.row, step.label, step.cat
+        if step.correction is not None:
+            self.corrections.withdraw(step.correction, entry.location)
+        entry.undo.pop()
+        return True
+
+    def _cat_for(self, entry: Entry, label: Label) -> str:
+        """The cat id a photo given `label` gets in a --group-cats run: a cat photo the one the run gave
+        it, or if the run said it was no cat, an unknown cat."""
+        if not self.grouped or label is not Label.CAT:
+            return ""
+        return entry.run_cat or UNKNOWN
 
     def _check(self, entry: Entry) -> None:
         if entry.row.action == Action.TAG:
             raise Refused("this run tagged sidecars; run `notcat-sort --tag` again to change a tag. Nothing was changed")
+        if entry.label is Label.ERROR:
+            raise Refused(f"the run could not read this photo ({entry.row.error}). Nothing was changed")
         if not (entry.placed or entry.row.status in _RELABEL_ONLY):
             raise Refused(f"the run's status for this photo is {entry.row.status}: re-run it first. Nothing was changed")
         if not os.path.lexists(entry.location):
@@ -179,15 +279,17 @@ class Review:
         if not entry.row.sha256 or sha256_file(entry.location) != entry.row.sha256:
             raise Refused(f"{entry.location} has changed since the run. Nothing was changed")
 
-    def _relabel(self, entry: Entry, label: Label) -> None:
-        destination = entry.row.destination and other_label_path(entry.source, Path(entry.row.destination),
-                                                                 entry.label, label)
-        row = replace(entry.row, label=label.value, destination=str(destination or ""))
-        self._journal([row])
-        entry.row, entry.label = row, label
-
-    def _move(self, entry: Entry, label: Label) -> None:
-        target = other_label_path(entry.source, entry.location, entry.label, label)
+    def _relocate(self, entry: Entry, label: Label, cat: str, target: Path | None) -> None:
+        """Give `entry` `label` and `cat`: move the file the run placed (to `target`, or the same place
+        under the label's folder), or for a photo not placed record the new label in the report."""
+        if not entry.placed:
+            destination = entry.row.destination and other_label_path(entry.source, Path(entry.row.destination),
+                                                                     entry.label, label, entry.cat, cat)
+            row = replace(entry.row, label=label.value, destination=str(destination or ""), cat_id=cat)
+            self._journal([row])
+            entry.row, entry.label, entry.cat = row, label, cat
+            return
+        target = target or other_label_path(entry.source, entry.location, entry.label, label, entry.cat, cat)
         if target is None:
             raise Refused(f"cannot tell which folder above {entry.location} is its {entry.label.value}/ folder. "
                           "Nothing was changed")
@@ -197,7 +299,7 @@ class Review:
         carried = [(path, sha256_file(path)) for path in companions(image, with_raw=True)]
         started = Status.STARTED_REMOVE_DUPLICATE if planned.kind == Kind.REMOVE_DUPLICATE else Status.STARTED
         image_row = Row(str(image), label.value, entry.row.p_cat, Action.MOVE.value, str(planned.target), started, "",
-                        entry.row.sha256)
+                        entry.row.sha256, cat)
         companion_rows = [replace(image_row, path=str(path), destination=str(companion_name(path, image, planned.target)),
                                   status=Status.STARTED, sha256=digest) for path, digest in carried]
         self._journal([image_row, *companion_rows])
@@ -210,7 +312,7 @@ class Review:
         for row in companion_rows:
             finished.append(self._carry(row))
         self._journal(finished)
-        entry.location, entry.label = planned.target, label
+        entry.location, entry.label, entry.cat = planned.target, label, cat
 
     @staticmethod
     def _carry(row: Row) -> Row:

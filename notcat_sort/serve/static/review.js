@@ -122,15 +122,25 @@ for (const button of document.querySelectorAll("#filters button")) {
   });
 }
 
-fetch(`/api/review?token=${encodeURIComponent(token)}`).then(async (response) => {
-  const answer = await response.json();
-  if (!response.ok) {
-    say(answer.error, true);
-    return;
+async function load() {
+  // The list comes a page at a time; this page still shows them all.
+  const entries = [];
+  let view = "", total = 1;
+  while (entries.length < total) {
+    const query = new URLSearchParams({token, offset: entries.length, limit: 500, view});
+    const response = await fetch(`/api/review?${query}`);
+    const answer = await response.json();
+    if (!response.ok) {
+      say(answer.error, true);
+      return;
+    }
+    ({view, total} = answer);
+    entries.push(...answer.entries);
+    document.getElementById("report").textContent = `${answer.report}: ${total} photos`;
   }
-  document.getElementById("report").textContent = `${answer.report}: ${answer.entries.length} photos`;
-  render(answer.entries);
+  render(entries);
   const first = groups.querySelector(".card");
   if (first) first.focus();
   document.body.dataset.ready = "true";
-});
+}
+load();
