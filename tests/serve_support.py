@@ -96,3 +96,34 @@ def start_server(*args: object, env: dict[str, str]) -> Server:
 def environment(tmp: Path) -> dict[str, str]:
     """Caches, dry-run reports and the default corrections folder in tmp."""
     return {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg-cache"), "XDG_DATA_HOME": str(tmp / "xdg-data")}
+
+
+def large_library(shared: Path, folder: Path, photos: int, distinct: int = 48) -> tuple[Path, Path]:
+    """A library of `photos` photos as a `--move --out OUT` run leaves it: (OUT, the report).
+
+    `distinct` photos of the pool are classified by a real dry run (`--uncertain 0.1:0.9`); the
+    library's photos are hard links to them (so that tens of thousands cost no disk), one folder
+    per month, each placed under OUT/<label>/ as a move would, and the report is written by the
+    CLI's own report writer, a `done` move row each, with the label, p_cat and sha256 that the run
+    gave the photo it links to."""
+    from notcat_sort.report import ReportWriter, Row
+
+    pool = folder / "pool"
+    library(shared, pool, cats=distinct // 2, not_cats=distinct - distinct // 2)
+    env = environment(folder)
+    dry = run_cli(pool, "--uncertain", "0.1:0.9", "--report", "-", "-j", "1", env=env).stdout
+    classified = [row for row in csv.DictReader(dry.splitlines()) if row["label"] != "error"]
+    out, source = folder / "sorted", folder / "photos"
+    writer = ReportWriter(folder / "library.csv")
+    rows = []
+    for number in range(photos):
+        original = classified[number % len(classified)]
+        sub = Path(f"{2015 + number // 6000}") / f"{number // 500 % 12 + 1:02d}" / f"IMG_{number:05d}.jpg"
+        placed = out / original["label"] / sub
+        placed.parent.mkdir(parents=True, exist_ok=True)
+        os.link(original["path"], placed)
+        rows.append(Row(str(source / sub), original["label"], original["p_cat"], "move", str(placed), "done", "",
+                        original["sha256"], source=original["source"]))
+    writer.write(rows, durable=True)
+    writer.close()
+    return out, folder / "library.csv"

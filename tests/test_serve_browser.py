@@ -1,8 +1,9 @@
 """The pages in a real browser: Debian's headless chromium, driven by selenium through the
 system's chromedriver (nothing downloads a browser). Classify a photo on the first page, correct
-one photo on the review page, check the file on disk and the report, and save a screenshot of each
-page (to $NOTCAT_SORT_SCREENSHOTS, default tmp/screenshots/ in the checkout; docs/ holds copies for
-the README). Skips where chromium is missing, except under CI, where it fails."""
+one photo on the review page, check the file on disk and the report; on the review of a
+30,000-photo library, go to the last photo, correct a selection and undo it; and save a
+screenshot of each page (to $NOTCAT_SORT_SCREENSHOTS, default tmp/screenshots/ in the checkout;
+docs/ holds copies for the README). Skips where chromium is missing, except under CI, where it fails."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from serve_support import environment, library, read_rows, run_cli, start_server
+from serve_support import environment, large_library, library, read_rows, run_cli, start_server, tree
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCREENSHOTS = Path(os.environ.get("NOTCAT_SORT_SCREENSHOTS") or Path(__file__).resolve().parents[1] / "tmp" / "screenshots")
@@ -59,13 +60,19 @@ def _wait(driver, condition, timeout: float = 60):
     return WebDriverWait(driver, timeout).until(condition)
 
 
+def _all_thumbnails_drawn(driver) -> None:
+    _wait(driver, lambda driver: driver.execute_script(
+        "const images = [...document.querySelectorAll('#grid img')];"
+        "return images.length > 0 && images.every((img) => img.complete && img.naturalWidth > 0)"))
+
+
 def test_classify_and_correct_in_a_browser(browser, tmp_path: Path, shared: Path):
     from selenium.webdriver.common.by import By
 
     env = environment(tmp_path)
     photos, out, report = tmp_path / "photos", tmp_path / "sorted", tmp_path / "run.csv"
-    library(shared, photos, cats=4, not_cats=4)
-    run_cli(photos, "--move", "--out", out, "--report", report, "-j", "1", "--no-cache", env=env)
+    library(shared, photos, cats=8, not_cats=8)
+    run_cli(photos, "--move", "--out", out, "--uncertain", "0.2:0.95", "--report", report, "-j", "1", "--no-cache", env=env)
     rows = {row["destination"]: row for row in read_rows(report)}
     server = start_server("--report", report, "--corrections", tmp_path / "fixes", env=env)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -83,16 +90,15 @@ def test_classify_and_correct_in_a_browser(browser, tmp_path: Path, shared: Path
         # The review page: correct the first photo with its button (the other label).
         browser.get(f"{server.base}/review?token={server.token}")
         _wait(browser, lambda driver: driver.find_element(By.CSS_SELECTOR, "body[data-ready]"))
-        assert len(browser.find_elements(By.CSS_SELECTOR, ".card")) == len(rows)
-        _wait(browser, lambda driver: driver.execute_script(
-            "return [...document.images].every((img) => img.complete && img.naturalWidth > 0)"))
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".card[data-entry]")) == len(rows)
+        _all_thumbnails_drawn(browser)
         first = browser.find_element(By.CSS_SELECTOR, ".card")
         was = first.get_attribute("data-label")
         path = Path(first.find_element(By.CSS_SELECTOR, ".name").get_attribute("title"))
         other = "not-cat" if was == "cat" else "cat"
         first.find_element(By.CSS_SELECTOR, f"button[data-label='{other}']").click()
         _wait(browser, lambda driver: first.get_attribute("data-label") == other)
-        assert "corrected" in first.text
+        assert f"was {was}" in first.text
         browser.save_screenshot(str(SCREENSHOTS / "serve-review.png"))
 
         # The file moved to the other label's folder, and the report says so.
@@ -111,7 +117,62 @@ def test_classify_and_correct_in_a_browser(browser, tmp_path: Path, shared: Path
         assert len(read_rows(tmp_path / "fixes" / "corrections.csv")) == 2
     finally:
         server.stop()
+    _copy_to_docs("serve-classify.png", "serve-review.png")
+
+
+def _copy_to_docs(*names: str) -> None:
     docs = Path(__file__).resolve().parents[1] / "docs"
     if os.environ.get("NOTCAT_SORT_UPDATE_DOCS") == "1":  # refresh the README's copies
-        for name in ("serve-classify.png", "serve-review.png"):
+        for name in names:
             shutil.copyfile(SCREENSHOTS / name, docs / name)
+
+
+def test_a_library_of_30000_photos_in_a_browser(browser, tmp_path: Path, shared: Path):
+    """The page holds only the cards on screen; End goes to the last photo (fetching its page); a
+    click and a shift-click select three photos, `c` corrects them, and undo puts back the files and
+    the corrections folder as they were."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    out, report = large_library(shared, tmp_path, 30_000)
+    fixes = tmp_path / "fixes"
+    server = start_server("--report", report, "--corrections", fixes, env=environment(tmp_path))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        browser.get(f"{server.base}/review?token={server.token}")
+        _wait(browser, lambda driver: driver.find_element(By.CSS_SELECTOR, "body[data-ready]"))
+        _all_thumbnails_drawn(browser)
+        assert 0 < len(browser.find_elements(By.CSS_SELECTOR, "[data-entry]")) <= 1000
+        assert "30,000" in browser.find_element(By.CSS_SELECTOR, "#labels [data-label=all]").text
+
+        ActionChains(browser).send_keys(Keys.END).perform()
+        last = _wait(browser, lambda driver: driver.find_element(By.CSS_SELECTOR, ".card[data-index='29999'][data-entry]"))
+        assert browser.switch_to.active_element == last
+        assert 0 < len(browser.find_elements(By.CSS_SELECTOR, "[data-entry]")) <= 1000
+        _all_thumbnails_drawn(browser)
+
+        # the last three photos: click the first, shift-click the last, correct them to cat with `c`
+        cards = [browser.find_element(By.CSS_SELECTOR, f".card[data-index='{index}']") for index in (29997, 29998, 29999)]
+        chosen = [(card.get_attribute("data-label"), Path(card.find_element(By.CSS_SELECTOR, ".name").get_attribute("title")))
+                  for card in cards]
+        assert {label for label, _ in chosen} == {"not-cat"}
+        before = tree(out)
+        cards[0].find_element(By.CSS_SELECTOR, ".name").click()
+        ActionChains(browser).key_down(Keys.SHIFT).click(cards[2].find_element(By.CSS_SELECTOR, ".name")).key_up(Keys.SHIFT).perform()
+        _wait(browser, lambda driver: "3 selected" in driver.find_element(By.ID, "selected-count").text)
+        ActionChains(browser).send_keys("c").perform()
+        _wait(browser, lambda driver: all(card.get_attribute("data-label") == "cat" for card in cards))
+        assert browser.find_element(By.ID, "undo").text == "undo (3)"
+        for _, path in chosen:
+            assert not path.exists() and (out / "cat" / path.relative_to(out / "not-cat")).is_file()
+        assert len(list((fixes / "cat").iterdir())) == 3 and len(read_rows(fixes / "corrections.csv")) == 3
+        browser.save_screenshot(str(SCREENSHOTS / "serve-review-library.png"))
+
+        browser.find_element(By.ID, "undo").click()
+        _wait(browser, lambda driver: all(card.get_attribute("data-label") == "not-cat" for card in cards))
+        assert tree(out) == before
+        assert list((fixes / "cat").iterdir()) == [] and read_rows(fixes / "corrections.csv") == []
+    finally:
+        server.stop()
+    _copy_to_docs("serve-review-library.png")

@@ -85,8 +85,8 @@ def number(name: str) -> Value:
 
 FILTERS: tuple[Filter, ...] = (
     Filter("label", Kind.CHOICE, lambda entry: entry.label.value),
-    Filter("run_label", Kind.CHOICE, lambda entry: entry.run_label.value, "the run said"),
-    Filter("p_cat", Kind.RANGE, lambda entry: entry.p_cat),
+    Filter("run_label", Kind.CHOICE, lambda entry: entry.run_label.value, "run said"),
+    Filter("p_cat", Kind.RANGE, lambda entry: entry.p_cat, "p(cat)"),
     Filter("folder", Kind.TEXT, lambda entry: str(entry.source.parent)),
     Filter("cat", Kind.CHOICE, lambda entry: entry.cat),
 )

@@ -1,146 +1,518 @@
-// The review page: the run's photos grouped by the run's label, unsure first, each group sorted
-// by p_cat from the least sure; a click or a key (c, n) corrects the photo in focus.
+// The review page for a whole library. The server filters, orders and pages the photos (a "view");
+// this page keeps only the cards on screen (and a screen's worth either side) in the document,
+// fetches the pages of the view they need, and draws each thumbnail once its card has stayed a
+// moment. Corrections go to the selection or the photo in focus; each is a step that undo takes back.
 "use strict";
 const token = new URLSearchParams(location.search).get("token") || "";
-const groups = document.getElementById("groups");
-const status = document.getElementById("status");
-const GROUPS = ["unsure", "cat", "not-cat"];
-const ORDER = {unsure: (a, b) => a.p_cat - b.p_cat, cat: (a, b) => a.p_cat - b.p_cat, "not-cat": (a, b) => b.p_cat - a.p_cat};
-const cards = new Map();
+const PAGE = 200; // photos per request
+const CHUNK = 100; // photos per correction request, so that a big selection shows its progress
+const CARD_MIN = 200; // px: the narrowest a card gets
+const BUFFER_ROWS = 3; // rows kept above and below the screen
+const IMAGE_DELAY = 120; // ms a card stays before its thumbnail is asked for (no requests while flinging past)
+const LABELS = ["cat", "not-cat", "unsure"];
+const SHOWN_LABELS = ["all", "unsure", "cat", "not-cat", "error"];
+
+const grid = document.getElementById("grid");
+const toolbar = document.getElementById("toolbar");
+const statusLine = document.getElementById("status");
+const state = {
+  view: "", total: 0, generation: 0, pages: new Map(), loading: new Map(), byId: new Map(),
+  label: "all", filters: {}, order: "doubt", columns: 1, width: 0, rowHeight: 274, gap: 12,
+  focus: 0, anchor: 0, selected: new Set(), undo: [], counts: {}, cards: new Map(), busy: false,
+};
 
 function say(message, isError) {
-  status.textContent = message;
-  status.className = isError ? "error" : "";
+  statusLine.textContent = message;
+  statusLine.className = isError ? "error" : "";
+  statusLine.title = "";
 }
 
-function fill(card, entry) {
-  card.dataset.label = entry.label;
-  const verdict = card.querySelector(".verdict");
-  verdict.textContent = "";
-  const badge = document.createElement("span");
-  badge.className = `badge ${entry.label}`;
-  badge.textContent = entry.label;
-  const p = document.createElement("span");
-  p.className = "p";
-  p.textContent = entry.p_cat === null ? "" : entry.p_cat.toFixed(3);
-  verdict.append(badge, p);
-  if (entry.label !== entry.run_label) {
-    const note = document.createElement("span");
-    note.className = "corrected";
-    note.textContent = `corrected (was ${entry.run_label})`;
-    verdict.append(note);
-  }
-  card.querySelector(".name").textContent = entry.name;
-  card.querySelector(".name").title = entry.path;
-  for (const button of card.querySelectorAll("button")) button.disabled = button.dataset.label === entry.label;
+function withToken(path, query) {
+  const params = new URLSearchParams(query);
+  params.set("token", token);
+  return `${path}?${params}`;
 }
 
-async function correct(card, label) {
-  if (card.dataset.label === label) return;
-  say("");
-  const response = await fetch(`/api/review/${card.dataset.id}/label`, {
-    method: "POST", headers: {"content-type": "application/json", "x-notcat-token": token},
-    body: JSON.stringify({label}),
+async function getJson(path, query) {
+  const response = await fetch(withToken(path, query));
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.error || response.statusText);
+  return answer;
+}
+
+async function postJson(path, body) {
+  const response = await fetch(path, {
+    method: "POST", headers: {"content-type": "application/json", "x-notcat-token": token}, body: JSON.stringify(body),
   });
   const answer = await response.json();
-  if (!response.ok) {
-    say(answer.error, true);
-    return;
-  }
-  fill(card, answer);
-  say(`${answer.name}: now ${answer.label} (${answer.path})`);
+  if (!response.ok) throw new Error(answer.error || response.statusText);
+  return answer;
 }
 
-function makeCard(entry) {
-  const card = document.createElement("div");
-  card.className = "card";
-  card.tabIndex = 0;
-  card.dataset.id = entry.id;
-  card.dataset.group = entry.run_label;
-  const img = document.createElement("img");
-  img.loading = "lazy";
-  img.alt = entry.name;
-  img.src = `/api/review/${entry.id}/thumbnail?token=${encodeURIComponent(token)}`;
-  const name = document.createElement("div");
-  name.className = "name";
-  const verdict = document.createElement("div");
-  verdict.className = "verdict";
-  const actions = document.createElement("div");
-  actions.className = "actions";
-  for (const label of ["cat", "not-cat"]) {
-    const button = document.createElement("button");
-    button.dataset.label = label;
-    button.textContent = label;
-    button.addEventListener("click", () => correct(card, label));
-    actions.append(button);
+// --- what is asked for ---------------------------------------------------------------------------
+
+function filterQuery() {
+  const query = new URLSearchParams({order: state.order});
+  if (state.label !== "all") query.append("label", state.label);
+  for (const [name, value] of Object.entries(state.filters)) if (value !== "") query.append(name, value);
+  return query;
+}
+
+async function fetchPage(number) {
+  if (state.pages.has(number) || state.loading.has(number)) return;
+  const generation = state.generation;
+  const query = filterQuery();
+  query.set("view", state.view);
+  query.set("offset", number * PAGE);
+  query.set("limit", PAGE);
+  const loading = getJson("/api/review", query).then((answer) => {
+    if (generation !== state.generation) return;
+    if (answer.view !== state.view) { // the server forgot the view (restarted): start again
+      reload();
+      return;
+    }
+    store(number, answer);
+    render();
+  }).catch((error) => say(error.message, true)).finally(() => state.loading.delete(number));
+  state.loading.set(number, loading);
+}
+
+function store(number, answer) {
+  state.pages.set(number, answer.entries);
+  for (const entry of answer.entries) state.byId.set(entry.id, entry);
+  showCounts(answer.counts);
+}
+
+function entryAt(index) {
+  const page = state.pages.get(Math.floor(index / PAGE));
+  return page ? page[index % PAGE] : undefined;
+}
+
+async function reload() {
+  state.generation += 1;
+  const generation = state.generation;
+  state.pages.clear();
+  state.byId.clear();
+  state.selected.clear();
+  state.focus = state.anchor = 0;
+  say("");
+  try {
+    const answer = await getJson("/api/review", filterQuery());
+    if (generation !== state.generation) return;
+    state.view = answer.view;
+    state.total = answer.total;
+    document.getElementById("report").textContent = answer.report;
+    document.getElementById("report").title = `corrections go to ${answer.corrections}`;
+    buildFilters(answer.filters);
+    store(0, answer);
+  } catch (error) {
+    say(error.message, true);
+    return;
   }
-  card.append(img, name, verdict, actions);
-  fill(card, entry);
-  cards.set(entry.id, card);
+  for (const card of state.cards.values()) card.remove();
+  state.cards.clear();
+  document.getElementById("empty").hidden = state.total > 0;
+  window.scrollTo(0, 0);
+  layout();
+  showSelection();
+  document.body.dataset.ready = "true";
+}
+
+// --- the toolbar ---------------------------------------------------------------------------------
+
+function showCounts(counts) {
+  state.counts = counts;
+  const labels = document.getElementById("labels");
+  if (!labels.childElementCount) {
+    for (const label of SHOWN_LABELS) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.label = label;
+      button.append(label, Object.assign(document.createElement("span"), {className: "count"}));
+      button.addEventListener("click", () => { state.label = label; reload(); });
+      labels.append(button);
+    }
+  }
+  for (const button of labels.children) {
+    const label = button.dataset.label;
+    button.classList.toggle("on", label === state.label);
+    button.querySelector(".count").textContent = (counts[label] || 0).toLocaleString();
+    button.hidden = label === "error" && !counts.error && state.label !== "error";
+  }
+  const corrected = counts.corrected ? ` · ${counts.corrected.toLocaleString()} corrected` : "";
+  document.title = `notcat-sort: review (${counts.all.toLocaleString()} photos${corrected})`;
+  document.getElementById("report").dataset.corrected = counts.corrected;
+}
+
+let filtersBuilt = false;
+
+function buildFilters(described) {
+  // Controls for every filter the server describes, but the label (the buttons above).
+  const holder = document.getElementById("more-filters");
+  if (filtersBuilt) {
+    for (const filter of described) {
+      const select = holder.querySelector(`select[name="${filter.name}"]`);
+      if (select) fillChoices(select, filter.values, state.filters[filter.name] || "");
+    }
+    return;
+  }
+  filtersBuilt = true;
+  for (const filter of described) {
+    if (filter.name === "label") continue;
+    const label = document.createElement("label");
+    label.append(filter.label, " ");
+    if (filter.kind === "choice") {
+      if (!Object.keys(filter.values).length) continue;
+      const select = document.createElement("select");
+      select.name = filter.name;
+      fillChoices(select, filter.values, "");
+      select.addEventListener("change", () => { state.filters[filter.name] = select.value; reload(); });
+      label.append(select);
+    } else if (filter.kind === "range") {
+      for (const end of ["min", "max"]) {
+        const input = Object.assign(document.createElement("input"), {type: "number", min: 0, max: 1, step: 0.05, placeholder: end});
+        input.name = `${filter.name}_${end}`;
+        input.addEventListener("change", () => { state.filters[input.name] = input.value; reload(); });
+        label.append(input, end === "min" ? "–" : "");
+      }
+    } else {
+      const input = Object.assign(document.createElement("input"), {type: "search", placeholder: "any"});
+      input.name = filter.name;
+      let waiting = 0;
+      input.addEventListener("input", () => {
+        clearTimeout(waiting);
+        waiting = setTimeout(() => { state.filters[filter.name] = input.value; reload(); }, 300);
+      });
+      label.append(input);
+    }
+    holder.append(label);
+  }
+}
+
+function fillChoices(select, values, chosen) {
+  select.textContent = "";
+  select.append(new Option("any", ""));
+  for (const [value, count] of Object.entries(values)) select.append(new Option(`${value} (${count.toLocaleString()})`, value));
+  select.value = chosen;
+}
+
+function showSelection() {
+  const count = state.selected.size;
+  document.getElementById("selected-count").textContent = count
+    ? `${count.toLocaleString()} selected` : `${state.total.toLocaleString()} shown, none selected`;
+  document.getElementById("select-all").textContent = `select all ${state.total.toLocaleString()}`;
+  const undo = document.getElementById("undo");
+  const last = state.undo[state.undo.length - 1];
+  undo.disabled = !last || state.busy;
+  undo.textContent = last ? `undo (${last.length.toLocaleString()})` : "undo";
+  for (const button of document.querySelectorAll("#selection [data-set]")) button.disabled = state.busy || (!count && !entryAt(state.focus));
+}
+
+// --- the grid ------------------------------------------------------------------------------------
+
+function layout() {
+  const style = getComputedStyle(document.body);
+  state.gap = parseFloat(style.getPropertyValue("--gap")) || 12;
+  state.rowHeight = (parseFloat(style.getPropertyValue("--card-height")) || 262) + state.gap;
+  state.width = grid.clientWidth;
+  state.columns = Math.max(1, Math.floor((state.width + state.gap) / (CARD_MIN + state.gap)));
+  grid.style.height = `${Math.ceil(state.total / state.columns) * state.rowHeight}px`;
+  for (const card of state.cards.values()) card.remove();
+  state.cards.clear();
+  render();
+}
+
+function visibleRows() {
+  const top = window.scrollY + toolbar.offsetHeight - grid.offsetTop;
+  const first = Math.max(0, Math.floor(top / state.rowHeight));
+  const last = Math.floor((window.scrollY + window.innerHeight - grid.offsetTop) / state.rowHeight);
+  return [first, Math.max(first, last)];
+}
+
+function render() {
+  const [firstVisible, lastVisible] = visibleRows();
+  const from = Math.max(0, (firstVisible - BUFFER_ROWS) * state.columns);
+  const to = Math.min(state.total, (lastVisible + BUFFER_ROWS + 1) * state.columns);
+  for (const [index, card] of state.cards) {
+    if (index < from || index >= to) {
+      clearTimeout(card.imageTimer);
+      card.remove();
+      state.cards.delete(index);
+    }
+  }
+  const cardWidth = (state.width - state.gap * (state.columns - 1)) / state.columns;
+  for (let index = from; index < to; index += 1) {
+    const entry = entryAt(index);
+    if (!entry) fetchPage(Math.floor(index / PAGE));
+    let card = state.cards.get(index);
+    if (!card) {
+      card = makeCard(index);
+      card.style.width = `${cardWidth}px`;
+      card.style.left = `${(index % state.columns) * (cardWidth + state.gap)}px`;
+      card.style.top = `${Math.floor(index / state.columns) * state.rowHeight}px`;
+      state.cards.set(index, card);
+      grid.append(card);
+    }
+    if (entry && card.dataset.entry !== String(entry.id)) fill(card, entry);
+    else if (entry) paint(card, entry);
+    card.classList.toggle("selected", Boolean(entry) && state.selected.has(entry.id));
+    card.tabIndex = index === state.focus ? 0 : -1;
+  }
+  const focused = state.cards.get(state.focus);
+  if (focused && grid.contains(document.activeElement) && document.activeElement !== focused) focused.focus({preventScroll: true});
+}
+
+function makeCard(index) {
+  const card = document.createElement("div");
+  card.className = "card placeholder";
+  card.dataset.index = index;
   return card;
 }
 
-function render(entries) {
-  for (const group of GROUPS) {
-    const members = entries.filter((entry) => entry.run_label === group).sort(ORDER[group]);
-    if (!members.length) continue;
-    const section = document.createElement("section");
-    section.dataset.group = group;
-    const title = document.createElement("h2");
-    title.textContent = `${group} (${members.length})`;
-    const grid = document.createElement("div");
-    grid.className = "grid";
-    grid.append(...members.map(makeCard));
-    section.append(title, grid);
-    groups.append(section);
+function fill(card, entry) {
+  // A card's parts, made once for its photo; paint() shows what can change.
+  clearTimeout(card.imageTimer);
+  card.textContent = "";
+  card.className = "card";
+  card.dataset.entry = entry.id;
+  const tick = Object.assign(document.createElement("input"), {type: "checkbox", className: "tick", tabIndex: -1});
+  tick.setAttribute("aria-label", "select");
+  const img = document.createElement("img");
+  img.alt = entry.name;
+  img.decoding = "async";
+  card.imageTimer = setTimeout(() => { img.src = withToken(`/api/review/${entry.id}/thumbnail`, {}); }, IMAGE_DELAY);
+  const name = Object.assign(document.createElement("div"), {className: "name", textContent: entry.name});
+  const verdict = Object.assign(document.createElement("div"), {className: "verdict"});
+  const meta = Object.assign(document.createElement("div"), {className: "meta"});
+  const actions = Object.assign(document.createElement("div"), {className: "actions"});
+  for (const label of LABELS) {
+    const button = Object.assign(document.createElement("button"), {type: "button", textContent: label, tabIndex: -1});
+    button.dataset.label = label;
+    actions.append(button);
+  }
+  card.append(img, tick, name, verdict, meta, actions);
+  paint(card, entry);
+}
+
+function paint(card, entry) {
+  card.dataset.label = entry.label;
+  card.querySelector(".name").title = entry.path;
+  const verdict = card.querySelector(".verdict");
+  verdict.textContent = "";
+  verdict.append(Object.assign(document.createElement("span"), {className: `badge ${entry.label}`, textContent: entry.label}));
+  if (entry.p_cat !== null) verdict.append(Object.assign(document.createElement("span"), {className: "p", textContent: entry.p_cat.toFixed(3)}));
+  if (entry.label !== entry.run_label) {
+    verdict.append(Object.assign(document.createElement("span"), {className: "corrected", textContent: `was ${entry.run_label}`}));
+  }
+  const meta = card.querySelector(".meta");
+  const folder = entry.folder.split("/").slice(-2).join("/");
+  meta.textContent = entry.label === "error" ? entry.error : [entry.cat, `…/${folder}`].filter(Boolean).join(" · ");
+  meta.title = entry.label === "error" ? entry.error : entry.folder;
+  card.classList.toggle("changed", state.label !== "all" && entry.label !== state.label);
+  card.querySelector(".tick").checked = state.selected.has(entry.id);
+  for (const button of card.querySelectorAll(".actions button")) {
+    button.disabled = button.dataset.label === entry.label || entry.label === "error";
   }
 }
 
-function visibleCards() {
-  return [...groups.querySelectorAll(".card")].filter((card) => card.closest("section").hidden === false);
+function repaint(entries) {
+  for (const entry of entries) {
+    const known = state.byId.get(entry.id);
+    if (known) Object.assign(known, entry);
+  }
+  const ids = new Set(entries.map((entry) => entry.id));
+  for (const card of state.cards.values()) {
+    if (ids.has(Number(card.dataset.entry))) paint(card, state.byId.get(Number(card.dataset.entry)));
+  }
 }
 
-document.addEventListener("keydown", (event) => {
-  const card = document.activeElement.closest && document.activeElement.closest(".card");
-  const visible = visibleCards();
-  if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
-    const at = visible.indexOf(card);
-    const next = visible[Math.max(0, Math.min(visible.length - 1, at + (event.key === "ArrowRight" ? 1 : -1)))];
-    if (next) next.focus();
-    event.preventDefault();
-  } else if (card && (event.key === "c" || event.key === "n")) {
-    correct(card, event.key === "c" ? "cat" : "not-cat");
+// --- focus and selection -------------------------------------------------------------------------
+
+function moveFocus(index, extend) {
+  if (!state.total) return;
+  state.focus = Math.max(0, Math.min(state.total - 1, index));
+  if (extend) selectRange(state.anchor, state.focus);
+  else state.anchor = state.focus;
+  scrollToIndex(state.focus);
+  render();
+  const card = state.cards.get(state.focus);
+  if (card) card.focus({preventScroll: true});
+  showSelection();
+}
+
+function scrollToIndex(index) {
+  const top = grid.offsetTop + Math.floor(index / state.columns) * state.rowHeight;
+  const shownFrom = window.scrollY + toolbar.offsetHeight;
+  if (top < shownFrom) window.scrollTo(0, top - toolbar.offsetHeight - state.gap);
+  else if (top + state.rowHeight > window.scrollY + window.innerHeight) window.scrollTo(0, top + state.rowHeight - window.innerHeight);
+}
+
+async function idsBetween(from, to) {
+  // The photo numbers at positions from..to of the view, fetching the pages between if need be.
+  const [low, high] = from < to ? [from, to] : [to, from];
+  const pages = [];
+  for (let page = Math.floor(low / PAGE); page <= Math.floor(high / PAGE); page += 1) {
+    if (!state.pages.has(page)) fetchPage(page);
+    pages.push(state.loading.get(page));
+  }
+  await Promise.all(pages);
+  const ids = [];
+  for (let index = low; index <= high; index += 1) {
+    const entry = entryAt(index);
+    if (entry) ids.push(entry.id);
+  }
+  return ids;
+}
+
+async function selectRange(from, to) {
+  for (const id of await idsBetween(from, to)) state.selected.add(id);
+  render();
+  showSelection();
+}
+
+function toggle(index) {
+  const entry = entryAt(index);
+  if (!entry) return;
+  if (state.selected.has(entry.id)) state.selected.delete(entry.id);
+  else state.selected.add(entry.id);
+  render();
+  showSelection();
+}
+
+async function selectAll() {
+  try {
+    const answer = await getJson("/api/review/ids", {view: state.view, ...Object.fromEntries(filterQuery())});
+    for (const id of answer.ids) state.selected.add(id);
+  } catch (error) {
+    say(error.message, true);
+  }
+  render();
+  showSelection();
+}
+
+function clearSelection() {
+  state.selected.clear();
+  render();
+  showSelection();
+}
+
+// --- corrections and undo ------------------------------------------------------------------------
+
+function target() {
+  // The selection, else the photo in focus.
+  if (state.selected.size) return [...state.selected];
+  const entry = entryAt(state.focus);
+  return entry ? [entry.id] : [];
+}
+
+async function send(path, ids, body, verb) {
+  // Send `ids` in chunks; returns the photos changed. Says how far it got and what was refused.
+  state.busy = true;
+  showSelection();
+  const changed = [], refused = [];
+  try {
+    for (let start = 0; start < ids.length; start += CHUNK) {
+      if (ids.length > CHUNK) say(`${start.toLocaleString()} of ${ids.length.toLocaleString()} photos ${verb}…`);
+      const answer = await postJson(path, {...body, ids: ids.slice(start, start + CHUNK)});
+      changed.push(...answer.entries);
+      refused.push(...answer.refused);
+      repaint(answer.entries);
+      showCounts(answer.counts);
+    }
+  } catch (error) {
+    refused.push({id: null, error: error.message});
+  } finally {
+    state.busy = false;
+  }
+  const first = changed[0];
+  const done = changed.length === 1 ? `${first.name}: ${verb}` : `${changed.length.toLocaleString()} photos ${verb}`;
+  const problems = refused.length ? `; ${refused.length} refused: ${refused[0].error}` : "";
+  say(changed.length || !refused.length ? done + problems : problems.slice(2), refused.length > 0);
+  statusLine.title = changed.map((entry) => entry.path).slice(0, 20).join("\n");
+  showSelection();
+  return changed;
+}
+
+async function correct(ids, label) {
+  if (!ids.length || state.busy) return;
+  const changed = await send("/api/review/label", ids, {label}, `now ${label}`);
+  if (changed.length) state.undo.push(changed.map((entry) => entry.id));
+  showSelection();
+}
+
+async function undo() {
+  const step = state.undo.pop();
+  if (!step || state.busy) return;
+  await send("/api/review/undo", step, {}, "back as they were");
+}
+
+// --- events --------------------------------------------------------------------------------------
+
+grid.addEventListener("click", (event) => {
+  const card = event.target.closest(".card");
+  if (!card || !card.dataset.entry) return;
+  const index = Number(card.dataset.index);
+  const button = event.target.closest(".actions button");
+  if (button) {
+    moveFocus(index, false);
+    correct([Number(card.dataset.entry)], button.dataset.label);
+  } else if (event.shiftKey) {
+    state.focus = index;
+    selectRange(state.anchor, index);
+  } else if (event.ctrlKey || event.metaKey || event.target.classList.contains("tick")) {
+    moveFocus(index, false);
+    toggle(index);
+  } else {
+    moveFocus(index, false);
   }
 });
 
-for (const button of document.querySelectorAll("#filters button")) {
-  button.addEventListener("click", () => {
-    for (const other of document.querySelectorAll("#filters button")) other.classList.toggle("on", other === button);
-    for (const section of groups.querySelectorAll("section")) {
-      section.hidden = button.dataset.filter !== "all" && section.dataset.group !== button.dataset.filter;
-    }
-  });
-}
-
-async function load() {
-  // The list comes a page at a time; this page still shows them all.
-  const entries = [];
-  let view = "", total = 1;
-  while (entries.length < total) {
-    const query = new URLSearchParams({token, offset: entries.length, limit: 500, view});
-    const response = await fetch(`/api/review?${query}`);
-    const answer = await response.json();
-    if (!response.ok) {
-      say(answer.error, true);
-      return;
-    }
-    ({view, total} = answer);
-    entries.push(...answer.entries);
-    document.getElementById("report").textContent = `${answer.report}: ${total} photos`;
+document.addEventListener("keydown", (event) => {
+  if (event.target.closest && event.target.closest("input, select")) return;
+  if (event.target.closest && event.target.closest("#toolbar button") && (event.key === " " || event.key === "Enter")) return;
+  const rowsPerScreen = Math.max(1, Math.floor((window.innerHeight - toolbar.offsetHeight) / state.rowHeight));
+  const moves = {
+    ArrowRight: 1, ArrowLeft: -1, ArrowDown: state.columns, ArrowUp: -state.columns,
+    PageDown: rowsPerScreen * state.columns, PageUp: -rowsPerScreen * state.columns,
+  };
+  if (event.key in moves) {
+    moveFocus(state.focus + moves[event.key], event.shiftKey);
+  } else if (event.key === "Home" || event.key === "End") {
+    moveFocus(event.key === "Home" ? 0 : state.total - 1, event.shiftKey);
+  } else if (event.key === " ") {
+    toggle(state.focus);
+  } else if ((event.ctrlKey || event.metaKey) && event.key === "a") {
+    selectAll();
+  } else if (event.key === "Escape") {
+    clearSelection();
+  } else if (event.key === "z" && !event.altKey) {
+    undo();
+  } else if (!event.ctrlKey && !event.metaKey && !event.altKey && ["c", "n", "u"].includes(event.key)) {
+    correct(target(), {c: "cat", n: "not-cat", u: "unsure"}[event.key]);
+  } else {
+    return;
   }
-  render(entries);
-  const first = groups.querySelector(".card");
-  if (first) first.focus();
-  document.body.dataset.ready = "true";
+  event.preventDefault();
+});
+
+for (const button of document.querySelectorAll("#selection [data-set]")) {
+  button.addEventListener("click", () => correct(target(), button.dataset.set));
 }
-load();
+document.getElementById("select-all").addEventListener("click", selectAll);
+document.getElementById("select-none").addEventListener("click", clearSelection);
+document.getElementById("undo").addEventListener("click", undo);
+document.getElementById("order").addEventListener("change", (event) => { state.order = event.target.value; reload(); });
+document.getElementById("keys-button").addEventListener("click", (event) => {
+  const keys = document.getElementById("keys");
+  keys.hidden = !keys.hidden;
+  event.target.setAttribute("aria-expanded", String(!keys.hidden));
+});
+document.getElementById("classify-link").href = `/?token=${encodeURIComponent(token)}`;
+let scheduled = false;
+window.addEventListener("scroll", () => {
+  if (scheduled) return;
+  scheduled = true;
+  requestAnimationFrame(() => { scheduled = false; render(); });
+}, {passive: true});
+window.addEventListener("resize", () => { if (grid.clientWidth !== state.width) layout(); else render(); });
+reload().then(() => { const first = state.cards.get(0); if (first) first.focus({preventScroll: true}); });
