@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from click.core import ParameterSource
 
 from notcat_sort import __version__
 from notcat_sort.actions import Action, OnConflict
+from notcat_sort.actions.unwritable import read_only_problem
 from notcat_sort.cache import default_cache_path
 from notcat_sort.cats import NamesError, names_file_for, read_names
 from notcat_sort.classify import ClassifySettings, default_jobs
@@ -25,7 +27,7 @@ from notcat_sort.model import ModelError, default_model_path, load_card
 from notcat_sort.output import Preview, View
 from notcat_sort.output.plain import PlainView
 from notcat_sort.pipeline import SortSettings, StopFlag, sort_paths
-from notcat_sort.report import ReportWriter, Status, final_rows
+from notcat_sort.report import ReportLost, ReportWriter, Status, data_reports_folder, final_rows
 from notcat_sort.scan import scan
 from notcat_sort.sidecars import SidecarName
 from notcat_sort.undo import undo, undo_report_path
@@ -131,7 +133,7 @@ def _check_destinations(settings: SortSettings, roots: list[Path]) -> None:
         if not existing.is_dir():
             problem = f"{existing} is not a folder"
         elif not os.access(existing, os.W_OK | os.X_OK):
-            problem = f"cannot write in {existing}: permission denied"
+            problem = read_only_problem(existing) or f"cannot write in {existing}: permission denied"
         else:
             continue
         if settings.out is not None:
@@ -184,27 +186,46 @@ def _connect(cluster: Cluster) -> None:
     click.get_current_context().call_on_close(cluster.__exit__)
 
 
+def _report_moved(log: Callable[[str], None]) -> Callable[[Path, Path, str], None]:
+    def moved(old: Path, new: Path, why: str) -> None:
+        log(f"the report cannot grow where it was ({old}: {why}); it goes on, with every row so far, in {new}")
+
+    return moved
+
+
 def _undo(report: Path, quiet: bool) -> None:
-    """Run --undo, log what failed and a summary on stderr, and exit."""
+    """Run --undo, log what failed and a summary on stderr, and exit. Its own record is opened
+    first: an undo that cannot write it changes nothing."""
     rows = final_rows(report)
     if rows and all(row.status == Status.PLANNED or row.action == "none" for row in rows):
         if not quiet:
             click.echo(f"undo: {report} is the report of a dry run: it changed nothing, so there is nothing "
                        "to undo", err=True)
         sys.exit(0)
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
     undo_report = undo_report_path(report)
-    writer = ReportWriter(undo_report)
+    try:
+        writer = ReportWriter(undo_report, fallback=data_reports_folder(), on_move=_report_moved(log))
+    except OSError as error:
+        log(f"undo: cannot write its record {undo_report} ({error.strerror or error}): nothing was undone")
+        sys.exit(EXIT_FAILED)
     statuses: Counter[str] = Counter()
     try:
         for row in undo(report, writer):
             statuses[row.status] += 1
             if row.status == Status.ERROR:
-                click.echo(f"error: {row.destination or row.path}: {row.error}", err=True)
+                log(f"error: {row.destination or row.path}: {row.error}")
+    except ReportLost as error:
+        log(f"undo: stopped, {error.strerror}; what is undone so far is on disk: run it again when there is room")
+        statuses[Status.ERROR] += 1
     finally:
         writer.close()
     if not quiet:
         summary = ", ".join(f"{status}: {count}" for status, count in sorted(statuses.items()))
-        click.echo(f"undo: {summary or 'nothing recorded'}\nreport: {undo_report}", err=True)
+        log(f"undo: {summary or 'nothing recorded'}\nreport: {writer.path}")
     sys.exit(EXIT_FAILED if statuses[Status.ERROR] else 0)
 
 
@@ -416,7 +437,8 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
     stop = StopFlag()
     _install_stop_handlers(stop, view.log)
     try:
-        report = ReportWriter(report_file, copy_to_stdout=to_stdout)
+        report = ReportWriter(report_file, copy_to_stdout=to_stdout, fallback=data_reports_folder(),
+                              on_move=_report_moved(view.log))
     except FileExistsError as error:
         raise click.BadParameter(f"{error.filename} {error.strerror}: choose another file", param_hint="--report") from None
     except OSError as error:
@@ -432,10 +454,15 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
     except ClusterError as error:  # between batches: what was acted on is reported, the rest untouched
         lost = True
         view.log(f"{error}: stopping; the report has every file handled so far, run again to finish")
+    except ReportLost as error:  # nothing may be done that is not recorded first
+        lost = False
+        view.tally.failed += 1
+        view.log(f"stopping: {error.strerror}; every file acted on so far is in the report, run again to finish")
     else:
         lost = False
     finally:
         report.close(compact=watch_dir is None)  # a watch report may name one path twice: keep every row
+    report_file = report.path  # where the report went on, if its disk filled up
     names_file = names_file_for(report_file) if report_file is not None and group_cats else None
     if report_file is not None and given_report is None and watch_dir is None and settings.changes_files \
             and not report.journalled:

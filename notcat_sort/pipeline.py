@@ -13,13 +13,14 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, nullcontext
+from contextlib import closing, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from notcat_sort.actions import Action, Kind, OnConflict, Outcome, Plan, Tagging, execute, perform, plan, preview
 from notcat_sort.actions.common import remove_empty_folder
 from notcat_sort.actions.conflict import resolve
+from notcat_sort.actions.unwritable import Unwritable
 from notcat_sort.cache import FileKey, PredictionCache, open_cache
 from notcat_sort.cats import UNKNOWN, CatGrouper, examples_of, load_head, names_file_for, names_template
 from notcat_sort.classify import ClassifySettings, Prediction, classify
@@ -140,11 +141,17 @@ class WorkItem:
         return Result(self.prediction, self.label, self.outcome, self.companions, self.cat)
 
 
-def _failure(settings: SortSettings, error: Exception, target: Path | None = None) -> Outcome:
+def _failure(settings: SortSettings, error: Exception, target: Path | None = None,
+             unwritable: Unwritable | None = None) -> Outcome:
     """An error outcome. It keeps the planned `target`, so that --undo can look there after a
-    failure half-way through (e.g. a cross-filesystem copy that was made but not verified)."""
+    failure half-way through (e.g. a cross-filesystem copy that was made but not verified).
+    A destination found full or read-only is noted in `unwritable`, and the reason says so."""
     filename = getattr(error, "filename", None)
-    if isinstance(error, FileNotFoundError) and filename and not os.path.lexists(filename):
+    full = (unwritable.note(error, target) if unwritable is not None and target is not None
+            and isinstance(error, OSError) else None)
+    if full is not None:
+        reason = full
+    elif isinstance(error, FileNotFoundError) and filename and not os.path.lexists(filename):
         reason = f"{filename} disappeared during the run"
     else:
         reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
@@ -156,7 +163,8 @@ def _failure(settings: SortSettings, error: Exception, target: Path | None = Non
 # --- plan ---------------------------------------------------------------------------------------
 
 
-def _plan(settings: SortSettings, item: WorkItem, reserved: set[Path], digest_of: DigestOf, run: str) -> None:
+def _plan(settings: SortSettings, item: WorkItem, reserved: set[Path], digest_of: DigestOf, run: str,
+          unwritable: Unwritable) -> None:
     """Give `item` its plan, with its target reserved against the rest of the batch, and the
     companions that travel with it; or, when it cannot be acted on, its outcome."""
     if item.label is Label.ERROR:
@@ -176,8 +184,20 @@ def _plan(settings: SortSettings, item: WorkItem, reserved: set[Path], digest_of
     except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
         item.plan, item.outcome = None, _failure(settings, error)
         return
+    if settings.changes_files and (skipped := _not_tried(settings, item.plan, unwritable)) is not None:
+        item.plan, item.outcome = None, skipped
+        return
     if item.plan.kind is Kind.PLACE and item.plan.target is not None:
         reserved.add(item.plan.target)
+
+
+def _not_tried(settings: SortSettings, planned: Plan, unwritable: Unwritable) -> Outcome | None:
+    """The error outcome of a plan that would write where an earlier file found no room (or a
+    read-only filesystem): it is not tried. None when it may be."""
+    if planned.kind not in (Kind.PLACE, Kind.TAG) or planned.target is None:
+        return None
+    reason = unwritable.reason(planned.target)
+    return None if reason is None else Outcome(Status.ERROR, None, f"{settings.action_name} not tried: {reason}")
 
 
 # --- journal ------------------------------------------------------------------------------------
@@ -205,24 +225,28 @@ def _journal(items: list[WorkItem], report: ReportWriter, action: str) -> None:
 # --- execute ------------------------------------------------------------------------------------
 
 
-def _execute(settings: SortSettings, stop: Callable[[], bool], item: WorkItem) -> Result:
-    """Carry out one file's plan (and its companions'), unless a stop was asked for first. Runs
-    on an action thread: the batch's targets are distinct and already journalled."""
+def _execute(settings: SortSettings, stop: Callable[[], bool], unwritable: Unwritable, item: WorkItem) -> Result:
+    """Carry out one file's plan (and its companions'), unless a stop was asked for first or its
+    destination was found full since it was planned. Runs on an action thread: the batch's
+    targets are distinct and already journalled."""
     if item.outcome is None:
         assert item.plan is not None
         if stop():
             item.outcome = Outcome(Status.INTERRUPTED, None, getattr(stop, "reason", "interrupted"))
             return item.result()
+        if settings.changes_files and (skipped := _not_tried(settings, item.plan, unwritable)) is not None:
+            item.outcome = skipped
+            return item.result()
         try:
             item.outcome = execute(item.plan) if settings.changes_files else preview(item.plan)
         except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
-            item.outcome = _failure(settings, error, item.plan.target)
-        item.companions = _carry(settings, item.prediction.candidate.path, item.outcome, item.companions)
+            item.outcome = _failure(settings, error, item.plan.target, unwritable)
+        item.companions = _carry(settings, item.prediction.candidate.path, item.outcome, item.companions, unwritable)
     return item.result()
 
 
 def _carry(settings: SortSettings, image: Path, image_outcome: Outcome,
-           found: tuple[Companion, ...]) -> tuple[Companion, ...]:
+           found: tuple[Companion, ...], unwritable: Unwritable) -> tuple[Companion, ...]:
     """Give each companion the action its image got, named after where the image went.
 
     A companion is never renamed on its own: if its name is taken by a different file it stays
@@ -241,7 +265,7 @@ def _carry(settings: SortSettings, image: Path, image_outcome: Outcome,
                 outcome = perform(settings.action or Action.COPY, companion.path, target, companion.sha256 or None,
                                   OnConflict.SKIP, dry_run=not settings.changes_files)
             except Exception as error:  # noqa: BLE001 - one file's failure must not stop the batch
-                outcome = _failure(settings, error)
+                outcome = _failure(settings, error, target, unwritable)
         carried.append(replace(companion, outcome=outcome))
     return tuple(carried)
 
@@ -258,11 +282,12 @@ def sort_files(
     Per batch: plan every file (settling final names), journal the plans that change files in
     one fsynced write, then execute them and record the outcomes. The plans' targets are distinct
     and already journalled, so the batch's files are acted on concurrently: their work is mostly
-    waiting on the disk (fsync, reading copies back to verify them)."""
+    waiting on the disk (fsync, reading copies back to verify them). Once a destination is
+    found full or read-only, no later file bound for it is tried."""
     known = open_cache(settings.classify.cache_path, settings.classify.card.sha256) if settings.places_files else None
     with ThreadPoolExecutor(ACTION_THREADS, thread_name_prefix="act") as actors, \
             closing(known) if known else nullcontext():
-        yield from _sort_batches(candidates, settings, report, stop, actors, known)
+        yield from _sort_batches(candidates, settings, report, stop, actors, known, Unwritable())
 
 
 def _digest_reader(known: PredictionCache | None) -> DigestOf:
@@ -303,7 +328,7 @@ Decided = tuple[Prediction, Label, str]
 
 def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, report: ReportWriter,
                   stop: Callable[[], bool], actors: ThreadPoolExecutor,
-                  known: PredictionCache | None) -> Iterator[Result]:
+                  known: PredictionCache | None, unwritable: Unwritable) -> Iterator[Result]:
     """Act on each batch as it is classified. With --group-cats the cat photos wait (without
     their embeddings, which wait on disk) until every photo is classified and grouped."""
     card = settings.classify.card
@@ -320,7 +345,7 @@ def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, repor
                         place = grouper.add(prediction.sha256 or "", prediction.embedding)
                         waiting.append((replace(prediction, embedding=None), place))
                 decided = [entry for entry in decided if entry[1] is not Label.CAT]
-            yield from _sort_batch(decided, settings, report, stop, actors, known, digest_of)
+            yield from _sort_batch(decided, settings, report, stop, actors, known, digest_of, unwritable)
             if stop():
                 return
         if grouper is not None and waiting:
@@ -329,11 +354,11 @@ def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, repor
             if report.path is not None:
                 examples = examples_of((grouping.ids[place] for _, place in waiting if place >= 0),
                                        (str(p.candidate.path) for p, place in waiting if place >= 0))
-                names_file_for(report.path).write_text(names_template(grouping, examples), encoding="utf-8")
+                _write_names(names_file_for(report.path), names_template(grouping, examples))
             for start in range(0, len(waiting), _GROUPED_BATCH):
                 batch = [(p, Label.CAT, grouping.ids[place] if place >= 0 else UNKNOWN)
                          for p, place in waiting[start:start + _GROUPED_BATCH]]
-                yield from _sort_batch(batch, settings, report, stop, actors, known, digest_of)
+                yield from _sort_batch(batch, settings, report, stop, actors, known, digest_of, unwritable)
                 if stop():
                     return
     finally:
@@ -346,18 +371,29 @@ def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, repor
 _GROUPED_BATCH = 256  # grouped cat photos acted on at a time
 
 
+def _write_names(path: Path, text: str) -> None:
+    """The cat names template beside the report; a convenience, so a disk too full for it only
+    leaves it out (never half of it)."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError:
+        with suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
 def _sort_batch(decided: list[Decided], settings: SortSettings, report: ReportWriter, stop: Callable[[], bool],
-                actors: ThreadPoolExecutor, known: PredictionCache | None, digest_of: DigestOf) -> list[Result]:
+                actors: ThreadPoolExecutor, known: PredictionCache | None, digest_of: DigestOf,
+                unwritable: Unwritable) -> list[Result]:
     """One work item per file, through plan -> journal -> execute -> report."""
     action = settings.action_name
     run = run_key(report.path) if report.path is not None else ""
     items = [WorkItem(prediction, label, cat) for prediction, label, cat in decided]
     reserved: set[Path] = set()
     for item in items:
-        _plan(settings, item, reserved, digest_of, run)
+        _plan(settings, item, reserved, digest_of, run, unwritable)
     if settings.changes_files:
         _journal(items, report, action)
-    results = list(actors.map(lambda item: _execute(settings, stop, item), items))
+    results = list(actors.map(lambda item: _execute(settings, stop, unwritable, item), items))
     report.write((row for result in results for row in rows_for(result, action)), durable=settings.changes_files)
     if settings.changes_files:
         _remember_placed(known, results)

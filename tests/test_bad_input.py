@@ -211,5 +211,5 @@ def test_a_read_only_destination_keeps_every_source(tmp_path: Path, small_tmpfs:
     before = inventory(photos)
     results = sort_in_process([photos], "move", tmp_path / "r.csv", out=small_tmpfs)
     assert [r.outcome.status for r in results] == [Status.ERROR] * 2
-    assert all("Read-only file system" in r.outcome.error for r in results)
+    assert all("it is on a read-only file system" in r.outcome.error for r in results)
     assert inventory(photos) == before
