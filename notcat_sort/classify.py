@@ -15,6 +15,11 @@ and memory stays flat however large the library is.
 With a cluster (`ClassifySettings.cluster`, see notcat_sort.cluster) the same batches go to the
 workers of a Dask cluster instead of to the threads, and run the same `classify_batch` there;
 the cache stays here, on this machine.
+
+Wherever `classify_batch` runs, it decodes through that process's decoder guard (see
+notcat_sort.decoder_guard): a native decoder that crashes the process on a file ends that run,
+but the next one decodes the files that were in flight in a child process, and quarantines the
+one that kills it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -38,6 +43,7 @@ from PIL import Image
 from notcat_sort.cache import FileKey, Known, PredictionCache, open_cache
 from notcat_sort.content import sha256_rest
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, OverPixelCap, decode
+from notcat_sort.decoder_guard import Crash, DecoderGuard, decoder_guard
 from notcat_sort.embedded import NoPreview, Source, exif_thumbnail, raw_preview
 from notcat_sort.model import Classifier, ModelCard
 from notcat_sort.scan import Candidate
@@ -236,6 +242,61 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDig
     return _Input(key, digest, image, source)
 
 
+# What preparing a file gives: a finished Prediction, or the input to classify.
+Prepared = Prediction | _Input
+
+
+def _decode_apart(candidate: Candidate, settings: ClassifySettings, payload: bytes | None,
+                  thumbnail: bool) -> tuple[Prepared, Prepared | None]:
+    """Run in a child process for a suspect (see notcat_sort.decoder_guard): what `_prepare`
+    gives, and when that is an EXIF thumbnail, also the image decoded in full, in case the
+    thumbnail's p_cat falls in the band: the suspect is then never decoded in the parent."""
+    first = _prepare(candidate, settings, None, thumbnail, payload)
+    full = (_prepare(candidate, settings, None, False, payload)
+            if isinstance(first, _Input) and first.source is Source.THUMBNAIL else None)
+    return first, full
+
+
+def _guard_key(candidate: Candidate, payload: bytes | None) -> str | None:
+    """What the decoder guard knows a file by: its stat key, or the digest of bytes sent here."""
+    if payload is not None:
+        return f"sha256-{hashlib.sha256(payload).hexdigest()}"
+    try:
+        key = FileKey.of(os.stat(candidate.path))
+    except OSError:
+        return None
+    return f"{key.device}-{key.inode}-{key.size}-{key.mtime_ns}"
+
+
+def _prepare_guarded(guard: DecoderGuard, candidate: Candidate, settings: ClassifySettings,
+                     lookup: LookupDigest | None, payload: bytes | None,
+                     thumbnail: bool = True) -> tuple[Prepared, Prepared | None]:
+    """`_prepare` such that a decoder crash cannot end this process twice on one file: the
+    Prepared, and for a suspect decoded in a child the full image's too (or None).
+
+    A file that crashed the decoder before is its error; a suspect (in flight when a process
+    died) is decoded in a child; any other file here, noted as in flight while it is."""
+    key = _guard_key(candidate, payload)
+    if key is None:  # cannot be read: _prepare says why
+        return _prepare(candidate, settings, lookup, thumbnail, payload), None
+    crash = guard.crashed(key)
+    if crash is not None:
+        return Prediction(candidate, sha256=crash.sha256 or None, error=crash.message), None
+    if guard.suspect(key):
+        alone = replace(settings, cluster=None, cache_path=None)
+        found = guard.isolate(key, str(candidate.path), _decode_apart, candidate, alone, payload, thumbnail)
+        if isinstance(found, Crash):
+            return Prediction(candidate, sha256=found.sha256 or None, error=found.message), None
+        first, full = found
+        known = lookup(first.digest) if lookup and isinstance(first, _Input) else None
+        if known is not None:
+            return Prediction(candidate, known.p_cat, first.digest, cached=True, file_key=first.key,
+                              embedding=known.embedding, source=_source(known.source)), None
+        return first, full
+    with guard.in_flight(key, str(candidate.path)):
+        return _prepare(candidate, settings, lookup, thumbnail, payload), None
+
+
 def _infer(candidates: list[Candidate], inputs: dict[int, _Input], card: ModelCard,
            model: bytes | None) -> dict[int, Prediction]:
     """One model call per input size among `inputs` (by batch index): thumbnails are smaller than images."""
@@ -265,16 +326,22 @@ def classify_batch(candidates: list[Candidate], settings: ClassifySettings, look
     with an error.
 
     Files whose EXIF thumbnail gave a p_cat inside the card's band are read again, decoded in full
-    and classified again, in a second model call: the image itself decides them."""
+    and classified again, in a second model call: the image itself decides them. Decoding goes
+    through this process's decoder guard (see notcat_sort.decoder_guard)."""
     sources: list[bytes | None] = list(payloads) if payloads is not None else [None] * len(candidates)
-    prepared = [_prepare(candidate, settings, lookup, payload=payload)
-                for candidate, payload in zip(candidates, sources, strict=True)]
+    guard = decoder_guard()
+    guard.refresh()
+    both = [_prepare_guarded(guard, candidate, settings, lookup, payload)
+            for candidate, payload in zip(candidates, sources, strict=True)]
+    prepared = [item for item, _ in both]
+    decoded_apart = {i: full for i, (_, full) in enumerate(both) if full is not None}
     first = {i: item for i, item in enumerate(prepared) if isinstance(item, _Input)}
     decided = {i: item for i, item in enumerate(prepared) if isinstance(item, Prediction)}
     decided.update(_infer(candidates, first, settings.card, model))
     band = settings.thumbnail_band
     if band is not None:
-        again = {i: _prepare(candidates[i], settings, None, thumbnail=False, payload=sources[i])
+        again = {i: decoded_apart[i] if i in decoded_apart
+                 else _prepare_guarded(guard, candidates[i], settings, None, sources[i], thumbnail=False)[0]
                  for i, item in first.items() if item.source is Source.THUMBNAIL
                  and decided[i].p_cat is not None and band[0] <= decided[i].p_cat <= band[1]}  # type: ignore[operator]
         decided.update({i: item for i, item in again.items() if isinstance(item, Prediction)})
