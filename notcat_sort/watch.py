@@ -38,6 +38,7 @@ from watchdog.observers.polling import PollingObserverVFS
 from notcat_sort.actions import Action
 from notcat_sort.cache import FileKey
 from notcat_sort.content import sha256_file
+from notcat_sort.decide import Label
 from notcat_sort.pipeline import Result, SortSettings, sort_files
 from notcat_sort.report import ReportWriter, Row, Status, final_rows, image_row
 from notcat_sort.scan import Candidate, is_image_file, scan
@@ -202,17 +203,23 @@ class Journal:
     """What the report records as handled, so a restart or a repeated event processes nothing twice.
 
     A file counts as handled when its content is unchanged and its last row is final: done,
-    skipped, error or planned for the same action, or undone by `--undo` (the user took it back;
-    read from the undo report beside this one). One interrupted by a stop is not. A `move` that is done cannot have left the file
+    skipped or planned for the same action, an error of the file itself (it cannot be decoded),
+    or undone by `--undo` (the user took it back; read from the undo report beside this one).
+    One interrupted by a stop is not, nor one whose action failed (a full or read-only
+    destination, say): the next start tries it again. A `move` that is done cannot have left the file
     where it was, so a file found there again is a new arrival and is sorted."""
 
     FINAL = frozenset({Status.DONE, Status.SKIPPED, Status.ERROR, Status.PLANNED, Status.UNDONE})
+
+    @classmethod
+    def _final(cls, row: Row) -> bool:
+        return row.status in cls.FINAL and (row.status != Status.ERROR or row.label == Label.ERROR)
 
     def __init__(self, action: str, rows: Iterable[Row] = ()) -> None:
         self.action = action
         self._entries: dict[str, _Entry] = {}
         for row in rows:
-            if row.status in self.FINAL and row.sha256:
+            if self._final(row) and row.sha256:
                 self._entries[row.path] = _Entry(row.status, row.action, row.sha256)
             else:
                 self._entries.pop(row.path, None)
@@ -225,7 +232,7 @@ class Journal:
     def record(self, result: Result) -> None:
         prediction = result.prediction
         row = image_row(result, self.action)
-        if row.status in self.FINAL and prediction.sha256:
+        if self._final(row) and prediction.sha256:
             self._entries[row.path] = _Entry(row.status, row.action, prediction.sha256, prediction.file_key)
         else:
             self._entries.pop(row.path, None)

@@ -13,7 +13,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import subprocess
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import read_csv
@@ -172,3 +176,33 @@ def test_label_folders_on_a_read_only_filesystem_fail_each_file_once(run_cli, tm
             assert sum(row["error"].startswith(f"{action} failed") for row in rows) <= 2 * ACTION_THREADS
             assert inventory(source) == before
     shutil.rmtree(out, ignore_errors=True)
+
+
+def test_a_watcher_tries_files_that_found_the_disk_full_again_at_its_next_start(cli: Path, cli_env: dict[str, str],
+                                                                               tmp_path: Path) -> None:
+    inbox = _library(tmp_path / "inbox", 4)
+    before = inventory(inbox)
+    with tmpfs(tmp_path / "small", "1m") as small:
+        fill(small, leave=0)
+        report = tmp_path / "watch.csv"
+        command = [str(cli), "--watch", str(inbox), "--copy", "--out", str(small), "--settle", "0.5", "-j", "1",
+                   "--report", str(report)]
+
+        def watch_until(rows_wanted: Callable[[dict[str, dict[str, str]]], bool]) -> dict[str, dict[str, str]]:
+            watcher = subprocess.Popen(command, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                deadline = time.monotonic() + 120
+                while not (report.exists() and rows_wanted(rows := _final(read_csv(report.read_text())))):
+                    assert watcher.poll() is None and time.monotonic() < deadline, "the watcher did not get there"
+                    time.sleep(0.1)
+            finally:
+                watcher.send_signal(signal.SIGTERM)
+                _, stderr = watcher.communicate(timeout=120)
+            assert "Traceback" not in stderr, stderr
+            return rows
+
+        full = watch_until(lambda rows: len(rows) == 4 and all(row["status"] != "started" for row in rows.values()))
+        assert all(FULL.search(row["error"]) for row in full.values()), full
+        (small / "filler").unlink()  # room again
+        done = watch_until(lambda rows: {row["status"] for row in rows.values()} == {"done"})
+        assert len(done) == 4 and sorted(inventory(small).values()) == sorted(before.values())

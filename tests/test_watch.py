@@ -96,11 +96,13 @@ def test_journal_skips_only_unchanged_files_with_a_final_row_for_the_same_action
     path.write_bytes(b"content")
     key, digest = FileKey.of(path.stat()), sha256(b"content")
 
-    def row(status: str, action: str = "copy", error: str = "") -> Row:
-        return Row(str(path), "cat", "0.9", action, "", status, error, digest)
+    def row(status: str, action: str = "copy", error: str = "", label: str = "cat") -> Row:
+        return Row(str(path), label, "0.9", action, "", status, error, digest)
 
     assert Journal("copy", [row(Status.DONE)]).handled(str(path), key)
-    assert Journal("copy", [row(Status.ERROR)]).handled(str(path), key)
+    assert Journal("copy", [row(Status.ERROR, error="cannot decode image", label="error")]).handled(str(path), key)
+    full = "copy failed: the destination /mnt is full (No space left on device)"
+    assert not Journal("copy", [row(Status.ERROR, error=full)]).handled(str(path), key)  # the next start tries again
     assert Journal("move", [row(Status.DONE, "move"), row(Status.UNDONE, "undo-move")]).handled(str(path), key)
     assert not Journal("copy", [row(Status.DONE), row(Status.STARTED)]).handled(str(path), key)
     assert not Journal("copy", [row(Status.INTERRUPTED, error=StopFlag().reason)]).handled(str(path), key)
