@@ -179,15 +179,27 @@ class _Read:
     thumbnail: np.ndarray | None = None
 
 
-def _read(path: Path, settings: ClassifySettings, thumbnail: bool, payload: bytes | None = None) -> _Read:
+@dataclass(frozen=True)
+class _Sent:
+    """A file's bytes, read elsewhere (a cluster worker was sent them), and their digest, computed once."""
+
+    data: bytes
+    digest: str
+
+    @classmethod
+    def of(cls, data: bytes) -> _Sent:
+        return cls(data, hashlib.sha256(data).hexdigest())
+
+
+def _read(path: Path, settings: ClassifySettings, thumbnail: bool, payload: _Sent | None = None) -> _Read:
     """Read `path` once, hashing every byte. With `thumbnail`, a JPEG's headers are read first: if
     they hold a usable EXIF thumbnail, the rest is only hashed as it streams by (holding a
     camera JPEG's 3-8 MB costs more in page faults than hashing it). `payload`: the file's
     bytes, read elsewhere (then there is no stat key here); its headers are looked at the same way."""
     if payload is not None:
-        found = (_thumbnail(payload[:_HEAD], settings.card.thumbnail_size, settings.max_pixels)
-                 if thumbnail and len(payload) <= _READ_WHOLE_LIMIT else None)
-        return _Read(None, hashlib.sha256(payload).hexdigest(), payload, found)
+        found = (_thumbnail(payload.data[:_HEAD], settings.card.thumbnail_size, settings.max_pixels)
+                 if thumbnail and len(payload.data) <= _READ_WHOLE_LIMIT else None)
+        return _Read(None, payload.digest, payload.data, found)
     with open(path, "rb") as handle:
         key = FileKey.of(os.fstat(handle.fileno()))
         if key.size > _READ_WHOLE_LIMIT:
@@ -215,7 +227,7 @@ def _model_input(candidate: Candidate, photo: bytes | Path, settings: ClassifySe
 
 
 def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDigest | None,
-             thumbnail: bool = True, payload: bytes | None = None) -> Prediction | _Input:
+             thumbnail: bool = True, payload: _Sent | None = None) -> Prediction | _Input:
     """Either a finished Prediction (error or cache hit by content) or the input to classify: a
     usable EXIF thumbnail where `thumbnail` and the settings allow one (fast path), else a RAW
     file's preview or the image. `payload`: the file's bytes, read elsewhere."""
@@ -246,7 +258,7 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDig
 Prepared = Prediction | _Input
 
 
-def _decode_apart(candidate: Candidate, settings: ClassifySettings, payload: bytes | None,
+def _decode_apart(candidate: Candidate, settings: ClassifySettings, payload: _Sent | None,
                   thumbnail: bool) -> tuple[Prepared, Prepared | None]:
     """Run in a child process for a suspect (see notcat_sort.decoder_guard): what `_prepare`
     gives, and when that is an EXIF thumbnail, also the image decoded in full, in case the
@@ -257,10 +269,10 @@ def _decode_apart(candidate: Candidate, settings: ClassifySettings, payload: byt
     return first, full
 
 
-def _guard_key(candidate: Candidate, payload: bytes | None) -> str | None:
+def _guard_key(candidate: Candidate, payload: _Sent | None) -> str | None:
     """What the decoder guard knows a file by: its stat key, or the digest of bytes sent here."""
     if payload is not None:
-        return f"sha256-{hashlib.sha256(payload).hexdigest()}"
+        return f"sha256-{payload.digest}"
     try:
         key = FileKey.of(os.stat(candidate.path))
     except OSError:
@@ -269,7 +281,7 @@ def _guard_key(candidate: Candidate, payload: bytes | None) -> str | None:
 
 
 def _prepare_guarded(guard: DecoderGuard, candidate: Candidate, settings: ClassifySettings,
-                     lookup: LookupDigest | None, payload: bytes | None,
+                     lookup: LookupDigest | None, payload: _Sent | None,
                      thumbnail: bool = True) -> tuple[Prepared, Prepared | None]:
     """`_prepare` such that a decoder crash cannot end this process twice on one file: the
     Prepared, and for a suspect decoded in a child the full image's too (or None).
@@ -328,7 +340,8 @@ def classify_batch(candidates: list[Candidate], settings: ClassifySettings, look
     Files whose EXIF thumbnail gave a p_cat inside the card's band are read again, decoded in full
     and classified again, in a second model call: the image itself decides them. Decoding goes
     through this process's decoder guard (see notcat_sort.decoder_guard)."""
-    sources: list[bytes | None] = list(payloads) if payloads is not None else [None] * len(candidates)
+    sources: list[_Sent | None] = ([_Sent.of(data) for data in payloads] if payloads is not None
+                                   else [None] * len(candidates))
     guard = decoder_guard()
     guard.refresh()
     both = [_prepare_guarded(guard, candidate, settings, lookup, payload)

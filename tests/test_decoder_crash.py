@@ -7,6 +7,7 @@ cluster whose worker the crash kills."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import read_csv
-from fault_support import with_faults
+from fault_support import unavailable, with_faults
 from photos import photo_bytes, photos
 
 from notcat_sort.report import Status, read_report
@@ -143,16 +144,20 @@ def test_a_watcher_restarted_after_a_decoder_crash_sorts_on(cli: Path, cli_env: 
     assert Counter(row.status for name, row in final.items() if name != "crash.jpg") == {"done": 4}
 
 
+@pytest.mark.parametrize("send_bytes", [False, True], ids=["by-path", "send-bytes"])
 def test_a_cluster_worker_killed_by_the_decoder_does_not_stop_the_run(cli: Path, cli_env: dict[str, str],
-                                                                      tmp_path: Path) -> None:
+                                                                      tmp_path: Path, send_bytes: bool) -> None:
     """The crash kills a LocalCluster worker process; Dask gives its task to a worker again, whose
     decoder guard (in the same data folder) finds the dead worker's files in flight, decodes them
-    apart and quarantines the culprit: the run completes, with the one error row."""
-    pytest.importorskip("distributed", reason="needs the cluster extra: pip install '.[cluster]'")
+    apart and quarantines the culprit: the run completes, with the one error row. (Files sent as
+    bytes are known to the guard by their digest.)"""
+    if importlib.util.find_spec("distributed") is None:
+        unavailable("needs the cluster extra: pip install '.[cluster]'")
     photos_folder = _library(tmp_path / "photos", 6, {"crash.jpg": CRASH})
     env = with_faults(cli_env, NOTCAT_TEST_DECODER_CRASH=CRASH)
     _, status, stderr = _run(cli, env, photos_folder, "--copy", "--out", tmp_path / "out", "--batch-size", "2",
-                             "--cluster", "local:2", "--report", tmp_path / "report.csv")
+                             "--cluster", "local:2", "--report", tmp_path / "report.csv",
+                             *(["--cluster-send-bytes"] if send_bytes else []))
     assert status == 1 and "Traceback" not in stderr, stderr
     rows = _final(tmp_path / "report.csv")
     assert CRASHED in rows["crash.jpg"]["error"], rows["crash.jpg"]
