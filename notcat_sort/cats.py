@@ -121,12 +121,17 @@ def read_names(path: Path) -> dict[int, str]:
         if match is None or not isinstance(name, str):
             raise NamesError(f"{path}: expected lines like cat-3 = \"Marmalade\", found {key} = {name!r}")
         name = name.strip()
-        if name and (name in (".", "..", UNKNOWN) or "/" in name or "\\" in name or name.startswith(".")
-                     or _ID.fullmatch(name) or "\0" in name):
+        if name and not is_cat_name(name):
             raise NamesError(f"{path}: {name!r} cannot be a cat's folder name")
         if name:
             names[int(match.group(1))] = name
     return names
+
+
+def is_cat_name(name: str) -> bool:
+    """Whether `name` can name a cat: a folder name of its own under cat/, and not an id or `unknown`."""
+    return not (name in (".", "..", UNKNOWN) or "/" in name or "\\" in name or name.startswith(".")
+                or _ID.fullmatch(name) is not None or "\0" in name or name != name.strip() or not name)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -18,11 +19,12 @@ from notcat_sort import __version__
 from notcat_sort.actions import Action, OnConflict
 from notcat_sort.actions.unwritable import read_only_problem
 from notcat_sort.cache import default_cache_path
-from notcat_sort.cats import NamesError, names_file_for, read_names
+from notcat_sort.cats import NamesError, load_head, names_file_for, read_names
 from notcat_sort.classify import ClassifySettings, default_jobs
 from notcat_sort.cluster import Cluster, ClusterError, ClusterSpec, MissingExtra, require_extra
 from notcat_sort.decide import Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS
+from notcat_sort.known_cats import KnownCatsError, Learned, learn
 from notcat_sort.model import ModelError, default_model_path, load_card
 from notcat_sort.output import Preview, View
 from notcat_sort.output.plain import PlainView
@@ -45,6 +47,7 @@ Examples:
   notcat-sort ~/Photos --tag                # leave files in place, add cat/not-cat to XMP sidecars
   notcat-sort ~/Photos --copy --out ~/Sorted --group-cats      # cat/cat-1/..., cat/cat-2/..., cat/unknown/...
   notcat-sort ~/Photos --copy --out ~/Sorted --group-cats --cat-names REPORT.cats.toml
+  notcat-sort ~/Photos --copy --out ~/Sorted --group-cats --known-cats ~/my-cats   # ~/my-cats/Tom/*.jpg: cat/Tom/...
   notcat-sort --undo ~/Photos/notcat-sort-20261122-101500.csv
   notcat-sort --watch ~/Downloads --move    # keep running: sort each image as it arrives
   notcat-sort serve --report REPORT.csv     # a local web page to check photos and correct a run
@@ -57,6 +60,21 @@ A file given as PATH is sorted into cat/ and not-cat/ in its own folder (or unde
 Exit status: 0 when every file was handled, 1 when any file failed (see the report's
 error column), 2 for a usage error, 130 when interrupted (--watch: 0 or 1 once stopped).
 """
+
+
+def _learn_known_cats(folder: Path, settings: SortSettings) -> Learned:
+    """The known cats of --known-cats, embedded and fitted before the run (a usage error for a bad folder)."""
+    card = settings.classify.card
+    try:
+        return learn(folder, settings.classify, load_head(card.path, card.sha256))
+    except KnownCatsError as error:
+        raise click.BadParameter(str(error), param_hint="--known-cats") from None
+
+
+def _describe_known_cats(folder: Path, learned: Learned) -> str:
+    cats = ", ".join(f"{name} ({count})" for name, count in learned.photos.items()) or "none: no photo in it"
+    unreadable = "".join(f"; cannot use {path}: {why}" for path, why in learned.unreadable)
+    return f"known cats from {folder}: {cats}{unreadable}"
 
 
 def _parse_band(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
@@ -307,6 +325,10 @@ class _SortOrServe(click.Command):
 @click.option("--cat-names", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="NAMES.toml",
               help="With --group-cats: names for the cats (cat-3 = \"Marmalade\"), e.g. a REPORT.cats.toml "
                    "filled in; a name sticks to its cat in later runs.")
+@click.option("--known-cats", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
+              help="With --group-cats: a folder per cat you know, named as the cat, holding example photos of it "
+                   "(the review page keeps one per library). A photo confidently one of them goes to cat/<name>/; "
+                   "the others are grouped as before. Each example added makes the next run better.")
 @click.option("--dry-run", is_flag=True, help="With an action: show what it would do, change nothing.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Sort into OUT/cat, OUT/not-cat instead of into each PATH.")
@@ -352,7 +374,7 @@ class _SortOrServe(click.Command):
                    "files at the same path (no shared storage).")
 @click.version_option(__version__, prog_name="notcat-sort")
 def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: str, with_raw: bool,
-         group_cats: bool, cat_names: Path | None, dry_run: bool,
+         group_cats: bool, cat_names: Path | None, known_cats: Path | None, dry_run: bool,
          out: Path | None, model: Path | None,
          threshold: float | None, uncertain: tuple[float, float] | None, on_conflict: str,
          report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, full_decode: bool, no_cache: bool,
@@ -380,6 +402,8 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
     _check_options_fit(ctx, action)
     if cat_names is not None and not group_cats:
         raise click.UsageError("--cat-names names the cats --group-cats finds: add --group-cats")
+    if known_cats is not None and not group_cats:
+        raise click.UsageError("--known-cats names cat photos by individual cat: add --group-cats")
     if group_cats and watch_dir is not None:
         raise click.UsageError("--group-cats groups a whole library at once; it does not go with --watch")
     try:
@@ -404,6 +428,9 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
         group_cats=group_cats, cat_names=names,
     )
     _check_destinations(settings, roots)
+    learned = _learn_known_cats(known_cats, settings) if known_cats is not None else None
+    if learned is not None:
+        settings = replace(settings, namer=learned.namer)
     if cluster is not None:
         _connect(cluster)
     to_stdout = report_path == Path("-")
@@ -433,6 +460,8 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
             view = PlainView(quiet=quiet)
     if cluster is not None:
         view.log(cluster.describe())
+    if known_cats is not None and learned is not None:
+        view.log(_describe_known_cats(known_cats, learned))
     created = _missing_folders(report_file.parent) if report_file is not None else []
     stop = StopFlag()
     _install_stop_handlers(stop, view.log)

@@ -26,6 +26,7 @@ from notcat_sort.cats import UNKNOWN, CatGrouper, examples_of, load_head, names_
 from notcat_sort.classify import ClassifySettings, Prediction, classify
 from notcat_sort.content import DigestOf, sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label, Policy
+from notcat_sort.known_cats import Namer
 from notcat_sort.report import ReportWriter, Row, Status, rows_for, run_key
 from notcat_sort.scan import Candidate, scan
 from notcat_sort.sidecars import SidecarName, companion_name, companions, xmp_path
@@ -47,6 +48,7 @@ class SortSettings:
     remove_emptied_folders: bool = False  # with move: remove the source folders the move left empty
     group_cats: bool = False  # sort cat photos by individual cat: cat/<cat-id>/...
     cat_names: dict[int, str] = field(default_factory=dict)  # --cat-names: cat number -> name
+    namer: Namer | None = None  # --known-cats: names the cats it knows, before any grouping
 
     @property
     def changes_files(self) -> bool:
@@ -340,11 +342,12 @@ def _sort_batches(candidates: Iterable[Candidate], settings: SortSettings, repor
         for predictions in classify(candidates, settings.classify):
             decided = [(p, settings.policy.decide(p.p_cat), "") for p in predictions]
             if grouper is not None:
-                for prediction, label, _ in decided:
-                    if label is Label.CAT:
+                decided = _name_known_cats(decided, settings.namer)
+                for prediction, label, cat in decided:
+                    if label is Label.CAT and not cat:
                         place = grouper.add(prediction.sha256 or "", prediction.embedding)
                         waiting.append((replace(prediction, embedding=None), place))
-                decided = [entry for entry in decided if entry[1] is not Label.CAT]
+                decided = [entry for entry in decided if entry[1] is not Label.CAT or entry[2]]
             yield from _sort_batch(decided, settings, report, stop, actors, known, digest_of, unwritable)
             if stop():
                 return
@@ -379,6 +382,19 @@ def _write_names(path: Path, text: str) -> None:
     except OSError:
         with suppress(OSError):
             path.unlink(missing_ok=True)
+
+
+def _name_known_cats(decided: list[Decided], namer: Namer | None) -> list[Decided]:
+    """The cat photos that `namer` knows get their cat's name; the rest are left for the grouping."""
+    cats = [i for i, (_, label, _) in enumerate(decided) if label is Label.CAT]
+    if namer is None or not cats:
+        return decided
+    names = namer.name([decided[i][0].sha256 or "" for i in cats], [decided[i][0].embedding for i in cats])
+    named = list(decided)
+    for i, name in zip(cats, names, strict=True):
+        if name:
+            named[i] = (decided[i][0], Label.CAT, name)
+    return named
 
 
 def _sort_batch(decided: list[Decided], settings: SortSettings, report: ReportWriter, stop: Callable[[], bool],

@@ -252,3 +252,64 @@ def test_new_cats_are_the_clusters_hdbscan_finds() -> None:
     assert found == partition
     for cluster in partition:  # no cluster holds two cats
         assert len(set(sessions[of_session[list(cluster)]])) == 1
+
+
+# --- --known-cats: the cats you named --------------------------------------------------------------
+
+KNOWN = dict(zip(CATS, ("Tom", "Mia", "Leo"), strict=True))
+EXAMPLES = 5  # named photos per cat
+
+
+def _known_cats(library: Path, folder: Path) -> dict[str, str]:
+    """A folder per cat with EXAMPLES of its photos from the library (copies); path -> name of those photos."""
+    named = {}
+    for photo in sorted((library / "garden").iterdir()):
+        name = KNOWN[cat_of(photo)]
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        if len(list((folder / name).iterdir())) < EXAMPLES:
+            shutil.copyfile(photo, folder / name / photo.name)
+            named[str(photo)] = name
+    return named
+
+
+def test_known_cats_name_the_photos_of_the_cats_you_named(run_cli, library: Path, tmp_path: Path, model: Path) -> None:
+    known, out = tmp_path / "known", tmp_path / "sorted"
+    examples = _known_cats(library, known)
+    result = run_cli(library, "--copy", "--group-cats", "--known-cats", known, "--out", out, "--model", model, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "known cats from" in result.stderr and "Leo (5), Mia (5), Tom (5)" in result.stderr
+    cats = [row for row in result.rows() if row["label"] == "cat"]
+    named = [row for row in cats if row["cat_id"] in KNOWN.values()]
+    for path, name in examples.items():  # a photo that is one of the examples is that cat
+        assert next(row["cat_id"] for row in cats if row["path"] == path) == name
+    asked = [row for row in named if row["path"] not in examples]
+    right = sum(row["cat_id"] == KNOWN[cat_of(row["path"])] for row in asked)
+    assert right >= 0.9 * len(asked) and len(asked) >= 0.6 * (len(cats) - len(examples)), (right, len(asked), len(cats))
+    for row in named:
+        assert Path(row["destination"]) == out / "cat" / row["cat_id"] / Path(row["path"]).relative_to(library)
+
+
+def test_known_cats_usage_errors(run_cli, library: Path, tmp_path: Path) -> None:
+    known = tmp_path / "known"
+    (known / "Tom").mkdir(parents=True)
+    without = run_cli(library, "--known-cats", known)
+    assert without.returncode == 2 and "add --group-cats" in without.stderr
+    (known / "cat-3").mkdir()
+    bad = run_cli(library, "--group-cats", "--known-cats", known)
+    assert bad.returncode == 2 and "cat-3" in bad.stderr
+
+
+def test_a_photo_is_named_only_well_past_the_boundary_between_two_cats() -> None:
+    from notcat_sort.known_cats import NAME_MARGIN, choose, fit
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 16))
+    vectors = np.concatenate([centres[cat] + 0.05 * rng.normal(size=(5, 16)) for cat in (0, 1)])
+    fitted = fit(["Tom"] * 5 + ["Mia"] * 5, vectors)
+    tom, mia = vectors[:5].mean(axis=0), vectors[5:].mean(axis=0)
+    middle = (tom + mia) / 2  # on the boundary; the share of the way grows linearly towards each mean
+    points = [tom, mia, middle, middle + 0.9 * NAME_MARGIN * (tom - middle), middle + 1.1 * NAME_MARGIN * (tom - middle),
+              middle + 1.1 * NAME_MARGIN * (mia - middle)]
+    assert choose(fitted, np.stack(points)) == ["Tom", "Mia", None, None, "Tom", "Mia"]
+    alone = fit(["Tom"] * 5, vectors[:5])
+    assert choose(alone, np.stack([tom / np.linalg.norm(tom), mia / np.linalg.norm(mia)]), alone=0.9) == ["Tom", None]

@@ -29,6 +29,7 @@ from notcat_sort.decide import Label, Policy
 from notcat_sort.model import card_path, default_model_path, load_card
 from notcat_sort.serve.app import ServeConfig, create_app
 from notcat_sort.serve.corrections import CorrectionsFolder
+from notcat_sort.serve.known import KnownCatsFolder
 from notcat_sort.serve.review import Review, other_label_path
 from training.data import layout, load_items  # what `python -m training fit --data` reads; needs no torch
 
@@ -47,7 +48,8 @@ def make_client(tmp_path: Path):
 
     def make(report: Path | None = None, max_upload: int = 50 * 1024 * 1024) -> TestClient:
         card = load_card(default_model_path())
-        review = Review(report, CorrectionsFolder(tmp_path / "corrections")) if report else None
+        review = Review(report, CorrectionsFolder(tmp_path / "corrections"), KnownCatsFolder(tmp_path / "known")) \
+            if report else None
         config = ServeConfig(card, Policy(card.threshold), TOKEN, review, max_upload=max_upload, workers=2,
                              thumbnail_cache=tmp_path / "thumbnails.sqlite3")
         client = TestClient(create_app(config), base_url="http://127.0.0.1")
@@ -573,6 +575,37 @@ def test_a_malformed_selection_changes_nothing(make_client, untouched_run, body,
     assert response.status_code == status and response.json()["error"]
     assert client.post("/api/review/label", json={"ids": [0], "label": "cat"}, params={"token": TOKEN}).status_code == 401
     assert tree(out) == before and report.read_bytes() == journal
+
+
+def test_naming_keeps_examples_of_the_cat_and_undo_takes_them_back(make_client, wide_run, tmp_path):
+    _, _, report, _ = wide_run
+    client = make_client(report)
+    cats = _listing(client, label="cat")["entries"][:3]
+    known = tmp_path / "known"
+    answer = _post(client, "/api/review/name", {"ids": [entry["id"] for entry in cats], "name": "Tom"}).json()
+    assert answer["refused"] == [] and {entry["known"] for entry in answer["entries"]} == {"Tom"}
+    assert answer["known_cats"]["cats"] == {"Tom": 3} and answer["known_cats"]["folder"] == str(known)
+    assert "--group-cats --known-cats" in answer["known_cats"]["command"]
+    kept = sorted(path.read_bytes() for path in (known / "Tom").iterdir())
+    assert kept == sorted(Path(entry["path"]).read_bytes() for entry in cats)
+    assert {entry["id"] for entry in _listing(client, cat="Tom")["entries"]} == {entry["id"] for entry in cats}
+    # a later server finds the names in the folder
+    assert {entry["known"] for entry in _listing(make_client(report), cat="Tom")["entries"]} == {"Tom"}
+    # renamed: one copy, under the new name; corrected to not-cat: no longer an example; undo: as before
+    _post(client, "/api/review/name", {"ids": [cats[0]["id"]], "name": "Mia"})
+    assert len(list((known / "Tom").iterdir())) == 2 and len(list((known / "Mia").iterdir())) == 1
+    _post(client, "/api/review/label", {"ids": [cats[1]["id"]], "label": "not-cat"})
+    assert len(list((known / "Tom").iterdir())) == 1
+    not_cat = _post(client, "/api/review/name", {"ids": [cats[1]["id"]], "name": "Tom"}).json()
+    assert "only a cat photo" in not_cat["refused"][0]["error"]
+    for entry in (cats[1], cats[0]):
+        assert _post(client, "/api/review/undo", {"ids": [entry["id"]]}).json()["refused"] == []
+    assert len(list((known / "Tom").iterdir())) == 3 and list((known / "Mia").iterdir()) == []
+    _post(client, "/api/review/undo", {"ids": [entry["id"] for entry in cats]})
+    assert list((known / "Tom").iterdir()) == [] and _listing(client)["known_cats"]["cats"] == {}
+    for bad in ("unknown", "cat-3", "../x", " Tom", 7):
+        response = _post(client, "/api/review/name", {"ids": [cats[0]["id"]], "name": bad})
+        assert response.status_code == 400 and response.json()["error"]
 
 
 def test_a_thumbnail_is_drawn_once_and_kept_on_disk(make_client, moved_run):

@@ -176,3 +176,65 @@ def test_a_library_of_30000_photos_in_a_browser(browser, tmp_path: Path, shared:
     finally:
         server.stop()
     _copy_to_docs("serve-review-library.png")
+
+
+def test_name_a_cat_and_the_next_run_sorts_its_photos_under_the_name(browser, tmp_path: Path, shared: Path):
+    """Photos of two campus cats, grouped by a --group-cats run: five of each are selected (Ctrl-click)
+    and named on the page, and the next run with --known-cats puts them, and others of that cat, in cat/Tom/."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    env = environment(tmp_path)
+    photos, known = tmp_path / "photos", tmp_path / "known"
+    tom, other = "8d2ee5cf67", "8d2ee5cf93"  # campus cats with many photos
+    for cat in (tom, other):
+        for photo in sorted((shared / "datasets" / "catnotcat" / "cat").glob(f"campus-cats-{cat}_*")):
+            (photos / cat[-2:]).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photo, photos / cat[-2:] / photo.name)
+    report = tmp_path / "run.csv"
+    run_cli(photos, "--copy", "--group-cats", "--out", tmp_path / "sorted", "--report", report, "-j", "1", env=env)
+    server = start_server("--report", report, "--known-cats", known, env=env)
+    try:
+        browser.get(f"{server.base}/review?token={server.token}&")
+        _wait(browser, lambda driver: driver.find_element(By.CSS_SELECTOR, "body[data-ready]"))
+        browser.find_element(By.CSS_SELECTOR, "#order option[value=path]").click()
+        _wait(browser, lambda driver: driver.find_element(By.CSS_SELECTOR, ".card[data-index='0'][data-entry]"))
+        _all_thumbnails_drawn(browser)
+        chosen = {}
+        for cat, name in ((tom, "Tom"), (other, "Mia")):
+            cards = [card for card in browser.find_elements(By.CSS_SELECTOR, ".card[data-entry]")
+                     if f"campus-cats-{cat}" in card.find_element(By.CSS_SELECTOR, ".name").get_attribute("title")][:5]
+            assert len(cards) == 5
+            chosen[name] = {Path(card.find_element(By.CSS_SELECTOR, ".name").get_attribute("title")).name for card in cards}
+            browser.find_element(By.ID, "select-none").click()
+            for card in cards:
+                ActionChains(browser).key_down(Keys.CONTROL).click(card.find_element(By.CSS_SELECTOR, "img")).key_up(Keys.CONTROL).perform()
+            _wait(browser, lambda driver: "5 selected" in driver.find_element(By.ID, "selected-count").text)
+            field = browser.find_element(By.ID, "cat-name")
+            field.clear()
+            field.send_keys(name, Keys.ENTER)
+            _wait(browser, lambda driver, name=name: f"named {name}" in driver.find_element(By.ID, "status").text)
+            assert all(name in card.find_element(By.CSS_SELECTOR, ".meta").text for card in cards)
+        assert "Mia (5), Tom (5)" in browser.find_element(By.ID, "known-cats").text
+        browser.save_screenshot(str(SCREENSHOTS / "serve-review-cats.png"))
+    finally:
+        server.stop()
+    for name, names in chosen.items():
+        assert {path.name.split("-", 1)[1] for path in (known / name).iterdir()} == names
+
+    out = tmp_path / "next"
+    rows = read_rows_of(run_cli(photos, "--copy", "--group-cats", "--known-cats", known, "--out", out,
+                                "--report", "-", "-j", "1", env=env).stdout)
+    toms = [Path(row["path"]) for row in rows if row["cat_id"] == "Tom"]
+    assert chosen["Tom"] <= {path.name for path in toms} and len(toms) > len(chosen["Tom"])
+    assert sum(f"campus-cats-{tom}" in path.name for path in toms) >= 0.9 * len(toms)
+    assert {path.name for path in (out / "cat" / "Tom").rglob("*.jpg")} == {path.name for path in toms}
+    _copy_to_docs("serve-review-cats.png")
+
+
+def read_rows_of(text: str) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text, newline="")))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from notcat_sort.cats import is_cat_name
 from notcat_sort.decide import Label, Policy
 from notcat_sort.model import ModelCard, card_path
 from notcat_sort.serve.inference import BatchedClassifier, DecodeError, NotAnImage
@@ -226,17 +228,24 @@ def create_app(config: ServeConfig) -> Starlette:
         return JSONResponse({"report": str(review.report), "corrections": str(review.corrections.root),
                              "view": view.id, "total": len(view.ids), "offset": offset, "page_limit": MAX_PAGE,
                              "entries": [entry.as_json() for entry in found.page(view, offset, limit)],
-                             "counts": review.counts(), "filters": found.describe()})
+                             "counts": review.counts(), "filters": found.describe(), "known_cats": known_cats(review)})
 
     async def review_ids(request: Request) -> Response:
         """Every photo number of a view, in order (to select all that a filter lets through)."""
         _, view = view_of(request)
         return JSONResponse({"view": view.id, "ids": view.ids})
 
+    def known_cats(review: Review) -> dict[str, object] | None:
+        """The cats named so far, where they are kept, and the command that sorts by them."""
+        if review.known is None:
+            return None
+        return {"folder": str(review.known.root), "cats": review.known.counts(),
+                "command": f"notcat-sort PATH --group-cats --known-cats {shlex.quote(str(review.known.root))}"}
+
     def changes(done: Changes, review: Review) -> Response:
         return JSONResponse({"entries": [entry.as_json() for entry in done.changed],
                              "refused": [{"id": entry_id, "error": error} for entry_id, error in done.refused],
-                             "counts": review.counts()})
+                             "counts": review.counts(), "known_cats": known_cats(review)})
 
     async def correct_many(request: Request) -> Response:
         need_token(request, header_only=True)
@@ -244,6 +253,16 @@ def create_app(config: ServeConfig) -> Starlette:
         body = await _json_body(request, '{"ids": [3, 4], "label": "cat"}')
         label, ids = _label_of(body), _ids_of(body)
         return changes(await run_in_threadpool(review.correct_many, ids, label), review)
+
+    async def name_many(request: Request) -> Response:
+        need_token(request, header_only=True)
+        review = the_review()
+        body = await _json_body(request, '{"ids": [3, 4], "name": "Tom"}')
+        ids, name = _ids_of(body), body.get("name")
+        if not isinstance(name, str) or (name and not is_cat_name(name)):
+            raise ApiError(400, f'"name" must be a name that can be a folder under cat/ (not "unknown" nor cat-N), '
+                                f'or "" for none; not {name!r}')
+        return changes(await run_in_threadpool(review.name_many, ids, name), review)
 
     async def undo_many(request: Request) -> Response:
         need_token(request, header_only=True)
@@ -304,6 +323,7 @@ def create_app(config: ServeConfig) -> Starlette:
         Route("/api/review/ids", review_ids),
         Route("/api/review/label", correct_many, methods=["POST"]),
         Route("/api/review/undo", undo_many, methods=["POST"]),
+        Route("/api/review/name", name_many, methods=["POST"]),
         Route("/api/review/{entry:int}/thumbnail", thumbnail),
         Route("/api/review/{entry:int}/label", correct, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),

@@ -14,9 +14,11 @@ from platformdirs import user_data_dir
 
 from notcat_sort.classify import default_jobs
 from notcat_sort.decide import Policy
+from notcat_sort.known_cats import KnownCatsError
 from notcat_sort.model import default_model_path, load_card
 from notcat_sort.serve.app import LOOPBACK_HOSTS, ServeConfig, create_app
 from notcat_sort.serve.corrections import CorrectionsFolder
+from notcat_sort.serve.known import KnownCatsFolder, default_known_cats
 from notcat_sort.serve.review import ReportError, Review
 from notcat_sort.serve.thumbnails import default_thumbnail_cache
 
@@ -70,6 +72,9 @@ def _listen(host: str, port: int) -> socket.socket:
 @click.option("--corrections", type=click.Path(file_okay=False, path_type=Path),
               help="Where corrections are kept for training (cat/, not-cat/, corrections.csv). "
                    "Default: corrections/ in the user data folder.")
+@click.option("--known-cats", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Where the cats named on the review page are kept (a folder per cat, for notcat-sort "
+                   "--group-cats --known-cats DIR). Default: known-cats/<library> in the user data folder.")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="ONNX model with its card (.json) beside it. Default: the shipped model.")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Cat probability from which an image is a cat. Default: the model card's.")
@@ -79,7 +84,8 @@ def _listen(host: str, port: int) -> socket.socket:
               help="Threads that call the model.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="Most uploads classified in one model call when requests queue up.")
-def serve(report: Path | None, host: str | None, port: int, corrections: Path | None, model: Path | None,
+def serve(report: Path | None, host: str | None, port: int, corrections: Path | None, known_cats: Path | None,
+          model: Path | None,
           threshold: float | None, max_upload_mb: float, jobs: int, batch_size: int) -> None:
     """Serve a local web page and HTTP API to classify photos and, with --report, to review a run."""
     card = load_card(model or default_model_path())
@@ -88,6 +94,12 @@ def serve(report: Path | None, host: str | None, port: int, corrections: Path | 
         review = Review(report, corrections_folder) if report is not None else None
     except ReportError as error:
         raise click.BadParameter(str(error), param_hint="--report") from None
+    if review is not None:
+        folder = (known_cats or default_known_cats(list({entry.folder for entry in review.entries}))).absolute()
+        try:
+            review.remember_names(KnownCatsFolder(folder))
+        except KnownCatsError as error:
+            raise click.BadParameter(str(error), param_hint="--known-cats") from None
     bind = host or DEFAULT_HOST
     local = _is_loopback(bind)
     if not local:
@@ -105,7 +117,7 @@ def serve(report: Path | None, host: str | None, port: int, corrections: Path | 
     if review is not None:
         click.echo(f"{base}/review?token={token}")
         click.echo(f"reviewing {review.report} ({len(review.entries)} photos); corrections go to "
-                   f"{corrections_folder.root}; Ctrl-C stops", err=True)
+                   f"{corrections_folder.root}, named cats to {review.known.root if review.known else ''}; Ctrl-C stops", err=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again for the
     # handlers it found: these, so that a requested stop ends with status 0.

@@ -87,8 +87,8 @@ FILTERS: tuple[Filter, ...] = (
     Filter("label", Kind.CHOICE, lambda entry: entry.label.value),
     Filter("run_label", Kind.CHOICE, lambda entry: entry.run_label.value, "run said"),
     Filter("p_cat", Kind.RANGE, lambda entry: entry.p_cat, "p(cat)"),
-    Filter("folder", Kind.TEXT, lambda entry: str(entry.source.parent)),
-    Filter("cat", Kind.CHOICE, lambda entry: entry.cat),
+    Filter("folder", Kind.TEXT, lambda entry: entry.folder),
+    Filter("cat", Kind.CHOICE, lambda entry: entry.known or entry.cat),
 )
 
 
@@ -116,7 +116,7 @@ _GROUPS = {Label.UNSURE: 0, Label.CAT: 1, Label.NOT_CAT: 2, Label.ERROR: 3}
 
 def _key(order: Order) -> Callable[[Entry], tuple]:
     if order is Order.PATH:
-        return lambda entry: (str(entry.source), entry.id)
+        return lambda entry: (entry.row.path, entry.id)
     if order is Order.P_CAT:
         return lambda entry: (entry.p_cat is None, entry.p_cat or 0.0, entry.id)
 
@@ -142,6 +142,7 @@ class Listing:
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
         self._facets: tuple[int, dict[str, dict[str, int]]] | None = None
+        self._orders: dict[Order, list[Entry]] = {}
 
     def view(self, query: Mapping[str, Sequence[str]]) -> View:
         """The view named by the query's `view`, if still kept; else a new one of its filters and `order`.
@@ -156,7 +157,9 @@ class Listing:
             order = Order((query.get("order") or [Order.DOUBT.value])[-1])
         except ValueError:
             raise ValueError(f"order is one of {', '.join(item.value for item in Order)}") from None
-        ids = [entry.id for entry in sorted(self.review.entries, key=_key(order)) if all(test(entry) for test in tests)]
+        if order not in self._orders:  # what orders a photo (its path, what the run said) never changes
+            self._orders[order] = sorted(self.review.entries, key=_key(order))
+        ids = [entry.id for entry in self._orders[order] if all(test(entry) for test in tests)]
         with self._lock:
             made = View(f"v{next(self._numbers)}", ids)
             self._views[made.id] = made

@@ -9,6 +9,8 @@ the folder the run chose, then puts back what the run did. In a dry run's report
 placed: a correction there changes only the label recorded in the report. Every correction is
 also kept for training (see corrections.py), and can be undone while the server runs: the photo
 goes back where it was (journalled the same way) and the corrections folder is as it was before.
+Naming a cat photo keeps a copy of it as an example of that cat (see known.py), for the next
+`--group-cats --known-cats` run; it changes no file of the run, and can be undone the same way.
 
 Only files the report names are ever opened; the client refers to a photo by its number here.
 """
@@ -21,6 +23,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from notcat_sort.actions import PLACING_ACTIONS, Action, Kind, OnConflict, Outcome, execute, perform, plan
@@ -29,6 +32,7 @@ from notcat_sort.content import sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label
 from notcat_sort.report import FIELDS, ReportWriter, Row, Status, read_report
 from notcat_sort.serve.corrections import Correction, CorrectionsFolder
+from notcat_sort.serve.known import KnownCatsFolder
 from notcat_sort.sidecars import RAW_SUFFIXES, companion_name, companions
 
 _PLACED = (Status.DONE, Status.DUPLICATE_REMOVED)
@@ -52,13 +56,15 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Step:
-    """What a photo was before one correction made by this server: what its undo restores."""
+    """What a photo was before one correction (or naming) made by this server: what its undo restores."""
 
     label: Label
     location: Path
     row: Row
     cat: str
     correction: Correction | None
+    known: str | None = None  # for a naming: the name it had before ("" for none)
+    dropped: str = ""  # for a correction out of cat: the name it lost with it
 
 
 @dataclass
@@ -66,26 +72,41 @@ class Entry:
     id: int
     row: Row  # the run's latest row for this photo (for a photo not placed, the latest correction's)
     label: Label  # as the run decided, or as corrected since
-    location: Path  # where the photo is now
+    at: str  # where the photo is now (a string: 30,000 Paths would cost the start-up seconds)
     placed: bool  # the run put it at `location`: a correction moves it
     run_label: Label  # what the run decided
     cat: str = ""  # --group-cats: the cat's id (`unknown` for none); "" for a photo that is no cat
     run_cat: str = ""  # the cat id the run gave it
+    known: str = ""  # the cat it is an example of, named on the page
     undo: list[Step] = field(default_factory=list)  # this server's corrections of it, the latest last
+
+    @property
+    def location(self) -> Path:
+        return Path(self.at)
+
+    @location.setter
+    def location(self, path: Path) -> None:
+        self.at = os.fspath(path)
 
     @property
     def source(self) -> Path:
         return Path(self.row.path)
 
-    @property
+    @cached_property
+    def folder(self) -> str:
+        """The folder the photo was in before the run (a string: the list filters 30,000 of these)."""
+        return os.path.dirname(self.row.path)
+
+    @cached_property
     def p_cat(self) -> float | None:
         return float(self.row.p_cat) if self.row.p_cat else None
 
     def as_json(self) -> dict[str, object]:
         return {
-            "id": self.id, "name": self.location.name, "path": str(self.location), "folder": str(self.source.parent),
+            "id": self.id, "name": os.path.basename(self.at), "path": self.at, "folder": self.folder,
             "label": self.label.value, "p_cat": self.p_cat, "action": self.row.action, "status": self.row.status,
-            "error": self.row.error, "run_label": self.run_label.value, "cat": self.cat, "undo": len(self.undo),
+            "error": self.row.error, "run_label": self.run_label.value, "cat": self.cat, "known": self.known,
+            "undo": len(self.undo),
         }
 
 
@@ -152,42 +173,52 @@ def _moved(row: Row) -> bool:
 
 
 class Review:
-    def __init__(self, report: Path, corrections: CorrectionsFolder) -> None:
+    def __init__(self, report: Path, corrections: CorrectionsFolder, known: KnownCatsFolder | None = None) -> None:
         check_report(report)
         self.report = report.absolute()
         self.corrections = corrections
+        self.known: KnownCatsFolder | None = None
         self._lock = threading.Lock()  # one correction at a time: each reads and appends the journal
         self.entries = self._load()
+        if known is not None:
+            self.remember_names(known)
         self.grouped = any(entry.cat for entry in self.entries)  # a --group-cats run: cat photos go under cat/<id>/
         self.version = 0  # counts the changes, so that what is worked out from the entries can be kept until the next
+        self._counts: tuple[int, dict[str, int]] = (-1, {})
 
     def _load(self) -> list[Entry]:
         """Replay the report in the order it was written: the run's rows make entries, and rows that
         move a file an entry is at (corrections) move that entry."""
         by_source: dict[str, Entry] = {}
-        placed_at: dict[Path, Entry] = {}
+        placed_at: dict[str, Entry] = {}  # by the path as the report writes it
         for row in read_report(self.report):
-            owner = placed_at.get(Path(row.path))
+            owner = placed_at.get(row.path)
             if owner is not None and row.path != owner.row.path:
                 if row.action == Action.MOVE and _moved(row):
-                    del placed_at[owner.location]
-                    owner.location, owner.label, owner.cat = Path(row.destination), Label(row.label), row.cat_id
-                    placed_at[owner.location] = owner
+                    del placed_at[owner.at]
+                    owner.at, owner.label, owner.cat = row.destination, Label(row.label), row.cat_id
+                    placed_at[owner.at] = owner
                 continue
             if not _is_photo(row):
                 continue
             earlier = by_source.get(row.path)
             if earlier is not None:
-                placed_at.pop(earlier.location, None)
+                placed_at.pop(earlier.at, None)
             placed = row.action in PLACING_ACTIONS and row.status in _PLACED and bool(row.destination)
             entry = Entry(earlier.id if earlier else len(by_source), row, Label(row.label),
-                          Path(row.destination) if placed else Path(row.path), placed,
+                          row.destination if placed else row.path, placed,
                           earlier.run_label if earlier else Label(row.label), row.cat_id,
                           earlier.run_cat if earlier else row.cat_id)
             by_source[row.path] = entry
             if placed:
-                placed_at[entry.location] = entry
+                placed_at[entry.at] = entry
         return sorted(by_source.values(), key=lambda entry: entry.id)
+
+    def remember_names(self, known: KnownCatsFolder) -> None:
+        """Name photos in `known` and keep the names given from now on there."""
+        self.known = known
+        for entry in self.entries:
+            entry.known = known.names.get(entry.row.sha256, "")
 
     def entry(self, entry_id: int) -> Entry:
         if not 0 <= entry_id < len(self.entries):
@@ -196,9 +227,12 @@ class Review:
 
     def counts(self) -> dict[str, int]:
         """How many photos have each label now, how many in all, and how many were corrected."""
-        found = Counter(entry.label.value for entry in self.entries)
-        return {"all": len(self.entries), **{label.value: found[label.value] for label in (*SORTED_LABELS, Label.ERROR)},
+        if self._counts[0] != self.version:
+            found = Counter(entry.label.value for entry in self.entries)
+            self._counts = self.version, {
+                "all": len(self.entries), **{label.value: found[label.value] for label in (*SORTED_LABELS, Label.ERROR)},
                 "corrected": sum(entry.label is not entry.run_label for entry in self.entries)}
+        return self._counts[1]
 
     def correct(self, entry_id: int, label: Label) -> Entry:
         """Give photo `entry_id` the label `label` (cat, not-cat or unsure), moving it if the run placed it."""
@@ -218,6 +252,10 @@ class Review:
         corrections folder as it was before."""
         return self._each(entry_ids, self._undo)
 
+    def name_many(self, entry_ids: Iterable[int], name: str) -> Changes:
+        """Keep each photo as an example of the cat `name` (a cat photo, as it is now), or of none for ""."""
+        return self._each(entry_ids, lambda entry: self._name(entry, name))
+
     def _each(self, entry_ids: Iterable[int], change: Callable[[Entry], bool]) -> Changes:
         changes = Changes()
         with self._lock:
@@ -235,12 +273,36 @@ class Review:
         if entry.label is label:
             return False
         self._check(entry)
-        before = Step(entry.label, entry.location, entry.row, entry.cat, None)
+        before = Step(entry.label, entry.location, entry.row, entry.cat, None, dropped=entry.known)
         self._relocate(entry, label, self._cat_for(entry, label), None)
+        if entry.known and label is not Label.CAT:  # no longer an example of a cat
+            self._set_name(entry, "")
+        else:
+            before = replace(before, dropped="")
         correction = self.corrections.record(entry.location, entry.row.sha256, label, before.label, entry.row.p_cat,
                                              entry.row.path, self.report)
         entry.undo.append(replace(before, correction=correction))
         return True
+
+    def _name(self, entry: Entry, name: str) -> bool:
+        if self.known is None:
+            raise Refused("this server keeps no known cats")
+        if entry.known == name:
+            return False
+        if name and entry.label is not Label.CAT:
+            raise Refused(f"only a cat photo can be named; this one is {entry.label.value}. Nothing was changed")
+        self._check(entry)
+        entry.undo.append(Step(entry.label, entry.location, entry.row, entry.cat, None, entry.known))
+        self._set_name(entry, name)
+        return True
+
+    def _set_name(self, entry: Entry, name: str) -> None:
+        assert self.known is not None
+        if name:
+            self.known.add(entry.location, entry.row.sha256, name)
+        else:
+            self.known.remove(entry.location.name, entry.row.sha256)
+        entry.known = name
 
     def _undo(self, entry: Entry) -> bool:
         if not entry.undo:
@@ -248,6 +310,10 @@ class Review:
                           "(notcat-sort --undo REPORT puts back the whole run)")
         step = entry.undo[-1]
         self._check(entry)
+        if step.known is not None:
+            self._set_name(entry, step.known)
+            entry.undo.pop()
+            return True
         if entry.placed:
             self._relocate(entry, step.label, step.cat, step.location)
         else:
@@ -255,6 +321,8 @@ class Review:
             entry.row, entry.label, entry.cat = step.row, step.label, step.cat
         if step.correction is not None:
             self.corrections.withdraw(step.correction, entry.location)
+        if step.dropped:
+            self._set_name(entry, step.dropped)
         entry.undo.pop()
         return True
 

@@ -81,6 +81,24 @@ function store(number, answer) {
   state.pages.set(number, answer.entries);
   for (const entry of answer.entries) state.byId.set(entry.id, entry);
   showCounts(answer.counts);
+  showKnownCats(answer.known_cats);
+}
+
+function showKnownCats(known) {
+  // The cats named so far, where they are kept, and the command that sorts by them.
+  const holder = document.getElementById("known-cats");
+  document.getElementById("naming").hidden = !known;
+  if (!known) return;
+  state.knownCommand = known.command;
+  const names = Object.entries(known.cats);
+  holder.textContent = names.length ? "named: " : "no cat named yet";
+  names.forEach(([name, count], number) => {
+    holder.append(number ? ", " : "", Object.assign(document.createElement("b"), {textContent: name}), ` (${count})`);
+  });
+  holder.title = `kept in ${known.folder}; the next run that sorts by them: ${known.command}`;
+  const list = document.getElementById("cat-names");
+  list.textContent = "";
+  for (const [name] of names) list.append(new Option(name));
 }
 
 function entryAt(index) {
@@ -205,7 +223,9 @@ function showSelection() {
   const last = state.undo[state.undo.length - 1];
   undo.disabled = !last || state.busy;
   undo.textContent = last ? `undo (${last.length.toLocaleString()})` : "undo";
-  for (const button of document.querySelectorAll("#selection [data-set]")) button.disabled = state.busy || (!count && !entryAt(state.focus));
+  for (const button of document.querySelectorAll("#selection [data-set], #name-button")) {
+    button.disabled = state.busy || (!count && !entryAt(state.focus));
+  }
 }
 
 // --- the grid ------------------------------------------------------------------------------------
@@ -306,7 +326,9 @@ function paint(card, entry) {
   }
   const meta = card.querySelector(".meta");
   const folder = entry.folder.split("/").slice(-2).join("/");
-  meta.textContent = entry.label === "error" ? entry.error : [entry.cat, `…/${folder}`].filter(Boolean).join(" · ");
+  meta.textContent = "";
+  if (entry.known) meta.append(Object.assign(document.createElement("span"), {className: "known", textContent: entry.known}), " · ");
+  meta.append(entry.label === "error" ? entry.error : [entry.known ? "" : entry.cat, `…/${folder}`].filter(Boolean).join(" · "));
   meta.title = entry.label === "error" ? entry.error : entry.folder;
   card.classList.toggle("changed", state.label !== "all" && entry.label !== state.label);
   card.querySelector(".tick").checked = state.selected.has(entry.id);
@@ -418,6 +440,7 @@ async function send(path, ids, body, verb) {
       refused.push(...answer.refused);
       repaint(answer.entries);
       showCounts(answer.counts);
+      showKnownCats(answer.known_cats);
     }
   } catch (error) {
     refused.push({id: null, error: error.message});
@@ -437,6 +460,17 @@ async function correct(ids, label) {
   if (!ids.length || state.busy) return;
   const changed = await send("/api/review/label", ids, {label}, `now ${label}`);
   if (changed.length) state.undo.push(changed.map((entry) => entry.id));
+  showSelection();
+}
+
+async function nameCat(ids, catName) {
+  if (!ids.length || state.busy) return;
+  const changed = await send("/api/review/name", ids, {name: catName}, `named ${catName}`);
+  if (changed.length) {
+    state.undo.push(changed.map((entry) => entry.id));
+    statusLine.textContent += `: the next run with --group-cats --known-cats puts them, and the photos like them, in cat/${catName}/`;
+    statusLine.title = state.knownCommand;
+  }
   showSelection();
 }
 
@@ -498,6 +532,11 @@ document.addEventListener("keydown", (event) => {
 for (const button of document.querySelectorAll("#selection [data-set]")) {
   button.addEventListener("click", () => correct(target(), button.dataset.set));
 }
+document.getElementById("naming").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = document.getElementById("cat-name");
+  nameCat(target(), input.value.trim());
+});
 document.getElementById("select-all").addEventListener("click", selectAll);
 document.getElementById("select-none").addEventListener("click", clearSelection);
 document.getElementById("undo").addEventListener("click", undo);
