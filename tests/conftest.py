@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from shared_data import IN_CI, SHARED, missing, need
+from prerequisites import IN_CI
+from shared_data import SHARED, missing, need
 
 from notcat_sort.model import card_path, default_model_path
 

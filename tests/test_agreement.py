@@ -12,12 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from prerequisites import need_module, unavailable
 
 from notcat_sort.model import default_model_path
 
-pytest.importorskip("torch", reason="needs the train extra")
-pytest.importorskip("training", reason="needs the training package")
+need_module("torch", "the train extra: pip install -e '.[train]'")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +25,7 @@ def unseen_photos(shared: Path, folder: Path) -> Path:
     samples = shared / "samples"
     photos = sorted((samples / "camera").glob("*.jpg")) + sorted((samples / "orientation").glob("*.jpg"))
     if len(photos) < 20:
-        pytest.skip("../shared/samples has too few photos")
+        unavailable("../shared/samples has too few photos")
     for photo in photos:
         target = folder / photo.parent.name / photo.name  # nested, and only images: evaluate takes every file
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from prerequisites import need_that, need_tool, unavailable
 from safety_support import inventory, run_cli, sample_photos, sort_in_process
 from shared_data import SHARED, need
 
@@ -137,8 +138,8 @@ def test_a_file_that_vanishes_before_it_is_moved_is_an_error(tmp_path: Path) -> 
 def test_unreadable_files_and_an_unwritable_destination_as_an_unprivileged_user(tmp_path: Path) -> None:
     """Root reads anything, so the CLI runs as `nobody`: a file it may not read is an error row; an
     --out it may not write is refused before any file is read, naming --out."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the CLI as another user")
+    need_that(os.geteuid() == 0, "needs root, to run the CLI as another user")
+    need_tool("setpriv", "util-linux")
     base = Path(tempfile.mkdtemp(prefix="notcat-nobody-"))
     try:
         os.chmod(base, 0o755)
@@ -181,7 +182,7 @@ def small_tmpfs(tmp_path: Path):
     mount_point.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
                       capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+        unavailable("cannot mount a tmpfs here (needs root)")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from photos import photos
 from PIL import Image, features
+from prerequisites import need_that
 
 from notcat_sort.content import sha256_file
 from notcat_sort.model import default_model_path, load_card
@@ -60,8 +61,8 @@ def library(tmp_path: Path) -> Path:
         if suffix in ("", ".jpg"):
             shutil.copyfile(source, target)
         else:
-            if suffix == ".webp" and not features.check("webp"):
-                pytest.skip("this Pillow cannot write WebP")
+            if suffix == ".webp":
+                need_that(features.check("webp"), "this Pillow cannot write WebP")
             with Image.open(source) as image:
                 image.convert("RGB").save(target, format={".tif": "TIFF", ".tiff": "TIFF"}.get(suffix, suffix[1:].upper()))
     (root / ".thumbnails").mkdir()
@@ -136,8 +137,7 @@ def test_action_puts_every_image_where_its_row_says(run_cli, library: Path, tmp_
 
 def test_link_across_filesystems_falls_back_to_symlinks(run_cli, library: Path) -> None:
     other = Path("/dev/shm")
-    if not other.is_dir() or other.stat().st_dev == library.stat().st_dev:
-        pytest.skip("no second filesystem at /dev/shm")
+    need_that(other.is_dir() and other.stat().st_dev != library.stat().st_dev, "no second filesystem at /dev/shm")
     out = Path(__import__("tempfile").mkdtemp(dir=other, prefix="notcat-cli-"))
     try:
         result = run_cli(library, "--link", "--out", out, "-j", "1")

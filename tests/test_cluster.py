@@ -23,14 +23,15 @@ from pathlib import Path
 
 import pytest
 from conftest import read_csv
+from prerequisites import need_module, need_that
 from shared_data import SHARED, need
 from test_thumbnails import CAMERA, USABLE, with_band
 
 from notcat_sort.content import sha256_file
 from notcat_sort.model import card_path
 
-distributed = pytest.importorskip("distributed", reason="needs the cluster extra: pip install '.[cluster]'")
-psutil = pytest.importorskip("psutil")
+distributed = need_module("distributed", "the cluster extra: pip install '.[cluster]'")
+psutil = need_module("psutil", "the cluster extra: pip install '.[cluster]'")
 
 DASK = Path(sys.executable).parent / "dask"
 SLOW = 600  # seconds a cluster run may take on a machine that others keep busy
@@ -308,8 +309,8 @@ def test_send_bytes_sorts_a_folder_the_workers_cannot_read(run_cli, dask_cluster
     private = tmp_path / "private"
     source = photos(private / "photos", shared, 12)
     camera_photos(source / "camera")  # thumbnails and RAW previews from bytes, not from a path
-    if subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True).returncode:
-        pytest.skip("cannot make a mount namespace here (unshare --user --mount) to hide files from the workers")
+    need_that(subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True).returncode == 0,
+         "cannot make a mount namespace here (unshare --user --mount) to hide files from the workers")
     cluster = dask_cluster(tmp_path / "dask", hide=private)
     local = run_cli(source, "--no-cache", "--report", "-")
     assert local.returncode == 0, local.stderr

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from prerequisites import need_module, need_that
 
 from notcat_sort.cats import UNKNOWN, CatGrouper, NamesError, read_names
 from notcat_sort.model import card_path, default_model_path, load_card
@@ -33,8 +34,7 @@ def _model() -> Path:
 @pytest.fixture(scope="session")
 def model() -> Path:
     path = _model()
-    if not load_card(path).has_embedding:
-        pytest.skip(f"{path} has no embedding output")
+    need_that(load_card(path).has_embedding, f"{path} has no embedding output")
     return path
 
 
@@ -233,7 +233,7 @@ def test_new_cats_are_the_clusters_hdbscan_finds() -> None:
     """Cats seen in a few sessions each, some close together, some spread out: the new cats are
     scikit-learn's HDBSCAN clusters (min_cluster_size 2, cosine distances), found here in chunks
     over each photo's nearest neighbours."""
-    hdbscan = pytest.importorskip("sklearn.cluster").HDBSCAN
+    hdbscan = need_module("sklearn.cluster", "the train extra: pip install -e '.[train]'").HDBSCAN
     generator = np.random.default_rng(3)
     centres = np.linalg.qr(generator.normal(size=(64, 6)))[0].T
     sessions = np.repeat(np.arange(6), 3)  # the cat of each session

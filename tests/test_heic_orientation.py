@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, features
-from shared_data import SHARED, requires
+from prerequisites import need_module, need_that
+from shared_data import SHARED, need, requires
 
 from notcat_sort.decode import decode
 from notcat_sort.model import Classifier, default_model_path, load_card
@@ -23,7 +24,7 @@ CLI = Path(sys.executable).parent / "notcat-sort"
 SIZE = load_card(default_model_path()).input_size  # what the CLI decodes to
 
 pytestmark = requires(ORIENTATION)
-heif = pytest.importorskip("pillow_heif", reason="needs the heif extra (pillow-heif)")
+heif = need_module("pillow_heif", "the heif extra: pip install '.[heif]'")
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,7 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_phone_heic_files_classify_through_the_cli(tmp_path):
-    if not HEIC.exists():
-        pytest.skip("needs ../shared/samples/heic")
+    need(HEIC)
     photos = tmp_path / "photos"
     shutil.copytree(HEIC, photos)
     report = tmp_path / "report.csv"
@@ -76,8 +76,8 @@ def test_every_exif_orientation_decodes_upright(shape, classifier):
 def test_heif_rotation_and_exif_orientation_are_not_both_applied(fmt, tmp_path):
     """Written like a phone does: pixels stored sideways, EXIF orientation 6 (and for HEIF the
     matching irot box, which pillow-heif applies when it decodes)."""
-    if fmt == "AVIF" and not features.check("avif"):
-        pytest.skip("this Pillow has no AVIF support")
+    if fmt == "AVIF":
+        need_that(features.check("avif"), "this Pillow has no AVIF support")
     with Image.open(ORIENTATION / "Landscape_0.jpg") as image:
         stored = image.convert("RGB").reduce(4).transpose(Image.Transpose.ROTATE_90)  # small: quick to encode
     exif = Image.Exif()
@@ -91,8 +91,7 @@ def test_heif_rotation_and_exif_orientation_are_not_both_applied(fmt, tmp_path):
 def test_iphone_heic_with_irot_and_exif_orientation_is_rotated_once():
     """This iPhone photo has both irot (90° clockwise) and EXIF orientation 6 for the same turn."""
     path = HEIC / "iphone_13_pro_max.HEIC"
-    if not path.exists():
-        pytest.skip("needs ../shared/samples/heic")
+    need(path)
     with Image.open(path) as image:  # pillow-heif applies irot: portrait
         assert image.width < image.height
         reference = np.asarray(image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))

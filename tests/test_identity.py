@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prerequisites import need_module, need_that
 
 from notcat_sort.cats import head_path, load_head
 from notcat_sort.model import card_path, default_model_path, load_card
@@ -21,10 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_identity_trains_evaluates_and_writes_a_head_for_the_runtime(shared: Path, tmp_path: Path) -> None:
-    pytest.importorskip("torch")
+    need_module("torch", "the train extra: pip install -e '.[train]'")
     model = Path(os.environ.get("NOTCAT_TEST_MODEL") or default_model_path())
-    if not load_card(model).has_embedding:
-        pytest.skip(f"{model} has no embedding output")
+    need_that(load_card(model).has_embedding, f"{model} has no embedding output")
     data = tmp_path / "cats"
     for photo in sorted((shared / "datasets" / "catnotcat" / "cat").glob("campus-cats-*")):
         folder = data / photo.name[len("campus-cats-"):][:10]

@@ -3,8 +3,8 @@ row that says so, never skipped in silence."""
 
 from __future__ import annotations
 
-import pytest
 from PIL import Image
+from prerequisites import need_module
 from shared_data import SHARED, requires
 
 PHOTO = SHARED / "samples" / "orientation" / "Landscape_0.jpg"
@@ -12,7 +12,7 @@ PHOTO = SHARED / "samples" / "orientation" / "Landscape_0.jpg"
 
 @requires(PHOTO)
 def test_a_jxl_photo_is_classified_like_the_same_pixels_as_png(run_cli, tmp_path):
-    pytest.importorskip("pillow_jxl", reason="the jxl extra (pillow-jxl-plugin) is not installed")
+    need_module("pillow_jxl", "the jxl extra: pip install '.[jxl]'")
     photos = tmp_path / "photos"
     photos.mkdir()
     with Image.open(PHOTO) as image:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prerequisites import need_that, need_tool
 from shared_data import SHARED, need, requires
 
 from notcat_sort import embedded
@@ -29,10 +30,7 @@ pytestmark = [requires(RAW), requires(PHOTO)]
 
 
 def exiftool() -> str:
-    found = shutil.which("exiftool")
-    if found is None:
-        pytest.skip("exiftool is not installed (apt-get install libimage-exiftool-perl)")
-    return found
+    return need_tool("exiftool", "libimage-exiftool-perl")
 
 
 def preview_photo(folder: Path) -> Path:
@@ -84,8 +82,8 @@ def test_the_embedded_preview_is_found_in_each_container(raws, libraw, monkeypat
     files, jpeg = raws
     if not libraw:
         monkeypatch.setattr(embedded, "rawpy", None)
-    elif embedded.rawpy is None:
-        pytest.skip("rawpy is not installed")
+    else:
+        need_that(embedded.rawpy is not None, "rawpy is not installed (pip install '.[raw]')")
     reference = decode(jpeg, 224)
     for raw in files:
         try:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prerequisites import need_that
 from safety_support import (
     CLI,
     KILL_HOOK,
@@ -47,8 +48,8 @@ def test_same_filesystem_move_is_a_rename_and_undo_restores_it(tmp_path: Path) -
 
 def test_cross_filesystem_move_verifies_the_copy_before_removing_the_source(tmp_path: Path) -> None:
     other = other_filesystem(tmp_path)
-    if other is None:
-        pytest.skip("/dev/shm is not a separate filesystem here")
+    need_that(other is not None, "/dev/shm is not a separate filesystem here")
+    assert other is not None
     [image] = sample_photos(1)
     out = Path(tempfile.mkdtemp(dir=other, prefix="notcat-xfs-"))
     try:
@@ -77,8 +78,8 @@ def test_cross_filesystem_move_verifies_the_copy_before_removing_the_source(tmp_
 
 def test_cross_filesystem_move_keeps_the_source_when_verification_fails(tmp_path: Path) -> None:
     other = other_filesystem(tmp_path)
-    if other is None:
-        pytest.skip("/dev/shm is not a separate filesystem here")
+    need_that(other is not None, "/dev/shm is not a separate filesystem here")
+    assert other is not None
     source = tmp_path / "a.jpg"
     shutil.copy2(sample_photos(1)[0], source)
     out = Path(tempfile.mkdtemp(dir=other, prefix="notcat-xfs-"))

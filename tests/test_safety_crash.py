@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from prerequisites import need_that
 from safety_support import (
     KILL_HOOK,
     content_counts,
@@ -50,8 +51,8 @@ def _tree_with_clashes(tmp_path: Path, out: Path) -> tuple[Path, Counter]:
 def test_killed_move_reruns_to_completion_and_undoes_exactly(tmp_path: Path, cross_filesystem: bool) -> None:
     if cross_filesystem:
         other = other_filesystem(tmp_path)
-        if other is None:
-            pytest.skip("/dev/shm is not a separate filesystem here")
+        need_that(other is not None, "/dev/shm is not a separate filesystem here")
+        assert other is not None
         out_parent = Path(tempfile.mkdtemp(dir=other, prefix="notcat-crash-"))
     else:
         out_parent = tmp_path

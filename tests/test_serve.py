@@ -12,26 +12,25 @@ import socket
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("starlette", reason="the serve extra is not installed")
-
-import warnings
-
 from PIL import Image
+from prerequisites import need_module, need_that
+from serve_support import environment, library, read_rows, run_cli, start_server, tree
+
+need_module("starlette", "the serve extra: pip install '.[serve]'")
+
+import warnings  # noqa: E402 - the rest needs the serve extra
 
 with warnings.catch_warnings():  # Starlette 1.x asks for httpx2; httpx is the client its docs still show
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from serve_support import environment, library, read_rows, run_cli, start_server, tree
-
-from notcat_sort.decide import Label, Policy
-from notcat_sort.model import card_path, default_model_path, load_card
-from notcat_sort.serve.app import ServeConfig, create_app
-from notcat_sort.serve.corrections import CorrectionsFolder
-from notcat_sort.serve.known import KnownCatsFolder
-from notcat_sort.serve.review import Review, other_label_path
-from training.data import layout, load_items  # what `python -m training fit --data` reads; needs no torch
+from notcat_sort.decide import Label, Policy  # noqa: E402
+from notcat_sort.model import card_path, default_model_path, load_card  # noqa: E402
+from notcat_sort.serve.app import ServeConfig, create_app  # noqa: E402
+from notcat_sort.serve.corrections import CorrectionsFolder  # noqa: E402
+from notcat_sort.serve.known import KnownCatsFolder  # noqa: E402
+from notcat_sort.serve.review import Review, other_label_path  # noqa: E402
+from training.data import layout, load_items  # noqa: E402 - what `python -m training fit --data` reads; needs no torch
 
 TOKEN = "test-token-0123456789"
 
@@ -664,8 +663,7 @@ def _outward_address() -> str | None:
 
 def test_by_default_it_listens_on_loopback_only(env):
     outward = _outward_address()
-    if outward is None:
-        pytest.skip("this machine has no non-loopback address to try")
+    need_that(outward is not None, "this machine has no non-loopback address to try")
     server = start_server(env=env)
     try:
         port = int(server.base.rsplit(":", 1)[1])

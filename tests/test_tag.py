@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from prerequisites import need_tool
 from shared_data import SHARED, requires
 
 from notcat_sort.actions.tag import untag
@@ -20,10 +21,8 @@ from notcat_sort.report import run_key
 SAMPLE = SHARED / "samples" / "orientation" / "Landscape_1.jpg"
 CLI = Path(sys.executable).parent / "notcat-sort"
 
-pytestmark = [
-    requires(SAMPLE),
-    pytest.mark.skipif(shutil.which("exiftool") is None, reason="needs exiftool (libimage-exiftool-perl)"),
-]
+pytestmark = requires(SAMPLE)
+need_tool("exiftool", "libimage-exiftool-perl")  # it reads the sidecars back, as digiKam would
 
 
 @pytest.fixture

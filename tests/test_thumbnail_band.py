@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prerequisites import need_module
 from shared_data import SHARED, requires
 
 from notcat_sort.content import sha256_file
@@ -50,7 +50,7 @@ def test_the_band_meets_the_target_and_none_saves_more(pairs, target):
 
 @requires(DATASET)
 def test_the_command_writes_the_band_into_the_card_and_nothing_else(model_copy):
-    pytest.importorskip("torch", reason="python -m training needs the train extra")
+    need_module("torch", "python -m training needs the train extra: pip install -e '.[train]'")
     before = json.loads(card_path(model_copy).read_text())
     before.pop("thumbnail", None)  # the shipped card's own band is replaced
     model_sha = sha256_file(model_copy)

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prerequisites import need_tool
 from shared_data import SHARED, requires
 
 from notcat_sort.decode import decode
@@ -106,10 +107,7 @@ def test_without_a_band_in_the_card_the_image_always_decides(library, model_copy
 
 
 def exiftool() -> str:
-    found = shutil.which("exiftool")
-    if found is None:
-        pytest.skip("exiftool is not installed (apt-get install libimage-exiftool-perl)")
-    return found
+    return need_tool("exiftool", "libimage-exiftool-perl")
 
 
 def extracted_thumbnail(photo: Path) -> bytes:

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prerequisites import need_module
+from shared_data import need
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("timm")
-pytest.importorskip("onnxruntime")
+TRAIN_EXTRA = "the train extra: pip install -e '.[train]'"
+torch = need_module("torch", TRAIN_EXTRA)
+need_module("timm", TRAIN_EXTRA)
 
 from notcat_sort.decode import decode  # noqa: E402
 from notcat_sort.model import Classifier, load_card  # noqa: E402
@@ -27,8 +29,7 @@ POOL = SHARED / "datasets" / "catnotcat"
 # ImageNet-1k domestic cats: tabby, tiger cat, Persian, Siamese, Egyptian.
 DOMESTIC_CAT_CLASSES = range(281, 286)
 
-if not (POOL / "manifest.csv").is_file():
-    pytest.skip(f"training data not found at {POOL}", allow_module_level=True)
+need(POOL / "manifest.csv")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
+from shared_data import requires
 
 from training import calibration, data, splits, synthetic
 
@@ -69,7 +69,7 @@ def test_synthetic_renders_are_deterministic_and_labelled_not_cat() -> None:
     assert not np.array_equal(np.asarray(synthetic.render(0)[0]), np.asarray(synthetic.render(4)[0]))
 
 
-@pytest.mark.skipif(not (POOL / "manifest.csv").is_file(), reason="training data not found")
+@requires(POOL / "manifest.csv")
 def test_manifest_and_folder_layouts(tmp_path: Path) -> None:
     items = data.load_items(POOL)
     assert {item.label for item in items} == {"cat", "not-cat"}

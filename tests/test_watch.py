@@ -12,8 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from photos import photos
+from prerequisites import requires
 
 from notcat_sort.cache import FileKey
 from notcat_sort.pipeline import StopFlag
@@ -154,7 +154,7 @@ def _sorted_hashes(folder: Path) -> Counter:
                    for file in (folder / name).rglob("*") if file.is_file())
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+@requires(Path("/proc/self/fd").is_dir(), "needs Linux /proc")
 def test_watch_sorts_every_arrival_exactly_once_across_a_restart(tmp_path, model_copy):
     images = _unique_images(208)
     inbox = tmp_path / "inbox"
