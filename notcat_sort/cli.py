@@ -25,7 +25,7 @@ from notcat_sort.cluster import Cluster, ClusterError, ClusterSpec, MissingExtra
 from notcat_sort.decide import Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS
 from notcat_sort.known_cats import KnownCatsError, Learned, learn
-from notcat_sort.model import ModelError, default_model_path, load_card
+from notcat_sort.model import ModelCard, ModelError, default_model_path, load_card
 from notcat_sort.output import Preview, View
 from notcat_sort.output.plain import PlainView
 from notcat_sort.pipeline import SortSettings, StopFlag, sort_paths
@@ -42,7 +42,7 @@ Examples:
   notcat-sort ~/Photos                      # dry run: classify and report, change nothing
   notcat-sort ~/Photos --move               # move into ~/Photos/cat and ~/Photos/not-cat
   notcat-sort ~/Photos --move --remove-emptied-folders
-  notcat-sort ~/Photos --copy --out ~/Sorted --uncertain 0.3:0.7
+  notcat-sort ~/Photos --copy --out ~/Sorted --uncertain   # doubtful photos to unsure/ (the card's band)
   notcat-sort ~/Photos --move --dry-run     # show where each file would go
   notcat-sort ~/Photos --tag                # leave files in place, add cat/not-cat to XMP sidecars
   notcat-sort ~/Photos --copy --out ~/Sorted --group-cats      # cat/cat-1/..., cat/cat-2/..., cat/unknown/...
@@ -77,16 +77,41 @@ def _describe_known_cats(folder: Path, learned: Learned) -> str:
     return f"known cats from {folder}: {cats}{unreadable}"
 
 
-def _parse_band(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
-    if value is None:
-        return None
+CARD_BAND = "card"  # --uncertain without a value (or `--uncertain card`): the model card's band
+
+
+def _parse_band(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | str | None:
+    if value is None or value == CARD_BAND:
+        return value
     try:
         low, high = (float(part) for part in value.split(":"))
     except ValueError:
-        raise click.BadParameter("expected LOW:HIGH, for example 0.3:0.7") from None
+        raise click.BadParameter(f"expected LOW:HIGH, for example 0.8:0.95, or no value for the model card's band "
+                                 f"(then put it after the PATHs, or write --uncertain {CARD_BAND}), not {value!r}") from None
     if not 0.0 <= low <= high <= 1.0:
         raise click.BadParameter("need 0 <= LOW <= HIGH <= 1")
     return low, high
+
+
+def _unsure_band(given: tuple[float, float] | str | None, card: ModelCard, threshold: float,
+                 quiet: bool) -> tuple[float, float] | None:
+    """The band --uncertain asks for (the card's, for CARD_BAND), with a warning when it does not hold the
+    threshold: the photos between the two would then be sorted with no doubt raised, the ones most likely wrong."""
+    if given is None:
+        return None
+    if given == CARD_BAND:
+        if card.uncertain_band is None:
+            raise click.BadParameter(f"the card of {card.path} gives no band: give one as LOW:HIGH", param_hint="--uncertain")
+        return card.uncertain_band
+    assert isinstance(given, tuple)
+    low, high = given
+    if not low <= threshold <= high and not quiet:
+        side, other = ("not-cat/", f"{high:g} and {threshold:.4g}") if high < threshold else ("cat/", f"{threshold:.4g} and {low:g}")
+        suggestion = (f"; --uncertain without a value takes the model card's band, {card.uncertain_band[0]:g}:"
+                      f"{card.uncertain_band[1]:g}" if card.uncertain_band else "")
+        click.echo(f"warning: --uncertain {low:g}:{high:g} does not contain the threshold {threshold:.4g}: photos "
+                   f"between {other} go to {side} as if they were sure{suggestion}", err=True)
+    return given
 
 
 def _dry_run_reports() -> Path:
@@ -335,8 +360,10 @@ class _SortOrServe(click.Command):
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="ONNX model with its card (.json) beside it. Default: the shipped model.")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Cat probability from which an image is a cat. Default: the model card's.")
-@click.option("--uncertain", metavar="LOW:HIGH", callback=_parse_band,
-              help="Send images whose cat probability is in [LOW, HIGH] to unsure/.")
+@click.option("--uncertain", metavar="[LOW:HIGH]", is_flag=False, flag_value=CARD_BAND, callback=_parse_band,
+              help="Send images whose cat probability is in [LOW, HIGH] to unsure/. Without a value: the model "
+                   "card's band around its threshold, chosen on photos from sources the model never saw so that "
+                   "cat/ and not-cat/ get the rest with the cat precision and recall the card states.")
 @click.option("--on-conflict", type=click.Choice([mode.value for mode in OnConflict]), default="rename",
               show_default=True, help="When a different file already has the destination name.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
@@ -376,7 +403,7 @@ class _SortOrServe(click.Command):
 def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: str, with_raw: bool,
          group_cats: bool, cat_names: Path | None, known_cats: Path | None, dry_run: bool,
          out: Path | None, model: Path | None,
-         threshold: float | None, uncertain: tuple[float, float] | None, on_conflict: str,
+         threshold: float | None, uncertain: tuple[float, float] | str | None, on_conflict: str,
          report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, full_decode: bool, no_cache: bool,
          undo_path: Path | None, quiet: bool, watch_dir: Path | None, settle: float, polling: bool,
          cluster_address: str | None, cluster_send_bytes: bool) -> None:
@@ -419,10 +446,12 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
         raise click.UsageError(f"--group-cats needs a model with an `embedding` output; the card of {card.path} "
                                "lists none")
     roots = list(paths) if watch_dir is None else [watch_dir]
+    threshold = card.threshold if threshold is None else threshold
+    unsure = _unsure_band(uncertain, card, threshold, quiet)
     settings = SortSettings(
         classify=ClassifySettings(card, jobs, batch_size, max_pixels, None if no_cache else default_cache_path(),
                                   full_decode, cluster),
-        policy=Policy(card.threshold if threshold is None else threshold, uncertain),
+        policy=Policy(threshold, unsure),
         action=action, dry_run=dry_run, out=out, on_conflict=OnConflict(on_conflict),
         sidecar_name=SidecarName(sidecar_name), with_raw=with_raw, remove_emptied_folders=remove_emptied_folders,
         group_cats=group_cats, cat_names=names,
@@ -455,7 +484,7 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
             from notcat_sort.output.rich_view import RichView
 
             view = RichView(lambda: sum(1 for _ in scan(roots, settings.output_folders(roots))),
-                            "sorting" if settings.changes_files else "classifying")
+                            "sorting" if settings.changes_files else "classifying", unsure=unsure is not None)
         else:
             view = PlainView(quiet=quiet)
     if cluster is not None:

@@ -41,6 +41,9 @@ class ModelCard:
     # The p_cat band [low, high] in which an EXIF thumbnail's verdict is checked by decoding the
     # image itself; None (a card without one) turns the thumbnail fast path off.
     thumbnail_band: tuple[float, float] | None = None
+    # The p_cat band around the threshold that `--uncertain` without a value sends to unsure/, chosen
+    # out of source by `python -m training uncertain`; None for a card without one.
+    uncertain_band: tuple[float, float] | None = None
 
     @property
     def cat_index(self) -> int:
@@ -63,15 +66,22 @@ class ModelError(ValueError):
     """A model that cannot be used: missing, without a readable card, or not the file its card describes."""
 
 
+def _band(entry: dict | None, what: str) -> tuple[float, float] | None:
+    """The band [low, high] of a card entry `{"low": ..., "high": ...}`; None without the entry."""
+    if entry is None:
+        return None
+    low, high = float(entry["low"]), float(entry["high"])
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"{what} band {low}:{high} is not 0 <= low <= high <= 1")
+    return low, high
+
+
 def _thumbnail(entry: dict | None, input_size: int) -> tuple[tuple[float, float] | None, int]:
     """The band and input size of the card's `thumbnail: {"low": ..., "high": ..., "size": ...}`,
     chosen by `python -m training thumbnails`; no band without the entry, and without a size the photo's."""
     if entry is None:
         return None, input_size
-    low, high = float(entry["low"]), float(entry["high"])
-    if not 0.0 <= low <= high <= 1.0:
-        raise ValueError(f"thumbnail band {low}:{high} is not 0 <= low <= high <= 1")
-    return (low, high), int(entry.get("size", input_size))
+    return _band(entry, "thumbnail"), int(entry.get("size", input_size))
 
 
 def load_card(model_path: Path) -> ModelCard:
@@ -96,6 +106,7 @@ def load_card(model_path: Path) -> ModelCard:
             sha256=raw["sha256"],
             has_embedding=EMBEDDING_OUTPUT in raw.get("extra_outputs", {}),
             thumbnail_band=band,
+            uncertain_band=_band(raw.get("uncertain"), "uncertain"),
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         reason = error.strerror if isinstance(error, OSError) else f"{type(error).__name__}: {error}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import pty
 import re
@@ -24,7 +25,7 @@ from PIL import Image, features
 from prerequisites import need_that
 
 from notcat_sort.content import sha256_file
-from notcat_sort.model import default_model_path, load_card
+from notcat_sort.model import card_path, default_model_path, load_card
 
 REQUIRED_COLUMNS = {"path", "label", "p_cat", "action", "destination", "status", "error"}
 # Sub-paths of the images in the tree `library` builds; everything else there must be left alone.
@@ -187,6 +188,45 @@ def test_uncertain_band_goes_to_unsure(run_cli, library: Path, tmp_path: Path) -
     assert {p for p in (out / "unsure").rglob("*") if p.is_file()} == unsure
 
 
+def test_the_shipped_card_gives_an_uncertain_band_around_its_threshold() -> None:
+    card = load_card(default_model_path())
+    assert card.uncertain_band is not None
+    low, high = card.uncertain_band
+    assert 0 < low < card.threshold < high < 1
+
+
+def _with_uncertain_band(model: Path, band: dict | None) -> None:
+    card = json.loads(card_path(model).read_text(encoding="utf-8"))
+    card.pop("uncertain", None)
+    card.update({"uncertain": band} if band is not None else {})
+    card_path(model).write_text(json.dumps(card), encoding="utf-8")
+
+
+def test_uncertain_without_a_value_takes_the_cards_band(run_cli, library: Path, model_copy: Path) -> None:
+    _with_uncertain_band(model_copy, {"low": 0.0, "high": 1.0})  # a band that holds every photo
+    for args in ((library, "--uncertain"), ("--uncertain", "card", library), (library, "--uncertain", "-j", "1")):
+        result = run_cli(*args, "--model", model_copy, "--report", "-")
+        assert result.returncode == 0, result.stderr
+        assert {row["label"] for row in result.rows()} == {"unsure"} and "warning" not in result.stderr
+    mistaken = run_cli("--uncertain", library, "--model", model_copy)  # the PATH taken for the band
+    assert mistaken.returncode == 2 and "--uncertain card" in mistaken.stderr
+    _with_uncertain_band(model_copy, None)
+    without = run_cli(library, "--uncertain", "--model", model_copy)
+    assert without.returncode == 2 and "gives no band: give one as LOW:HIGH" in without.stderr
+
+
+@pytest.mark.parametrize("band, warned", [("0.3:0.7", True), ("0.95:0.99", True), ("0.3:0.95", False)])
+def test_a_band_that_misses_the_threshold_is_warned_about(run_cli, library: Path, band: str, warned: bool) -> None:
+    result = run_cli(library, "--uncertain", band, "-j", "1", "--report", "-")
+    assert result.returncode == 0, result.stderr
+    warning = f"warning: --uncertain {band} does not contain the threshold {CARD_THRESHOLD:.4g}"
+    assert (warning in result.stderr) == warned, result.stderr
+    if warned:
+        low, high = load_card(default_model_path()).uncertain_band or (None, None)
+        assert f"the model card's band, {low:g}:{high:g}" in result.stderr
+    assert "warning" not in run_cli(library, "--uncertain", band, "-q", "-j", "1", "--report", "-").stderr
+
+
 @pytest.mark.parametrize("threshold", [0, 1])
 def test_threshold_overrides_the_model_card(run_cli, library: Path, tmp_path: Path, threshold: int) -> None:
     out = tmp_path / "sorted"
@@ -214,7 +254,11 @@ def test_a_bad_file_is_an_error_row_and_the_exit_status_says_so(run_cli, library
     assert (row["label"], row["status"], row["destination"]) == ("error", "error", "")
     assert row["error"] and f"error: {broken}: {row['error']}" in result.stderr
     assert len(rows) == len(IMAGES) and {row["status"] for row in rows.values()} == {"done"}
-    assert "failed: 1" in result.stderr
+    # The summary says each thing once: the failure is neither a label nor an action, and no unsure
+    # count without --uncertain.
+    assert "failed: 1" in result.stderr.splitlines()
+    summary = [line for line in result.stderr.splitlines() if line.startswith(("labels: ", "actions: "))]
+    assert len(summary) == 2 and "error" not in str(summary) and "unsure" not in result.stderr, result.stderr
 
 
 def test_a_mistyped_path_is_a_usage_error_before_anything_runs(run_cli, library: Path, tmp_path: Path) -> None:
@@ -446,8 +490,8 @@ def test_rich_bar_and_summary_on_a_terminal(cli: Path, cli_env: dict[str, str], 
     assert "elapsed" in text and "remaining" in text
     labels = {row["label"] for row in read_csv_file(tmp_path / "report.csv")}
     counts = {label: sum(row["label"] == label for row in read_csv_file(tmp_path / "report.csv")) for label in labels}
-    final = f"cat {counts.get('cat', 0)} · not-cat {counts.get('not-cat', 0)} · unsure 0"
-    assert final in text
+    final = f"cat {counts.get('cat', 0)} · not-cat {counts.get('not-cat', 0)}"
+    assert final in text and "unsure" not in text  # no unsure count without --uncertain
     assert f"{len(IMAGES)} files in " in text and "failed: 0" in text
 
 

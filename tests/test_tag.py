@@ -68,6 +68,8 @@ def test_tag_creates_sidecar_and_leaves_image_in_place(photos, env, tmp_path):
     assert xmp["Subject"] == [row["label"]]
     assert abs(float(xmp["PCat"]) - float(row["p_cat"])) < 1e-4
     assert xmp["Model"].startswith("notcat-lite0")
+    # Only what applies: the keyword it added, no empty cat-id keyword without --group-cats.
+    assert xmp["Keyword"] == row["label"] and "CatKeyword" not in xmp, xmp
     assert sorted(p.name for p in photos.iterdir()) == ["IMG_0001.jpg", "IMG_0001.jpg.xmp"]
     assert sha256_file(photos / "IMG_0001.jpg") == before
 

@@ -64,3 +64,13 @@ def write(card: dict, model: Path) -> Path:
     path = model.with_suffix(".json")
     path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def set_entry(model: Path, name: str, value: dict) -> Path:
+    """Store `value` as the `name` entry of `model`'s card (a band chosen after the fit); every other
+    field, and the model file with its sha256, unchanged."""
+    path = model.with_suffix(".json")
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    entries[name] = value
+    path.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from notcat_sort.decode import DecodeError, decode
 from notcat_sort.model import Classifier, card_path, load_card
 from training import calibration, data, metrics, probe, runtime, splits
+from training import card as card_module
 
 
 def predict(classifier: Classifier, sources: list, batch: int = 32):
@@ -121,15 +123,27 @@ def evaluate(model: Path, roots: list[Path], split: str, out: Path | None, thres
         for i, message in errors.items():
             print(f"error\t{items[i].name}\t{message}")
         ok = np.array([i not in errors for i in range(len(items))])
-        y_true = np.array([item.target for item in items])[ok]
+        y_true, p_cat = np.array([item.target for item in items])[ok], p_cat[ok]
         groups = [item.group for item, good in zip(items, ok, strict=True) if good]
-        result = metrics.report(y_true, p_cat[ok], groups, threshold)
-        print(metrics.format_report(f"{model} on {', '.join(map(str, roots))}, threshold {threshold:.4f}", result))
-        if out is not None:
-            for png in plots(y_true, p_cat[ok], threshold, out, f"{card.name} {split}"):
-                print(f"wrote {png}")
-        return result
+        title = f"{model} on {', '.join(map(str, roots))}, threshold {threshold:.4f}"
+    else:
+        y_true, p_cat, groups = split_predictions(model, items, split)
+        title = f"{model}, {split} (each image predicted by the head fitted without its fold), threshold {threshold:.4f}"
+    result = metrics.report(y_true, p_cat, groups, threshold)
+    print(metrics.format_report(title, result))
+    if out is not None:
+        for png in plots(y_true, p_cat, threshold, out, f"{card.name} {split}"):
+            print(f"wrote {png}")
+    return result
 
+
+def split_predictions(model: Path, items: list[data.Item], split: str,
+                      limit: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels, p_cat, groups) of the `split` ("out-of-source" or "in-source") of `items` (the dataset
+    the model was fitted on): fit's folds recomputed from the card (same data, seed and fold count),
+    each image given the prediction of the head fitted without its fold, read from the int8 model's
+    own head input. `limit`: only that many of the split's images, a seeded sample (tiny runs)."""
+    card = load_card(model)
     details = json.loads(card_path(model).read_text(encoding="utf-8"))
     validation, head = details["validation"], details["head"]
     config = details["training"]["config"]
@@ -137,17 +151,25 @@ def evaluate(model: Path, roots: list[Path], split: str, out: Path | None, thres
     items += [data.synthetic.item(i) for i in range(data.synthetic_count(config["synthetic"], config["limit"]))]
     fold = splits.folds(items, validation["seed"], validation["folds"])
     outside = np.array([splits.is_out_of_source(item) for item in items])
-    keep = outside if split == "out-of-source" else ~outside
-    chosen = [item for item, kept in zip(items, keep, strict=True) if kept]
+    rows = np.flatnonzero(outside if split == "out-of-source" else ~outside)
+    if limit is not None and limit < len(rows):
+        rows = np.sort(np.random.default_rng(0).choice(rows, limit, replace=False))
+    chosen = [items[row] for row in rows]
     images = data.runtime_batch(chosen, card.input_size)
     head_input = runtime.run(model, images, (head["reads"],))[head["reads"]]
     probes = [probe.Probe.from_json(raw) for raw in validation["fold_probes"]]
-    p_cat = out_of_fold_p(head_input, fold[keep], probes, head["temperature"])
-    y_true = np.array([item.target for item in chosen])
-    result = metrics.report(y_true, p_cat, [item.group for item in chosen], threshold)
-    print(metrics.format_report(f"{model}, {split} (each image predicted by the head fitted without its fold), "
-                               f"threshold {threshold:.4f}", result))
-    if out is not None:
-        for png in plots(y_true, p_cat, threshold, out, f"{card.name} {split}"):
-            print(f"wrote {png}")
-    return result
+    p_cat = out_of_fold_p(head_input, fold[rows], probes, head["temperature"])
+    return np.array([item.target for item in chosen]), p_cat, [item.group for item in chosen]
+
+
+def choose_uncertain_band(model: Path, roots: list[Path], target: float = metrics.UNSURE_TARGET,
+                          limit: int | None = None) -> metrics.UncertainBand:
+    """Choose the --uncertain band on the model's out-of-source predictions over `roots` (the data it
+    was fitted on) at its card's threshold, and write it into the card (the model file is unchanged)."""
+    y_true, p_cat, _ = split_predictions(model, [item for root in roots for item in data.load_items(root)],
+                                         "out-of-source", limit)
+    band = metrics.uncertain_band(y_true, p_cat, load_card(model).threshold, target)
+    path = card_module.set_entry(model, "uncertain", asdict(band))
+    print(f"{path}: --uncertain band {band.low}:{band.high} (unsure: {band.unsure_share:.1%} of {band.photos} "
+          f"out-of-source photos); outside it cat precision {band.precision:.4f}, recall {band.recall:.4f}")
+    return band

@@ -257,6 +257,10 @@ def fit(cfg: Config, command: str) -> dict:
     thumbnails.write_band(int8_path, band)
     print(f"thumbnail band {band.low}:{band.high} at {band.size} px: the EXIF thumbnail decides {band.thumbnail_share:.1%} of "
           f"{band.photos} out-of-source photos, agreeing with full decoding on {band.agreement:.4%}", flush=True)
+    unsure = metrics.uncertain_band(y[outside], p_int8_oof[outside], threshold)  # `notcat-sort --uncertain`'s default
+    card.set_entry(int8_path, "uncertain", asdict(unsure))
+    print(f"--uncertain band {unsure.low}:{unsure.high}: {unsure.unsure_share:.1%} of the out-of-source photos unsure, "
+          f"cat precision {unsure.precision:.4f} and recall {unsure.recall:.4f} outside it", flush=True)
     installed = _install(staging, Path(cfg.out))
     print(f"wrote {', '.join(map(str, installed))}; total wall time {time.time() - started:.0f} s")
     return details

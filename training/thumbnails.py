@@ -24,7 +24,6 @@ fewer photos (55%), not more: below 192 px the detail that tells the hard cases 
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,7 +33,8 @@ import numpy as np
 from PIL import Image
 
 from notcat_sort.decode import DecodeError, decode, exif_orientation
-from notcat_sort.model import Classifier, card_path, load_card
+from notcat_sort.model import Classifier, load_card
+from training.card import set_entry
 from training.data import Item
 from training.splits import is_out_of_source
 
@@ -135,11 +135,7 @@ def choose_for_model(model: Path, items: Sequence[Item], target: float = TARGET_
 
 def write_band(model: Path, band: Band) -> Path:
     """Store `band` as the card's `thumbnail` entry; every other field, and the model, unchanged."""
-    path = card_path(model)
-    card = json.loads(path.read_text(encoding="utf-8"))
-    card["thumbnail"] = asdict(band)
-    path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    return path
+    return set_entry(model, "thumbnail", asdict(band))
 
 
 def out_of_source(items: Sequence[Item]) -> list[Item]:

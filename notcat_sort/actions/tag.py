@@ -65,7 +65,9 @@ class Note:
     p_cat: str
     model: str
     keyword: str = ""  # the dc:subject keyword this tool added; "" when the user had it already
-    cat_keyword: str = ""  # --group-cats: the hierarchical keyword `cat/<cat-id>` this tool added
+    # --group-cats: the hierarchical keyword `cat/<cat-id>` this tool added ("" when the user had it);
+    # None without --group-cats, and then not written at all.
+    cat_keyword: str | None = None
 
     @property
     def claimed(self) -> tuple[str, ...]:
@@ -169,7 +171,8 @@ def _write_note(root: ET.Element, note: Note | None) -> None:
         if keyword not in keywords(root):
             ET.SubElement(_keyword_bag(description), _q(RDF_NS, "li")).text = keyword
     for name, value in zip(_PROPERTIES, (note.label, note.p_cat, note.model, note.keyword, note.cat_keyword), strict=True):
-        ET.SubElement(description, _q(NOTCAT_NS, name)).text = value
+        if value is not None:
+            ET.SubElement(description, _q(NOTCAT_NS, name)).text = value
 
 
 def tagged(document: bytes | None, label: str, p_cat: str, model: str, cat: str = "") -> bytes:
@@ -183,7 +186,7 @@ def tagged(document: bytes | None, label: str, p_cat: str, model: str, cat: str 
         """`keyword` to add and claim, or "" when the user has it already."""
         return "" if keyword in keywords(root) and keyword not in claimed else keyword
 
-    _write_note(root, Note(label, p_cat, model, ours(label), ours(f"{label}/{cat}") if cat else ""))
+    _write_note(root, Note(label, p_cat, model, ours(label), ours(f"{label}/{cat}") if cat else None))
     return _serialize(root)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from notcat_sort.decide import Label
 from notcat_sort.pipeline import Result
 from notcat_sort.report import Status
 
@@ -40,15 +41,29 @@ class Tally:
     def rate(self) -> float:
         return self.total / self.elapsed if self.elapsed > 0 else 0.0
 
-    def summary_lines(self) -> list[str]:
-        labels = ", ".join(f"{label}: {count}" for label, count in sorted(self.labels.items()))
-        statuses = ", ".join(f"{status}: {count}" for status, count in sorted(self.statuses.items()))
-        return [
-            f"{self.total} {'file' if self.total == 1 else 'files'} in {self.elapsed:.1f} s ({self.rate():.1f}/s), {self.cached} from cache",
-            f"labels: {labels or 'none'}",
-            f"actions: {statuses or 'none'}",
-            f"failed: {self.failed}",
-        ]
+    def summary_lines(self, watched: bool = False) -> list[str]:
+        """What the run did, each thing once: the labels of the files classified, what was done with
+        them, and how many failed (a failure is neither a label nor an action: the report's `error`
+        column says what went wrong). A watcher's files came as they arrived, so a rate would measure
+        the arrivals: it says how long it watched instead."""
+        files = f"{self.total} {'file' if self.total == 1 else 'files'}"
+        if watched:
+            head = f"{files} sorted while watching for {_duration(self.elapsed)}"
+        else:
+            head = f"{files} in {self.elapsed:.1f} s ({self.rate():.1f}/s)"
+        labels = ", ".join(f"{label}: {count}" for label, count in sorted(self.labels.items()) if label != Label.ERROR)
+        statuses = ", ".join(f"{status}: {count}" for status, count in sorted(self.statuses.items())
+                             if status != Status.ERROR)
+        return [f"{head}, {self.cached} from cache", f"labels: {labels or 'none'}", f"actions: {statuses or 'none'}",
+                f"failed: {self.failed}"]
+
+
+def _duration(seconds: float) -> str:
+    minutes, second = divmod(round(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minute} min"
+    return f"{minute} min {second} s" if minute else f"{second} s"
 
 
 @runtime_checkable

@@ -41,5 +41,5 @@ class PlainView:
             self.log(f"{self.tally.total} files so far ({self.tally.rate():.1f}/s)")
 
     def finish(self, extra: list[str]) -> None:
-        for line in self.tally.summary_lines() + extra:
+        for line in self.tally.summary_lines(watched=self.each_file) + extra:
             self.log(line)

@@ -14,16 +14,18 @@ from notcat_sort.pipeline import Result
 
 
 class RichView:
-    def __init__(self, count_files: Callable[[], int] | None = None, doing: str = "sorting") -> None:
+    def __init__(self, count_files: Callable[[], int] | None = None, doing: str = "sorting", unsure: bool = False) -> None:
         """`count_files` runs in a background thread to give the bar its total while sorting starts;
-        `doing` names the work ("classifying" in a dry run)."""
+        `doing` names the work ("classifying" in a dry run); `unsure`: an --uncertain band is in use, so
+        the bar counts unsure photos too."""
         self.tally = Tally()
         self.console = Console(stderr=True)
         self._progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]:.1f} img/s"),
             TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("remaining"), TimeRemainingColumn(),
-            TextColumn("cat {task.fields[cat]} · not-cat {task.fields[not_cat]} · unsure {task.fields[unsure]}"),
+            TextColumn("cat {task.fields[cat]} · not-cat {task.fields[not_cat]}"
+                       + (" · unsure {task.fields[unsure]}" if unsure else "")),
             TextColumn("[red]{task.fields[failed]} failed"), console=self.console, transient=False,
         )
         self._task = self._progress.add_task(doing, total=None, rate=0.0, failed=0, cat=0, not_cat=0, unsure=0)
