@@ -58,7 +58,8 @@ A file given as PATH is sorted into cat/ and not-cat/ in its own folder (or unde
 
 \b
 Exit status: 0 when every file was handled, 1 when any file failed (see the report's
-error column), 2 for a usage error, 130 when interrupted (--watch: 0 or 1 once stopped).
+error column), 2 for a usage error, 130 when interrupted. --watch runs until Ctrl-C or
+SIGTERM stops it, and then exits 0, or 1 if any file failed.
 """
 
 
@@ -306,6 +307,20 @@ def _check_options_fit(ctx: click.Context, action: Action | None) -> None:
             raise click.UsageError(complaint)
 
 
+# The sections of --help, each option in one (by parameter name); the rest go under "Other options".
+OPTION_GROUPS = (
+    ("What to do (without one, nothing changes)", ("move", "copy", "link", "tag", "dry_run")),
+    ("Where things go", ("out", "report_path", "on_conflict", "remove_emptied_folders", "with_raw", "sidecar_name")),
+    ("Which photos", ("max_pixels", "full_decode")),
+    ("Model and threshold", ("model", "threshold", "uncertain")),
+    ("Which cat", ("group_cats", "cat_names")),
+    ("Speed", ("jobs", "batch_size", "no_cache")),
+    ("Watch a folder", ("watch_dir", "settle", "polling")),
+    ("Cluster", ("cluster_address", "cluster_send_bytes")),
+    ("Undo", ("undo_path",)),
+)
+
+
 class _SortOrServe(click.Command):
     """`notcat-sort serve ...` is the web app (see `notcat-sort serve --help`); anything else sorts.
     (A folder named `serve` is sorted as `./serve`.)"""
@@ -314,13 +329,26 @@ class _SortOrServe(click.Command):
         args = list(sys.argv[1:] if args is None else args)
         if args[:1] != ["serve"]:
             return super().main(args, prog_name, **extra)
-        try:
-            from notcat_sort.serve.command import serve
-        except ImportError as error:
-            click.echo(f"notcat-sort serve needs the serve extra ({error.name} is missing): "
-                       "pip install 'notcat-sort[serve]'", err=True)
-            sys.exit(2)
+        from notcat_sort.serve.command import serve  # its --help needs no extra; running it says if one is missing
+
         return serve.main(args[1:], f"{prog_name or 'notcat-sort'} serve", **extra)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "[OPTIONS] PATH...")
+        formatter.write_usage(f"{ctx.command_path} serve", "[OPTIONS]", prefix="   or: ")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The options in groups (OPTION_GROUPS), then the command `serve`."""
+        records = {param.name: param.get_help_record(ctx) for param in self.get_params(ctx)
+                   if isinstance(param, click.Option)}
+        for title, names in OPTION_GROUPS:
+            with formatter.section(title):
+                formatter.write_dl([record for name in names if (record := records.pop(name, None))])
+        with formatter.section("Other options"):
+            formatter.write_dl([record for record in records.values() if record])
+        with formatter.section("Commands"):
+            formatter.write_dl([("serve", "A local web page and API: check photos, review and correct a run "
+                                          "(notcat-sort serve --help)")])
 
 
 @click.command(cls=_SortOrServe, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -17,6 +17,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -436,7 +437,7 @@ def test_quiet_prints_only_errors(run_cli, library: Path) -> None:
 def test_help_shows_examples_that_use_real_options(run_cli) -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    options_part, examples = result.stdout.split("Options:")[1].split("Examples:")
+    options_part, examples = result.stdout.split("Examples:")
     options = set(re.findall(r"^ +(?:-\w, )?(--[\w-]+)", options_part, flags=re.MULTILINE))
     assert {"--move", "--copy", "--link", "--out", "--report", "--jobs"} <= options
     lines = [line.strip() for line in examples.splitlines() if line.strip().startswith("notcat-sort ")]
@@ -444,6 +445,35 @@ def test_help_shows_examples_that_use_real_options(run_cli) -> None:
     for line in lines:
         used = {word for word in line.split("#")[0].split() if word.startswith("--")}
         assert used <= options, f"the example {line!r} uses options --help does not list"
+
+
+SECTIONS = ("What to do", "Where things go", "Which photos", "Model and threshold", "Which cat", "Speed",
+            "Watch a folder", "Cluster", "Undo", "Other options", "Commands")
+
+
+def test_help_groups_the_options_and_lists_serve_as_a_command(run_cli) -> None:
+    help_text = run_cli("--help").stdout.split("Examples:")[0]
+    headings = [line.rstrip(":").split(" (")[0] for line in help_text.splitlines() if re.match(r"^[A-Z][\w ,()/-]*:$", line)]
+    assert headings == list(SECTIONS), headings
+    listed = re.findall(r"^ +(?:-\w, )?(--[\w-]+)", help_text, flags=re.MULTILINE)
+    assert len(listed) == len(set(listed)) > 25  # every option once
+    commands = help_text.split("Commands:")[1]
+    assert re.search(r"^  serve +\S", commands, flags=re.MULTILINE) and "notcat-sort serve [OPTIONS]" in help_text
+
+
+def test_serve_help_needs_no_serve_extra(tmp_path: Path) -> None:
+    """Without Starlette and uvicorn (as after `pip install .`), `serve --help` shows the help; running it
+    says which extra is missing (exit status 2, no traceback)."""
+    def without_extra(*args: str) -> subprocess.CompletedProcess[str]:
+        code = ("import sys; sys.modules.update(dict.fromkeys(['uvicorn', 'starlette'])); "
+                f"from notcat_sort.cli import main; sys.argv = ['notcat-sort', *{list(args)!r}]; main()")
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    shown = without_extra("serve", "--help")
+    assert shown.returncode == 0 and "--report" in shown.stdout and "--port" in shown.stdout, shown.stderr
+    refused = without_extra("serve")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "needs the serve extra" in refused.stderr and "pip install 'notcat-sort[serve]'" in refused.stderr
 
 
 def test_plain_lines_when_stderr_is_not_a_terminal(run_cli, library: Path) -> None:

@@ -76,6 +76,9 @@ def test_readme_install_command_works_in_a_fresh_venv_without_torch(tmp_path: Pa
     torch = in_venv(str(venv / "bin" / "python"), "-c", "import torch", cwd=elsewhere)
     assert torch.returncode != 0 and "No module named 'torch'" in torch.stderr
 
+    serve_help = in_venv("notcat-sort", "serve", "--help", cwd=elsewhere)  # without the serve extra
+    assert serve_help.returncode == 0 and "--report" in serve_help.stdout, serve_help.stderr
+
     # The training CLI's help from the checkout, without the train extra: it lists its commands.
     training_help = in_venv(str(venv / "bin" / "python"), "-m", "training", "--help", cwd=REPO)
     assert training_help.returncode == 0 and "Traceback" not in training_help.stderr, training_help.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from photos import photos
 from prerequisites import requires
 
@@ -262,3 +264,28 @@ def test_watch_copy_restart_processes_nothing_twice_and_polling_sees_arrivals(tm
     for row in rows:
         assert f"done {row.label}: {row.path} -> {row.destination}" in logged, logged
     assert "files so far" not in logged and "sorted 1 files" not in logged
+
+
+@pytest.mark.parametrize("corrupt", [False, True], ids=["all-sorted", "one-failed"])
+def test_ctrl_c_ends_a_watch_with_the_status_the_readme_and_help_give(tmp_path, corrupt):
+    """A watcher runs until it is stopped, so Ctrl-C is how it ends, not an interruption: 0, or 1 if a
+    file failed (README and --help say the same), and a summary of what it sorted, not a rate of arrivals."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for number, image in enumerate(_unique_images(2)):
+        (inbox / f"photo-{number}.jpg").write_bytes(image)
+    if corrupt:
+        (inbox / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG " * 40)
+    watcher = _start(inbox, tmp_path, "copy", "watch.log")
+    _wait_for(lambda: all(_finished(inbox, path) for path in inbox.glob("*.jpg")), "the files there at start")
+    watcher.send_signal(signal.SIGINT)
+    assert watcher.wait(timeout=120) == (1 if corrupt else 0)
+    log = (tmp_path / "watch.log").read_text()
+    files = 3 if corrupt else 2
+    assert re.search(rf"^{files} files sorted while watching for \d+ s, 0 from cache$", log, flags=re.MULTILINE), log
+    assert "/s)" not in log and f"failed: {int(corrupt)}" in log.splitlines()
+
+    rule = "--watch runs until Ctrl-C or SIGTERM stops it, and then exits 0, or 1 if any file failed."
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    help_text = " ".join(subprocess.run([str(CLI), "--help"], capture_output=True, text=True).stdout.split())
+    assert rule.replace("--watch", "`--watch`") in readme and rule in help_text

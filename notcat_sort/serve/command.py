@@ -1,4 +1,7 @@
-"""The `notcat-sort serve` command: check the options and the report, make the token, run uvicorn."""
+"""The `notcat-sort serve` command: check the options and the report, make the token, run uvicorn.
+
+The command itself needs no extra (so that `notcat-sort serve --help` works in any install);
+running it imports the serve extra's Starlette and uvicorn, or says which is missing."""
 
 from __future__ import annotations
 
@@ -9,20 +12,19 @@ import socket
 from pathlib import Path
 
 import click
-import uvicorn
 from platformdirs import user_data_dir
 
 from notcat_sort.classify import default_jobs
 from notcat_sort.decide import Policy
 from notcat_sort.known_cats import KnownCatsError
 from notcat_sort.model import default_model_path, load_card
-from notcat_sort.serve.app import LOOPBACK_HOSTS, ServeConfig, create_app
 from notcat_sort.serve.corrections import CorrectionsFolder
 from notcat_sort.serve.known import KnownCatsFolder, default_known_cats
 from notcat_sort.serve.review import ReportError, Review
 from notcat_sort.serve.thumbnails import default_thumbnail_cache
 
 DEFAULT_HOST = "127.0.0.1"
+SERVE_EXTRA = "pip install 'notcat-sort[serve]'"
 
 EPILOG = """\b
 Examples:
@@ -88,6 +90,12 @@ def serve(report: Path | None, host: str | None, port: int, corrections: Path | 
           model: Path | None,
           threshold: float | None, max_upload_mb: float, jobs: int, batch_size: int) -> None:
     """Serve a local web page and HTTP API to classify photos and, with --report, to review a run."""
+    try:
+        import uvicorn
+
+        from notcat_sort.serve.app import LOOPBACK_HOSTS, ServeConfig, create_app
+    except ImportError as error:
+        raise click.UsageError(f"notcat-sort serve needs the serve extra ({error.name} is missing): {SERVE_EXTRA}") from None
     card = load_card(model or default_model_path())
     corrections_folder = CorrectionsFolder((corrections or default_corrections()).absolute())
     try:
