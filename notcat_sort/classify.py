@@ -214,16 +214,35 @@ def _read(path: Path, settings: ClassifySettings, thumbnail: bool, payload: _Sen
     return _Read(key, hashlib.sha256(data).hexdigest(), data)
 
 
+@dataclass(frozen=True)
+class Picture:
+    """What is decoded for a photo: a RAW file's embedded preview (with the orientation to show it
+    in), or the photo itself (orientation None: its own EXIF, or HEIF's transforms)."""
+
+    data: bytes | Path
+    orientation: int | None
+    source: Source
+
+
+def picture(name: Path, photo: bytes | Path) -> Picture:
+    """The preview of a RAW file (by its name's suffix, as the scan finds them), else the photo;
+    DecodeError for a RAW file without a readable preview."""
+    return preview_picture(photo) if name.suffix.lower() in RAW_SUFFIXES else Picture(photo, None, Source.IMAGE)
+
+
+def preview_picture(raw: bytes | Path) -> Picture:
+    """A RAW file's embedded preview; DecodeError if it has none that can be read."""
+    try:
+        preview = raw_preview(raw)
+    except NoPreview as error:
+        raise DecodeError(str(error)) from None
+    return Picture(preview.jpeg, preview.orientation, Source.PREVIEW)
+
+
 def _model_input(candidate: Candidate, photo: bytes | Path, settings: ClassifySettings) -> tuple[np.ndarray, Source]:
     """The pixels of a RAW file's preview, or of the image itself."""
-    size, max_pixels = settings.card.input_size, settings.max_pixels
-    if candidate.path.suffix.lower() in RAW_SUFFIXES:
-        try:
-            preview = raw_preview(photo)
-        except NoPreview as error:
-            raise DecodeError(str(error)) from None
-        return decode(preview.jpeg, size, max_pixels, preview.orientation), Source.PREVIEW
-    return decode(photo, size, max_pixels), Source.IMAGE
+    shown = picture(candidate.path, photo)
+    return decode(shown.data, settings.card.input_size, settings.max_pixels, shown.orientation), shown.source
 
 
 def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDigest | None,

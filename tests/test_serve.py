@@ -3,6 +3,7 @@ a real uvicorn on a loopback port, with real runs of the CLI to compare with and
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import http.client
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 from prerequisites import need_module, need_that
 from serve_support import environment, library, read_rows, run_cli, start_server, tree
+from shared_data import need
 
 need_module("starlette", "the serve extra: pip install '.[serve]'")
 
@@ -92,15 +94,16 @@ def _entry_for(client: TestClient, label: str | None = None) -> dict:
 def test_classify_gives_the_clis_label_and_probability(make_client, tmp_path, shared, env):
     photos = tmp_path / "photos"
     library(shared, photos)
-    for extra in ("orientation/Landscape_6.jpg", "heic/IMG_5195.HEIC"):  # EXIF rotation, HEIC: decoded alike
-        if (shared / "samples" / extra).exists():
-            (photos / Path(extra).name).write_bytes((shared / "samples" / extra).read_bytes())
+    # EXIF rotation, HEIC, RAW files (from their previews; a RAF sent alone is known by its content)
+    for extra in ("orientation/Landscape_6.jpg", "heic/IMG_5195.HEIC", "heic/iphone_13_pro_max.HEIC",
+                  "raw/FujiFilm.raf", "raw/Panasonic.rw2"):
+        (photos / Path(extra).name).write_bytes(need(shared / "samples" / extra).read_bytes())
     rows = {Path(row["path"]): row for row in
-            read_rows_from(run_cli(photos, "--report", "-", "-j", "1", "--no-cache", env=env).stdout)}
+            read_rows_from(run_cli(photos, "--report", "-", "-j", "1", "--no-cache", "--full-decode", env=env).stdout)}
     client = make_client()
     for number, (path, row) in enumerate(sorted(rows.items())):
         body = path.read_bytes()
-        if number % 2:  # multipart, as a form or curl -F sends it
+        if path.suffix == ".rw2" or (number % 2 and path.suffix != ".raf"):  # multipart (a form, curl -F): with its name
             response = client.post("/api/classify", files={"file": (path.name, body, "image/jpeg")})
         else:  # the raw body
             response = client.post("/api/classify", content=body, headers={"content-type": "image/jpeg"})
@@ -110,7 +113,14 @@ def test_classify_gives_the_clis_label_and_probability(make_client, tmp_path, sh
         assert f"{answer['p_cat']:.4f}" == row["p_cat"], path
         assert answer["sha256"] == row["sha256"] == hashlib.sha256(body).hexdigest()
         assert answer["threshold"] == load_card(default_model_path()).threshold
-    assert len(rows) >= 6 and not any(row["label"] == "error" for row in rows.values())
+        assert answer["source"] == row["source"] == ("preview" if path.suffix in (".raf", ".rw2") else "image"), path
+        # A JPEG any browser shows, of what was classified, upright: as wide as tall as the model's input says.
+        prefix = "data:image/jpeg;base64,"
+        with Image.open(io.BytesIO(base64.b64decode(answer["thumbnail"].removeprefix(prefix)))) as thumbnail:
+            assert answer["thumbnail"].startswith(prefix) and thumbnail.format == "JPEG" and max(thumbnail.size) <= 320
+            if path.name == "iphone_13_pro_max.HEIC":  # stored sideways, shown portrait (irot)
+                assert thumbnail.width < thumbnail.height
+    assert len(rows) >= 11 and not any(row["label"] == "error" for row in rows.values())
 
 
 def read_rows_from(text: str) -> list[dict[str, str]]:

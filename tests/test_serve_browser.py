@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from prerequisites import unavailable
 from serve_support import environment, large_library, library, read_rows, run_cli, start_server, tree
+from shared_data import need
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCREENSHOTS = Path(os.environ.get("NOTCAT_SORT_SCREENSHOTS") or Path(__file__).resolve().parents[1] / "tmp" / "screenshots")
@@ -84,7 +85,6 @@ def test_classify_and_correct_in_a_browser(browser, tmp_path: Path, shared: Path
         assert card.get_attribute("data-label") == rows[photo]["label"]
         assert f"{float(rows[photo]['p_cat']):.3f}" in card.text
         assert browser.find_element(By.ID, "review-link").is_displayed()
-        browser.save_screenshot(str(SCREENSHOTS / "serve-classify.png"))
 
         # The review page: correct the first photo with its button (the other label).
         browser.get(f"{server.base}/review?token={server.token}")
@@ -116,7 +116,7 @@ def test_classify_and_correct_in_a_browser(browser, tmp_path: Path, shared: Path
         assert len(read_rows(tmp_path / "fixes" / "corrections.csv")) == 2
     finally:
         server.stop()
-    _copy_to_docs("serve-classify.png", "serve-review.png")
+    _copy_to_docs("serve-review.png")
 
 
 def _copy_to_docs(*names: str) -> None:
@@ -237,3 +237,55 @@ def read_rows_of(text: str) -> list[dict[str, str]]:
     import io
 
     return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def test_the_classify_page_shows_every_format_it_classifies_in_order_at_1280_and_420_px(browser, tmp_path: Path,
+                                                                                         shared: Path):
+    """A JPEG, a phone's HEIC and a camera's RAF picked together: each shown (a thumbnail the server drew,
+    since a browser cannot show HEIC or RAW), with the CLI's label and p_cat, in the order picked; the
+    page fits at 1280 and at 420 px without scrolling sideways; the favicon is there."""
+    from selenium.webdriver.common.by import By
+
+    env = environment(tmp_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    picked = [need(shared / "samples" / "heic" / "iphone_13_pro_max.HEIC"), need(shared / "samples" / "raw" / "FujiFilm.raf"),
+              sorted((shared / "datasets" / "catnotcat" / "cat").glob("oxford-full-cat-*"))[0]]
+    for photo in picked:
+        shutil.copyfile(photo, photos / photo.name)
+    report = tmp_path / "cli.csv"
+    run_cli(photos, "--full-decode", "--report", report, "-j", "1", "--no-cache", env=env)  # as the server decodes
+    cli = {Path(row["path"]).name: row for row in read_rows(report)}
+    assert {row["source"] for row in cli.values()} == {"image", "preview"}
+    server = start_server(env=env)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        for width, shot in ((1280, "serve-classify.png"), (420, "serve-classify-420.png")):
+            browser.set_window_size(width, 1000)
+            browser.get(f"{server.base}/?token={server.token}")
+            assert browser.execute_script("return window.innerWidth") <= width
+            browser.find_element(By.ID, "pick").send_keys("\n".join(str(photos / photo.name) for photo in picked))
+            _wait(browser, lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#results .card[data-label]")) == 3)
+            _wait(browser, lambda driver: driver.execute_script(
+                "return [...document.querySelectorAll('#results img')].every((img) => img.complete && img.naturalWidth > 0)"))
+            cards = browser.find_elements(By.CSS_SELECTOR, "#results .card")
+            assert [card.find_element(By.CSS_SELECTOR, ".name").text for card in cards] == [p.name for p in picked]
+            for card, photo in zip(cards, picked, strict=True):
+                row = cli[photo.name]
+                assert card.get_attribute("data-label") == row["label"], (photo.name, card.text)
+                assert f"{float(row['p_cat']):.3f}" in card.text
+            layout = browser.execute_script("""
+                const pick = document.querySelector('label[for=pick]').getBoundingClientRect();
+                return {overflow: document.documentElement.scrollWidth - window.innerWidth,
+                        pick: [pick.left, pick.right, pick.height], width: window.innerWidth,
+                        line: parseFloat(getComputedStyle(document.body).fontSize)};""")
+            assert layout["overflow"] <= 0, layout  # nothing wider than the window
+            left, right, height = layout["pick"]
+            assert left >= 0 and right <= layout["width"] and height < 3 * layout["line"], layout  # one line, in view
+            browser.save_screenshot(str(SCREENSHOTS / shot))
+        icon = browser.execute_async_script(
+            "const done = arguments[0]; fetch('/favicon.ico').then((r) => done([r.status, r.headers.get('content-type')]));")
+        assert icon[0] == 200 and icon[1].startswith("image/"), icon
+    finally:
+        server.stop()
+    _copy_to_docs("serve-classify.png", "serve-classify-420.png")

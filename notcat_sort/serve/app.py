@@ -10,6 +10,7 @@ header is checked too, so that a page from elsewhere cannot reach the app throug
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import shlex
@@ -89,8 +90,9 @@ class _SafetyHeaders:
         await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
 
 
-async def _read_upload(request: Request, limit: int) -> bytes:
-    """The image in the body, raw or as the multipart field `file`; 413 past `limit` bytes, read no further."""
+async def _read_upload(request: Request, limit: int) -> tuple[bytes, str]:
+    """The image in the body, raw or as the multipart field `file`, and its file name (multipart only;
+    it tells a RAW file); 413 past `limit` bytes, read no further."""
     multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
     cap = limit + (_MULTIPART_SLACK if multipart else 0)
     too_large = ApiError(413, f"upload is over the {limit:,} byte limit")
@@ -103,7 +105,7 @@ async def _read_upload(request: Request, limit: int) -> bytes:
         if size > cap:
             raise too_large
         chunks.append(chunk)
-    body = b"".join(chunks)
+    body, name = b"".join(chunks), ""
     if multipart:
         async def whole() -> AsyncGenerator[bytes, None]:
             yield body
@@ -115,13 +117,13 @@ async def _read_upload(request: Request, limit: int) -> bytes:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(400, 'multipart body without a "file" part holding the image')
-        body = await upload.read()
+        body, name = await upload.read(), upload.filename or ""
         await form.close()
         if len(body) > limit:
             raise too_large
     if not body:
         raise ApiError(400, 'empty upload: send the image as the body, or as the multipart field "file"')
-    return body
+    return body, name
 
 
 _LABELS_WORDS = " or ".join(f'"{label.value}"' for label in REVIEW_LABELS)
@@ -197,15 +199,17 @@ def create_app(config: ServeConfig) -> Starlette:
         return JSONResponse(json.loads(card_path(config.card.path).read_text(encoding="utf-8")))
 
     async def classify(request: Request) -> Response:
-        upload = await _read_upload(request, config.max_upload)
+        upload, name = await _read_upload(request, config.max_upload)
         try:
-            verdict = await run_in_threadpool(classifier.classify, upload)
+            verdict = await run_in_threadpool(classifier.classify, upload, name)
         except NotAnImage as error:
             raise ApiError(415, str(error)) from None
         except DecodeError as error:
             raise ApiError(422, f"cannot read this image: {error}") from None
         return JSONResponse({"label": verdict.label.value, "p_cat": verdict.p_cat,
-                             "threshold": config.policy.threshold, "model": model_name, "sha256": verdict.sha256})
+                             "threshold": config.policy.threshold, "model": model_name, "sha256": verdict.sha256,
+                             "source": verdict.source.value,
+                             "thumbnail": "data:image/jpeg;base64," + base64.b64encode(verdict.thumbnail).decode()})
 
     def the_listing() -> Listing:
         the_review()
@@ -297,6 +301,9 @@ def create_app(config: ServeConfig) -> Starlette:
             raise ApiError(409, str(error)) from None
         return JSONResponse(entry.as_json())
 
+    async def favicon(request: Request) -> Response:
+        return FileResponse(STATIC / "favicon.ico", headers={"cache-control": "public, max-age=86400"})
+
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / ("review.html" if request.url.path == "/review" else "index.html"))
 
@@ -316,6 +323,7 @@ def create_app(config: ServeConfig) -> Starlette:
     routes = [
         Route("/", page),
         Route("/review", page),
+        Route("/favicon.ico", favicon),
         Route("/api/health", health),
         Route("/api/model", model),
         Route("/api/classify", classify, methods=["POST"]),

@@ -1,5 +1,10 @@
 """Classify uploaded images with the CLI's decode, model and decision, batching requests under load.
 
+An upload is decoded as the CLI decodes a file: a RAW file (known by its name, or by its content
+when it comes without one) from its embedded preview, anything else as the image itself; the
+answer carries a JPEG thumbnail of what was classified, which any browser can show (a HEIC or a
+RAW file it could not).
+
 One onnxruntime session (`notcat_sort.model.Classifier`) is shared by a few worker threads.
 Each worker takes every image waiting in the queue (up to `batch_size`) into one model call, so
 a lone request is never held back waiting for company, while concurrent requests share calls.
@@ -12,13 +17,20 @@ import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from notcat_sort.classify import Picture, picture, preview_picture
 from notcat_sort.decide import Label, Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, decode
+from notcat_sort.embedded import Source
 from notcat_sort.model import Classifier, ModelCard
 from notcat_sort.scan import looks_like_image
+from notcat_sort.serve.thumbnails import draw
+from notcat_sort.sidecars import RAW_SUFFIXES
+
+THUMBNAIL_SIZE = 320  # px, the longer side of the thumbnail an answer carries
 
 
 class NotAnImage(ValueError):
@@ -30,6 +42,8 @@ class Verdict:
     label: Label
     p_cat: float
     sha256: str
+    source: Source  # what decided: the image, or a RAW file's preview
+    thumbnail: bytes  # JPEG, upright, of what was classified
 
 
 @dataclass
@@ -55,17 +69,18 @@ class BatchedClassifier:
         for worker in self._workers:
             worker.start()
 
-    def classify(self, upload: bytes) -> Verdict:
-        """Decode and classify one upload, blocking until its batch has run.
+    def classify(self, upload: bytes, name: str = "") -> Verdict:
+        """Decode and classify one upload (`name`: its file name, where the client gave one), blocking
+        until its batch has run.
 
         Raises NotAnImage for bytes of no image format, DecodeError for a damaged image."""
-        if not looks_like_image(upload[:16]):
-            raise NotAnImage("not an image: JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC/HEIF/AVIF expected")
-        image = decode(upload, self.card.input_size, self.max_pixels)
+        shown = _picture(upload, name)
+        image = decode(shown.data, self.card.input_size, self.max_pixels, shown.orientation)
         done: Future[float] = Future()
         self._jobs.put((image, done))
+        thumbnail = draw(shown.data, THUMBNAIL_SIZE, shown.orientation)
         p_cat = done.result()
-        return Verdict(self.policy.decide(p_cat), p_cat, hashlib.sha256(upload).hexdigest())
+        return Verdict(self.policy.decide(p_cat), p_cat, hashlib.sha256(upload).hexdigest(), shown.source, thumbnail)
 
     def close(self) -> None:
         for _ in self._workers:
@@ -101,6 +116,18 @@ class BatchedClassifier:
             self.stats.images += len(batch)
         for (_, done), p_cat in zip(batch, probabilities, strict=True):
             done.set_result(float(p_cat))
+
+
+def _picture(upload: bytes, name: str) -> Picture:
+    """As the CLI reads a file of this name. A body in no image format, without a RAW file's name, may
+    still be a RAW file sent without its name (RAF, CR3, ORF, RW2...): then its preview, if it has one."""
+    if looks_like_image(upload[:16]) or Path(name).suffix.lower() in RAW_SUFFIXES:
+        return picture(Path(name), upload)
+    try:
+        return preview_picture(upload)
+    except DecodeError:
+        raise NotAnImage("not an image: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF/AVIF or a camera RAW file "
+                         "with a preview expected") from None
 
 
 __all__ = ["BatchedClassifier", "DecodeError", "NotAnImage", "Verdict"]

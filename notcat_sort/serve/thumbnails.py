@@ -116,19 +116,27 @@ class Thumbnails:
             db.executemany(f"DELETE FROM thumbnails WHERE {_KEY}", dropped)
 
     def _draw(self, path: Path) -> bytes:
-        try:
-            with Image.open(path) as image:
-                if image.width * image.height > DEFAULT_MAX_PIXELS:
-                    raise DecodeError(f"image is {image.width}x{image.height}, too large to draw")
+        return draw(path, self.size)
+
+
+def draw(source: bytes | Path, size: int, orientation: int | None = None) -> bytes:
+    """A JPEG of `source` at most `size` px a side, upright: by `orientation` where given (a RAW
+    preview's), else as decode() turns the image. Raises FileNotFoundError or PermissionError when
+    a file cannot be read, DecodeError when it cannot be drawn."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            if image.width * image.height > DEFAULT_MAX_PIXELS:
+                raise DecodeError(f"image is {image.width}x{image.height}, too large to draw")
+            if orientation is None:
                 orientation = 1 if image.format == "HEIF" else exif_orientation(image)  # as decode() does
-                if image.format == "JPEG":
-                    image.draft("RGB", (self.size, self.size))
-                image.thumbnail((self.size, self.size))
-                small = upright(image.convert("RGB"), orientation)
-        except (DecodeError, FileNotFoundError, PermissionError):
-            raise
-        except Exception as error:  # noqa: BLE001 - a damaged file can make Pillow raise almost anything
-            raise DecodeError(f"cannot draw a thumbnail: {error or type(error).__name__}") from None
-        buffer = io.BytesIO()
-        small.save(buffer, format="JPEG", quality=82)
-        return buffer.getvalue()
+            if image.format == "JPEG":
+                image.draft("RGB", (size, size))
+            image.thumbnail((size, size))
+            small = upright(image.convert("RGB"), orientation)
+    except (DecodeError, FileNotFoundError, PermissionError):
+        raise
+    except Exception as error:  # noqa: BLE001 - a damaged file can make Pillow raise almost anything
+        raise DecodeError(f"cannot draw a thumbnail: {error or type(error).__name__}") from None
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=82)
+    return buffer.getvalue()

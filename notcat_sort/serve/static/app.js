@@ -11,28 +11,37 @@ function badge(label) {
   return span;
 }
 
-async function classify(file) {
+// Each photo's card is placed when it is picked, in the order picked; its picture and verdict come
+// with the answer: a JPEG thumbnail the server draws from what it classified (a browser cannot show
+// a HEIC or a RAW file itself).
+function placeCard(file) {
   const card = document.createElement("div");
   card.className = "card";
   const img = document.createElement("img");
-  img.src = URL.createObjectURL(file);
   img.alt = file.name;
   const name = document.createElement("div");
   name.className = "name";
   name.textContent = file.name;
+  name.title = file.name;
   const verdict = document.createElement("div");
   verdict.textContent = "classifying…";
   card.append(img, name, verdict);
-  results.prepend(card);
-  const response = await fetch("/api/classify", {
-    method: "POST", body: file, headers: {"content-type": file.type || "application/octet-stream"},
-  });
+  results.append(card);
+  return {card, img, verdict};
+}
+
+async function classify(file, {card, img, verdict}) {
+  const body = new FormData();
+  body.append("file", file, file.name);  // the name tells the server a RAW file, as the command line's scan does
+  const response = await fetch("/api/classify", {method: "POST", body});
   const answer = await response.json();
   verdict.textContent = "";
   if (!response.ok) {
     verdict.append(badge("error"), ` ${answer.error}`);
+    card.dataset.label = "error";
     return;
   }
+  img.src = answer.thumbnail;
   const p = document.createElement("span");
   p.className = "p";
   p.textContent = `p(cat) = ${answer.p_cat.toFixed(3)}`;
@@ -42,7 +51,10 @@ async function classify(file) {
 
 function classifyAll(files) {
   status.textContent = "";
-  for (const file of files) classify(file).catch((error) => { status.textContent = String(error); });
+  for (const file of files) {
+    const parts = placeCard(file);
+    classify(file, parts).catch((error) => { status.textContent = String(error); });
+  }
 }
 
 const drop = document.getElementById("drop");
