@@ -97,22 +97,22 @@ def _parse_band(ctx: click.Context, param: click.Parameter, value: str | None) -
 def _unsure_band(given: tuple[float, float] | str | None, card: ModelCard, threshold: float,
                  quiet: bool) -> tuple[float, float] | None:
     """The band --uncertain asks for (the card's, for CARD_BAND), with a warning when it does not hold the
-    threshold: the photos between the two would then be sorted with no doubt raised, the ones most likely wrong."""
+    threshold (a given band, or the card's with another --threshold): the photos between the two would
+    then be sorted with no doubt raised, the ones most likely wrong."""
     if given is None:
         return None
-    if given == CARD_BAND:
-        if card.uncertain_band is None:
-            raise click.BadParameter(f"the card of {card.path} gives no band: give one as LOW:HIGH", param_hint="--uncertain")
-        return card.uncertain_band
-    assert isinstance(given, tuple)
-    low, high = given
+    if given == CARD_BAND and card.uncertain_band is None:
+        raise click.BadParameter(f"the card of {card.path} gives no band: give one as LOW:HIGH", param_hint="--uncertain")
+    band = card.uncertain_band if given == CARD_BAND else given
+    assert isinstance(band, tuple)
+    low, high = band
     if not low <= threshold <= high and not quiet:
         side, other = ("not-cat/", f"{high:g} and {threshold:.4g}") if high < threshold else ("cat/", f"{threshold:.4g} and {low:g}")
         suggestion = (f"; --uncertain without a value takes the model card's band, {card.uncertain_band[0]:g}:"
-                      f"{card.uncertain_band[1]:g}" if card.uncertain_band else "")
+                      f"{card.uncertain_band[1]:g}" if card.uncertain_band and given != CARD_BAND else "")
         click.echo(f"warning: --uncertain {low:g}:{high:g} does not contain the threshold {threshold:.4g}: photos "
                    f"between {other} go to {side} as if they were sure{suggestion}", err=True)
-    return given
+    return band
 
 
 def _dry_run_reports() -> Path:

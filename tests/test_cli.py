@@ -209,6 +209,9 @@ def test_uncertain_without_a_value_takes_the_cards_band(run_cli, library: Path, 
         result = run_cli(*args, "--model", model_copy, "--report", "-")
         assert result.returncode == 0, result.stderr
         assert {row["label"] for row in result.rows()} == {"unsure"} and "warning" not in result.stderr
+    _with_uncertain_band(model_copy, {"low": 0.5, "high": 0.9})  # chosen round the card's threshold, not 0.3
+    moved = run_cli(library, "--uncertain", "--threshold", "0.3", "--model", model_copy, "--report", "-")
+    assert "warning: --uncertain 0.5:0.9 does not contain the threshold 0.3" in moved.stderr, moved.stderr
     mistaken = run_cli("--uncertain", library, "--model", model_copy)  # the PATH taken for the band
     assert mistaken.returncode == 2 and "--uncertain card" in mistaken.stderr
     _with_uncertain_band(model_copy, None)
