@@ -1,5 +1,5 @@
 """Helpers for the fault tests: the test-only fault hooks for CLI subprocesses, and real small
-filesystems (tmpfs), which need root: without it they skip, and under CI=true they fail."""
+filesystems (tmpfs), which need root: without it they skip, and under CI=true they fail (prerequisites.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-from shared_data import IN_CI
+from prerequisites import unavailable
 
 HOOKS = Path(__file__).parent / "fault_hooks"  # its sitecustomize.py injects the faults
 
@@ -19,13 +18,6 @@ def with_faults(env: dict[str, str], **faults: str) -> dict[str, str]:
     """`env` for a subprocess that loads the fault hooks, with the faults given (see fault_hooks)."""
     path = os.pathsep.join(part for part in (str(HOOKS), env.get("PYTHONPATH", "")) if part)
     return {**env, "PYTHONPATH": path, **faults}
-
-
-def unavailable(why: str) -> None:
-    """Skip the test, or under CI=true fail it: CI installs everything, so a missing part is a broken install."""
-    if IN_CI:
-        pytest.fail(f"CI=true: {why}")
-    pytest.skip(why)
 
 
 @contextmanager

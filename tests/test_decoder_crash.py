@@ -7,7 +7,6 @@ cluster whose worker the crash kills."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import signal
@@ -18,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from conftest import read_csv
-from fault_support import unavailable, with_faults
+from fault_support import with_faults
 from photos import photo_bytes, photos
+from prerequisites import need_module, requires
 
 from notcat_sort.report import Status, read_report
 
@@ -115,7 +115,7 @@ def test_innocent_files_in_flight_at_a_kill_9_come_out_classified(cli: Path, cli
     assert not (tmp_path / "xdg-data" / "notcat-sort" / "decoding" / "crashed").exists()
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="watch mode needs Linux /proc")
+@requires(Path("/proc/self/fd").is_dir(), "watch mode needs Linux /proc")
 def test_a_watcher_restarted_after_a_decoder_crash_sorts_on(cli: Path, cli_env: dict[str, str],
                                                             tmp_path: Path) -> None:
     inbox = _library(tmp_path / "inbox", 4, {"crash.jpg": CRASH})
@@ -151,8 +151,7 @@ def test_a_cluster_worker_killed_by_the_decoder_does_not_stop_the_run(cli: Path,
     decoder guard (in the same data folder) finds the dead worker's files in flight, decodes them
     apart and quarantines the culprit: the run completes, with the one error row. (Files sent as
     bytes are known to the guard by their digest.)"""
-    if importlib.util.find_spec("distributed") is None:
-        unavailable("needs the cluster extra: pip install '.[cluster]'")
+    need_module("distributed", "the cluster extra: pip install '.[cluster]'")
     photos_folder = _library(tmp_path / "photos", 6, {"crash.jpg": CRASH})
     env = with_faults(cli_env, NOTCAT_TEST_DECODER_CRASH=CRASH)
     _, status, stderr = _run(cli, env, photos_folder, "--copy", "--out", tmp_path / "out", "--batch-size", "2",
