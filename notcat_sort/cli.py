@@ -313,7 +313,7 @@ OPTION_GROUPS = (
     ("Where things go", ("out", "report_path", "on_conflict", "remove_emptied_folders", "with_raw", "sidecar_name")),
     ("Which photos", ("max_pixels", "full_decode")),
     ("Model and threshold", ("model", "threshold", "uncertain")),
-    ("Which cat", ("group_cats", "cat_names")),
+    ("Which cat", ("group_cats", "cat_names", "known_cats")),
     ("Speed", ("jobs", "batch_size", "no_cache")),
     ("Watch a folder", ("watch_dir", "settle", "polling")),
     ("Cluster", ("cluster_address", "cluster_send_bytes")),
