@@ -165,7 +165,7 @@ def embed(paths: list[Path], classifier: Classifier, faces: FaceFinder | None,
 
 def embeddings_of(classifier: Classifier, images: Sequence[np.ndarray] | np.ndarray, batch: int = 32) -> np.ndarray:
     """The model's raw `embedding` of each image, `batch` images a call."""
-    found = [classifier.scores(np.asarray(images[start:start + batch]))[1] for start in range(0, len(images), batch)]
+    found = [classifier.scores(np.asarray(images[start:start + batch]), attributes=False).embedding for start in range(0, len(images), batch)]
     return np.concatenate([embeddings for embeddings in found if embeddings is not None])
 
 

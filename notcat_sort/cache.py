@@ -1,8 +1,9 @@
 """A small SQLite cache of predictions, keyed by file content and model.
 
 Re-running over a library classifies nothing twice. A file is known by the sha256 of its bytes.
-With a prediction the model's embedding is kept (float16), so `--group-cats` needs no inference
-either; the cats it found (their centroids and names) are kept here too, per model.
+With a prediction the model's embedding (float16) and its attributes (breed and mood probabilities,
+float32) are kept, so `--group-cats` and the report's breed and mood need no inference either; the cats
+it found (their centroids and names) are kept here too, per model.
 A second table remembers which content sits at which (device, inode, size, mtime), so an
 unchanged file, or one that was only moved or renamed on the same filesystem, is recognised
 without reading it at all.
@@ -16,23 +17,26 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from platformdirs import user_cache_dir
 
 from notcat_sort.decode import PREPROCESSING_VERSION
+from notcat_sort.model import Trait
 
-SCHEMA_VERSION = 3  # bump when the tables change (2: embeddings, cats; 3: which input decided, `source`)
+# Bump when the tables change (2: embeddings, cats; 3: which input decided, `source`; 4: the attributes,
+# `breeds` and `mood`: a cache from before them is emptied, so no photo is left without its breed).
+SCHEMA_VERSION = 4
 # Stored as SQLite's `PRAGMA user_version`.
 VERSION = SCHEMA_VERSION * 1000 + PREPROCESSING_VERSION
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     model TEXT NOT NULL, digest TEXT NOT NULL, p_cat REAL NOT NULL, embedding BLOB, source TEXT NOT NULL,
-    PRIMARY KEY (model, digest)) WITHOUT ROWID;
+    breeds BLOB, mood BLOB, PRIMARY KEY (model, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cats (
     model TEXT NOT NULL, cat INTEGER NOT NULL, name TEXT, photos INTEGER NOT NULL, centroid BLOB NOT NULL,
     PRIMARY KEY (model, cat)) WITHOUT ROWID;
@@ -113,12 +117,12 @@ class PredictionCache:
     def lookup_file(self, key: FileKey) -> tuple[str, Known] | None:
         """(digest, what is known of it) for an unchanged file this model has seen."""
         row = self._one(
-            "SELECT f.digest, p.p_cat, p.embedding, p.source FROM files f JOIN predictions p"
+            f"SELECT f.digest, {_KNOWN_COLUMNS} FROM files f JOIN predictions p"
             " ON p.digest = f.digest AND p.model = ?"
             " WHERE f.device = ? AND f.inode = ? AND f.size = ? AND f.mtime_ns = ?",
             (self.model, key.device, key.inode, key.size, key.mtime_ns),
         )
-        return None if row is None else (row[0], Known(row[1], _vector(row[2]), row[3]))
+        return None if row is None else (row[0], _known(row[1:]))
 
     def digest_at(self, key: FileKey) -> str | None:
         """The content digest known to sit at an unchanged file, whatever model classified it."""
@@ -129,16 +133,17 @@ class PredictionCache:
         return None if row is None else row[0]
 
     def lookup_digest(self, digest: str) -> Known | None:
-        row = self._one("SELECT p_cat, embedding, source FROM predictions WHERE model = ? AND digest = ?",
+        row = self._one(f"SELECT {_KNOWN_COLUMNS} FROM predictions WHERE model = ? AND digest = ?",
                         (self.model, digest))
-        return None if row is None else Known(row[0], _vector(row[1]), row[2])
+        return None if row is None else _known(row)
 
     def store(self, entries: Iterable[tuple[FileKey, str, Known]]) -> None:
         entries = list(entries)
         with self._db:
             self._db.executemany(
-                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?)",
-                [(self.model, digest, known.p_cat, _blob(known.embedding), known.source)
+                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(self.model, digest, known.p_cat, _blob(known.embedding), known.source,
+                  *(_exact_blob(known.attributes.get(trait)) for trait in Trait))
                  for _, digest, known in entries])
             self._remember((key, digest) for key, digest, _ in entries)
 
@@ -194,10 +199,25 @@ class Known:
     p_cat: float
     embedding: np.ndarray | None = None  # float32 (D,), None for a model without an embedding output
     source: str = "image"  # which input decided (notcat_sort.embedded.Source)
+    attributes: Mapping[Trait, np.ndarray] = field(default_factory=dict)  # float32 (labels,) per attribute the model has
+
+
+# The columns a Known is read from, in its order (the attributes in Trait's order, as stored).
+_KNOWN_COLUMNS = "p_cat, embedding, source, " + ", ".join(trait.value for trait in Trait)
+
+
+def _known(row: tuple) -> Known:
+    attributes = {trait: np.frombuffer(blob, np.float32) for trait, blob in zip(Trait, row[3:], strict=True) if blob is not None}
+    return Known(row[0], _vector(row[1]), row[2], attributes)
 
 
 def _blob(embedding: np.ndarray | None) -> bytes | None:
     return None if embedding is None else embedding.astype(np.float16).tobytes()
+
+
+def _exact_blob(probabilities: np.ndarray | None) -> bytes | None:
+    """The attributes as float32: a few numbers, which the report prints to 4 places whether cached or not."""
+    return None if probabilities is None else probabilities.astype(np.float32).tobytes()
 
 
 def _vector(blob: bytes | None) -> np.ndarray | None:

@@ -31,9 +31,9 @@ import os
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -45,7 +45,7 @@ from notcat_sort.content import sha256_rest
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, OverPixelCap, decode
 from notcat_sort.decoder_guard import Crash, DecoderGuard, decoder_guard
 from notcat_sort.embedded import NoPreview, Source, exif_thumbnail, raw_preview
-from notcat_sort.model import Classifier, ModelCard
+from notcat_sort.model import Classifier, ModelCard, Trait
 from notcat_sort.scan import Candidate
 from notcat_sort.sidecars import RAW_SUFFIXES
 
@@ -77,6 +77,15 @@ class Prediction:
     file_key: FileKey | None = None
     embedding: np.ndarray | None = None  # the model's embedding output, where it has one
     source: Source | None = None  # which input decided: the EXIF thumbnail, a RAW preview or the image
+    # The model's attribute outputs (breed, mood probabilities over the card's labels), where it has them:
+    # from the same inference as p_cat, so from the thumbnail where the thumbnail decided.
+    attributes: Mapping[Trait, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def known(cls, candidate: Candidate, digest: str, known: Known, key: FileKey | None) -> Prediction:
+        """A prediction the cache had."""
+        return cls(candidate, known.p_cat, digest, cached=True, file_key=key, embedding=known.embedding,
+                   source=_source(known.source), attributes=known.attributes)
 
 
 @dataclass(frozen=True)
@@ -258,8 +267,7 @@ def _prepare(candidate: Candidate, settings: ClassifySettings, lookup: LookupDig
     key, digest = read.key, read.digest
     known = lookup(digest) if lookup else None
     if known is not None:
-        return Prediction(candidate, known.p_cat, digest, cached=True, file_key=key, embedding=known.embedding,
-                          source=_source(known.source))
+        return Prediction.known(candidate, digest, known, key)
     if read.thumbnail is not None:
         return _Input(key, digest, read.thumbnail, Source.THUMBNAIL)
     try:
@@ -321,8 +329,7 @@ def _prepare_guarded(guard: DecoderGuard, candidate: Candidate, settings: Classi
         first, full = found
         known = lookup(first.digest) if lookup and isinstance(first, _Input) else None
         if known is not None:
-            return Prediction(candidate, known.p_cat, first.digest, cached=True, file_key=first.key,
-                              embedding=known.embedding, source=_source(known.source)), None
+            return Prediction.known(candidate, first.digest, known, first.key), None
         return first, full
     with guard.in_flight(key, str(candidate.path)):
         return _prepare(candidate, settings, lookup, thumbnail, payload), None
@@ -341,13 +348,13 @@ def _infer_one_size(candidates: list[Candidate], inputs: dict[int, _Input], card
                     model: bytes | None) -> dict[int, Prediction]:
     """One model call for `inputs`, all of one size; a failed call becomes each file's error."""
     try:
-        probabilities, embeddings = _classifier(card, model).scores(np.stack([item.image for item in inputs.values()]))
+        scores = _classifier(card, model).scores(np.stack([item.image for item in inputs.values()]))
     except Exception as error:  # noqa: BLE001 - report the batch's files, never end the run
         return {i: Prediction(candidates[i], sha256=item.digest, error=f"model failed on this batch: {error}",
                               file_key=item.key) for i, item in inputs.items()}
-    return {i: Prediction(candidates[i], float(p_cat), item.digest, file_key=item.key, source=item.source,
-                          embedding=None if embeddings is None else embeddings[n])
-            for n, ((i, item), p_cat) in enumerate(zip(inputs.items(), probabilities, strict=True))}
+    return {i: Prediction(candidates[i], float(scores.p_cat[n]), item.digest, file_key=item.key, source=item.source,
+                          embedding=None if scores.embedding is None else scores.embedding[n], attributes=scores.of(n))
+            for n, (i, item) in enumerate(inputs.items())}
 
 
 def classify_batch(candidates: list[Candidate], settings: ClassifySettings, lookup: LookupDigest | None,
@@ -426,8 +433,7 @@ def _known(candidate: Candidate, cache: PredictionCache | None) -> tuple[Predict
     if found is None:
         return None, key
     digest, known = found
-    return Prediction(candidate, known.p_cat, digest, cached=True, file_key=key, embedding=known.embedding,
-                      source=_source(known.source)), key
+    return Prediction.known(candidate, digest, known, key), key
 
 
 def _work(candidates: Iterable[Candidate], cache: PredictionCache | None, settings: ClassifySettings) -> Iterator[Work]:
@@ -523,7 +529,7 @@ def classify(candidates: Iterable[Candidate], settings: ClassifySettings) -> Ite
             if cache and new:
                 try:
                     cache.store(
-                        (p.file_key, p.sha256, Known(p.p_cat, p.embedding, p.source.value))
+                        (p.file_key, p.sha256, Known(p.p_cat, p.embedding, p.source.value, p.attributes))
                         for p in predictions
                         if p.p_cat is not None and p.file_key and p.sha256 and p.source
                     )

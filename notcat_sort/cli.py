@@ -25,7 +25,7 @@ from notcat_sort.cluster import Cluster, ClusterError, ClusterSpec, MissingExtra
 from notcat_sort.decide import Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS
 from notcat_sort.known_cats import KnownCatsError, Learned, learn
-from notcat_sort.model import ModelCard, ModelError, default_model_path, load_card
+from notcat_sort.model import ModelCard, ModelError, Trait, default_model_path, load_card
 from notcat_sort.output import Preview, View
 from notcat_sort.output.plain import PlainView
 from notcat_sort.pipeline import SortSettings, StopFlag, sort_paths
@@ -45,6 +45,7 @@ Examples:
   notcat-sort ~/Photos --copy --out ~/Sorted --uncertain   # doubtful photos to unsure/ (the card's band)
   notcat-sort ~/Photos --move --dry-run     # show where each file would go
   notcat-sort ~/Photos --tag                # leave files in place, add cat/not-cat to XMP sidecars
+  notcat-sort ~/Photos --copy --out ~/Sorted --breed-folders   # cat/Siamese/..., cat/domestic/...
   notcat-sort ~/Photos --copy --out ~/Sorted --group-cats      # cat/cat-1/..., cat/cat-2/..., cat/unknown/...
   notcat-sort ~/Photos --copy --out ~/Sorted --group-cats --cat-names REPORT.cats.toml
   notcat-sort ~/Photos --copy --out ~/Sorted --group-cats --known-cats ~/my-cats   # ~/my-cats/Tom/*.jpg: cat/Tom/...
@@ -298,6 +299,9 @@ _NEEDS_ACTION = {
     "out": ((None, Action.MOVE, Action.COPY, Action.LINK), "--out is where --move, --copy or --link sort to; "
                                                            "--tag leaves every image where it is"),
     "remove_emptied_folders": ((Action.MOVE,), "--remove-emptied-folders goes with --move"),
+    "breed_folders": ((None, Action.MOVE, Action.COPY, Action.LINK),
+                      "--breed-folders sorts cat photos into folders with --move, --copy or --link; --tag writes "
+                      "the breed as a keyword anyway"),
 }
 
 
@@ -310,7 +314,8 @@ def _check_options_fit(ctx: click.Context, action: Action | None) -> None:
 # The sections of --help, each option in one (by parameter name); the rest go under "Other options".
 OPTION_GROUPS = (
     ("What to do (without one, nothing changes)", ("move", "copy", "link", "tag", "dry_run")),
-    ("Where things go", ("out", "report_path", "on_conflict", "remove_emptied_folders", "with_raw", "sidecar_name")),
+    ("Where things go", ("out", "breed_folders", "report_path", "on_conflict", "remove_emptied_folders", "with_raw",
+                         "sidecar_name")),
     ("Which photos", ("max_pixels", "full_decode")),
     ("Model and threshold", ("model", "threshold", "uncertain")),
     ("Which cat", ("group_cats", "cat_names", "known_cats")),
@@ -360,7 +365,8 @@ class _SortOrServe(click.Command):
 @click.option("--link", is_flag=True, expose_value=False, callback=_note_action,
               help="Hard-link each image (symlink across filesystems).")
 @click.option("--tag", is_flag=True, expose_value=False, callback=_note_action,
-              help="Leave each image in place; add its label to the keywords of its XMP sidecar.")
+              help="Leave each image in place; add its label (and a cat's breed and mood, where the model "
+                   "gives them) to the keywords of its XMP sidecar.")
 @click.option("--remove-emptied-folders", is_flag=True,
               help="With --move: remove the source folders the move left empty (journalled: --undo "
                    "recreates them).")
@@ -382,6 +388,10 @@ class _SortOrServe(click.Command):
               help="With --group-cats: a folder per cat you know, named as the cat, holding example photos of it "
                    "(the review page keeps one per library). A photo confidently one of them goes to cat/<name>/; "
                    "the others are grouped as before. Each example added makes the next run better.")
+@click.option("--breed-folders", is_flag=True,
+              help="Sort cat photos by breed: cat/Siamese/..., and cat/domestic/... where the model names no "
+                   "breed with confidence (most cats). Needs a model with breeds; not with --group-cats, which "
+                   "sorts them by individual cat.")
 @click.option("--dry-run", is_flag=True, help="With an action: show what it would do, change nothing.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Sort into OUT/cat, OUT/not-cat instead of into each PATH.")
@@ -429,7 +439,7 @@ class _SortOrServe(click.Command):
                    "files at the same path (no shared storage).")
 @click.version_option(__version__, prog_name="notcat-sort")
 def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: str, with_raw: bool,
-         group_cats: bool, cat_names: Path | None, known_cats: Path | None, dry_run: bool,
+         breed_folders: bool, group_cats: bool, cat_names: Path | None, known_cats: Path | None, dry_run: bool,
          out: Path | None, model: Path | None,
          threshold: float | None, uncertain: tuple[float, float] | str | None, on_conflict: str,
          report_path: Path | None, jobs: int, batch_size: int, max_pixels: int, full_decode: bool, no_cache: bool,
@@ -459,6 +469,9 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
         raise click.UsageError("--cat-names names the cats --group-cats finds: add --group-cats")
     if known_cats is not None and not group_cats:
         raise click.UsageError("--known-cats names cat photos by individual cat: add --group-cats")
+    if breed_folders and group_cats:
+        raise click.UsageError("--breed-folders and --group-cats each choose the folder under cat/ (a breed, or an "
+                               "individual cat): choose one")
     if group_cats and watch_dir is not None:
         raise click.UsageError("--group-cats groups a whole library at once; it does not go with --watch")
     try:
@@ -473,6 +486,8 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
     if group_cats and not card.has_embedding:
         raise click.UsageError(f"--group-cats needs a model with an `embedding` output; the card of {card.path} "
                                "lists none")
+    if breed_folders and Trait.BREED not in card.attributes:
+        raise click.UsageError(f"--breed-folders needs a model that names breeds; the card of {card.path} lists none")
     roots = list(paths) if watch_dir is None else [watch_dir]
     threshold = card.threshold if threshold is None else threshold
     unsure = _unsure_band(uncertain, card, threshold, quiet)
@@ -482,7 +497,7 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
         policy=Policy(threshold, unsure),
         action=action, dry_run=dry_run, out=out, on_conflict=OnConflict(on_conflict),
         sidecar_name=SidecarName(sidecar_name), with_raw=with_raw, remove_emptied_folders=remove_emptied_folders,
-        group_cats=group_cats, cat_names=names,
+        group_cats=group_cats, cat_names=names, breed_folders=breed_folders,
     )
     _check_destinations(settings, roots)
     learned = _learn_known_cats(known_cats, settings) if known_cats is not None else None
@@ -529,7 +544,8 @@ def main(paths: tuple[Path, ...], remove_emptied_folders: bool, sidecar_name: st
         raise click.BadParameter(f"{error.filename} {error.strerror}: choose another file", param_hint="--report") from None
     except OSError as error:
         raise click.ClickException(f"cannot write the report {report_file}: {error.strerror}; choose another place with --report") from None
-    preview = Preview(lambda result: settings.label_folder(result.prediction.candidate, result.label, result.cat))
+    preview = Preview(lambda result: settings.label_folder(result.prediction.candidate, result.label,
+                                                           settings.sub_folder(result.label, result.cat, result.guesses)))
     try:
         with view:
             results = (watch(watch_dir, settings, report, journal, stop, settle, polling) if watch_dir is not None

@@ -6,12 +6,16 @@ class probabilities in the card's label order. Keeping normalisation inside the 
 runtime and training cannot disagree about it.
 A model may also output `embedding`, its last feature map pooled over the cat: computed in the same
 call, it is what `--group-cats` tells individual cats apart by (see notcat_sort.cats).
+A model may also output attributes of a cat, softmaxes over the labels its card's `attributes`
+lists (`breeds`, `mood`): computed in the same call too, so they cost no second inference.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,65 @@ from notcat_sort.content import sha256_file
 DEFAULT_MODEL_FILE = "notcat-lite0.onnx"
 PROBABILITIES_OUTPUT = "probabilities"
 EMBEDDING_OUTPUT = "embedding"
+DOMESTIC = "domestic"  # the breed label, and folder, of a cat of no breed the model is sure of
+
+
+class Trait(str, Enum):
+    """An attribute of a cat that a model may output: the card's `attributes` key."""
+
+    BREED = "breeds"
+    MOOD = "mood"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Guess:
+    """An attribute's top label and its probability; `name` is "" where the card's rule withholds it
+    (a breed below the card's `confident`, or the `domestic` label)."""
+
+    name: str
+    p: float
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One of the card's `attributes`: a softmax output over `labels`, named only from `confident` on."""
+
+    output: str
+    labels: tuple[str, ...]
+    confident: float = 0.0  # the breeds' rule; the mood has none (every mood is a guess)
+
+    def ranked(self, probabilities: np.ndarray, top: int) -> list[Guess]:
+        """The `top` labels by probability, the most likely first (names as the card has them)."""
+        order = np.argsort(-probabilities, kind="stable")[:top]
+        return [Guess(self.labels[i], float(probabilities[i])) for i in order]
+
+    def guess(self, probabilities: np.ndarray) -> Guess:
+        """The top label, or "" with its p where it is below `confident` or is `domestic`."""
+        best = self.ranked(probabilities, 1)[0]
+        named = best.p >= self.confident and best.name != DOMESTIC
+        return best if named else Guess("", best.p)
+
+
+def _attributes(entry: dict | None) -> dict[Trait, Attribute]:
+    """The card's `attributes` that this version knows (others are left alone)."""
+    found = {}
+    for trait in Trait:
+        if entry is not None and trait.value in entry:
+            raw = entry[trait.value]
+            labels = tuple(str(label) for label in raw["labels"])
+            unusable = [label for label in labels if not _folder_name(label)]
+            if unusable or not labels:
+                raise ValueError(f"attributes.{trait}: labels must be names of folders and keywords, not {unusable or labels}")
+            found[trait] = Attribute(str(raw["output"]), labels, float(raw.get("confident", 0.0)))
+    return found
+
+
+def _folder_name(label: str) -> bool:
+    """A label can name a folder (--breed-folders) and a keyword level: no separator, no `.`/`..`."""
+    return bool(label) and label == label.strip() and label not in (".", "..") and not any(c in label for c in "/\\|\0")
 
 
 @dataclass(frozen=True)
@@ -44,6 +107,8 @@ class ModelCard:
     # The p_cat band around the threshold that `--uncertain` without a value sends to unsure/, chosen
     # out of source by `python -m training uncertain`; None for a card without one.
     uncertain_band: tuple[float, float] | None = None
+    # The cat's attributes the model outputs (its breed, its mood); empty for a model without them.
+    attributes: Mapping[Trait, Attribute] = field(default_factory=dict)
 
     @property
     def cat_index(self) -> int:
@@ -107,6 +172,7 @@ def load_card(model_path: Path) -> ModelCard:
             has_embedding=EMBEDDING_OUTPUT in raw.get("extra_outputs", {}),
             thumbnail_band=band,
             uncertain_band=_band(raw.get("uncertain"), "uncertain"),
+            attributes=_attributes(raw.get("attributes")),
         )
     except (OSError, ValueError, KeyError, TypeError) as error:
         reason = error.strerror if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
@@ -116,6 +182,20 @@ def load_card(model_path: Path) -> ModelCard:
         raise ModelError(f"{model_path} is not the model its card {card_file} describes: the file's sha256 is "
                          f"{actual}, the card says {card.sha256}")
     return card
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What one model call gives for a batch of N images. The attributes (N, labels) float32 are
+    there only where the model outputs them."""
+
+    p_cat: np.ndarray  # (N,) float64
+    embedding: np.ndarray | None = None  # (N, D) float32
+    attributes: Mapping[Trait, np.ndarray] = field(default_factory=dict)
+
+    def of(self, index: int) -> dict[Trait, np.ndarray]:
+        """The attributes of the batch's image `index`."""
+        return {trait: probabilities[index] for trait, probabilities in self.attributes.items()}
 
 
 class Classifier:
@@ -140,14 +220,22 @@ class Classifier:
         outputs = [output.name for output in self._session.get_outputs()]
         self._probabilities = PROBABILITIES_OUTPUT if PROBABILITIES_OUTPUT in outputs else outputs[0]
         self.has_embedding = EMBEDDING_OUTPUT in outputs
+        # The card's attributes the graph outputs (a card may name an output the graph lacks: not used).
+        self.attributes = {trait: attribute.output for trait, attribute in card.attributes.items()
+                           if attribute.output in outputs}
 
     def p_cat(self, images: np.ndarray) -> np.ndarray:
         """Cat probability for each image of a (N, S, S, 3) uint8 batch (S: the card's input or thumbnail size)."""
-        return self.scores(images, embedding=False)[0]
+        return self.scores(images, embedding=False, attributes=False).p_cat
 
-    def scores(self, images: np.ndarray, embedding: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Cat probabilities and, where the model has them, embeddings (N, D) float32, from one call."""
-        wanted = [self._probabilities] + ([EMBEDDING_OUTPUT] if embedding and self.has_embedding else [])
-        outputs = self._session.run(wanted, {self._input: images})
-        p_cat = outputs[0][:, self.card.cat_index].astype(np.float64)
-        return p_cat, (outputs[1].astype(np.float32) if len(outputs) > 1 else None)
+    def scores(self, images: np.ndarray, embedding: bool = True, attributes: bool = True) -> Scores:
+        """Cat probabilities and, where the model has them, embeddings and attributes, from one call."""
+        extra = ([EMBEDDING_OUTPUT] if embedding and self.has_embedding else []) + \
+            (list(self.attributes.values()) if attributes else [])
+        outputs = dict(zip([self._probabilities, *extra], self._session.run([self._probabilities, *extra],
+                                                                            {self._input: images}), strict=True))
+        found = outputs.get(EMBEDDING_OUTPUT) if embedding else None
+        return Scores(outputs[self._probabilities][:, self.card.cat_index].astype(np.float64),
+                      None if found is None else found.astype(np.float32),
+                      {trait: outputs[name].astype(np.float32) for trait, name in self.attributes.items()
+                       if attributes})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, nullcontext, suppress
 from dataclasses import dataclass, field, replace
@@ -27,6 +27,7 @@ from notcat_sort.classify import ClassifySettings, Prediction, classify
 from notcat_sort.content import DigestOf, sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label, Policy
 from notcat_sort.known_cats import Namer
+from notcat_sort.model import DOMESTIC, Guess, ModelCard, Trait
 from notcat_sort.report import ReportWriter, Row, Status, rows_for, run_key
 from notcat_sort.scan import Candidate, scan
 from notcat_sort.sidecars import SidecarName, companion_name, companions, xmp_path
@@ -49,6 +50,7 @@ class SortSettings:
     group_cats: bool = False  # sort cat photos by individual cat: cat/<cat-id>/...
     cat_names: dict[int, str] = field(default_factory=dict)  # --cat-names: cat number -> name
     namer: Namer | None = None  # --known-cats: names the cats it knows, before any grouping
+    breed_folders: bool = False  # sort cat photos by breed: cat/<breed>/..., cat/domestic/... (not with group_cats)
 
     @property
     def changes_files(self) -> bool:
@@ -75,18 +77,26 @@ class SortSettings:
             return []
         return [self.output_base(Path(root).absolute()) / label.value for root in roots for label in SORTED_LABELS]
 
-    def label_folder(self, candidate: Candidate, label: Label, cat: str = "") -> Path:
+    def sub_folder(self, label: Label, cat: str, guesses: Mapping[Trait, Guess]) -> str:
+        """The folder under cat/ a cat photo goes into: its cat's with --group-cats, its breed's with
+        --breed-folders (`domestic` where no breed is confident); "" for none."""
+        if self.breed_folders and label is Label.CAT:
+            breed = guesses.get(Trait.BREED)
+            return breed.name if breed is not None and breed.name else DOMESTIC
+        return cat
+
+    def label_folder(self, candidate: Candidate, label: Label, sub_folder: str = "") -> Path:
         """Where `label`'s images from `candidate`'s PATH go (tagging leaves them where they are);
-        with --group-cats a cat photo goes into its cat's folder under cat/."""
+        a cat photo into its `sub_folder` of cat/ (see `sub_folder`)."""
         if self.action is Action.TAG:
             return candidate.path.parent
         folder = self.output_base(candidate.root) / label.value
-        return folder / cat if cat else folder
+        return folder / sub_folder if sub_folder else folder
 
-    def destination(self, candidate: Candidate, label: Label, cat: str = "") -> Path:
+    def destination(self, candidate: Candidate, label: Label, sub_folder: str = "") -> Path:
         if self.action is Action.TAG:
             return xmp_path(candidate.path, self.sidecar_name)
-        return self.label_folder(candidate, label, cat) / candidate.relative
+        return self.label_folder(candidate, label, sub_folder) / candidate.relative
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,7 @@ class Result:
     outcome: Outcome
     companions: tuple[Companion, ...] = ()
     cat: str = ""  # with --group-cats, the cat photo's cat id (or `unknown`)
+    guesses: Mapping[Trait, Guess] = field(default_factory=dict)  # a cat photo's breed and mood, where the model has them
 
     @property
     def failed(self) -> bool:
@@ -130,6 +141,7 @@ class WorkItem:
     prediction: Prediction
     label: Label
     cat: str = ""  # with --group-cats, a cat photo's cat id
+    guesses: Mapping[Trait, Guess] = field(default_factory=dict)  # a cat photo's breed and mood
     plan: Plan | None = None  # None until planned, and for a file with nothing to act on
     outcome: Outcome | None = None  # set once known: by a failure before acting, else by acting
     companions: tuple[Companion, ...] = ()
@@ -140,7 +152,7 @@ class WorkItem:
 
     def result(self) -> Result:
         assert self.outcome is not None
-        return Result(self.prediction, self.label, self.outcome, self.companions, self.cat)
+        return Result(self.prediction, self.label, self.outcome, self.companions, self.cat, self.guesses)
 
 
 def _failure(settings: SortSettings, error: Exception, target: Path | None = None,
@@ -173,11 +185,12 @@ def _plan(settings: SortSettings, item: WorkItem, reserved: set[Path], digest_of
         item.outcome = Outcome(Status.ERROR)
         return
     candidate, card = item.prediction.candidate, settings.classify.card
-    tagging = (Tagging(item.label.value, item.prediction.p_cat, f"{card.name} {card.version}", run, item.cat)
-               if settings.action is Action.TAG else None)
+    tagging = (Tagging(item.label.value, item.prediction.p_cat, f"{card.name} {card.version}", run, item.cat,
+                       item.guesses) if settings.action is Action.TAG else None)
     try:
         item.plan = plan(
-            settings.action or Action.COPY, candidate.path, settings.destination(candidate, item.label, item.cat),
+            settings.action or Action.COPY, candidate.path,
+            settings.destination(candidate, item.label, settings.sub_folder(item.label, item.cat, item.guesses)),
             item.prediction.sha256, settings.on_conflict, reserved, digest_of, tagging,
         )
         if settings.places_files and item.plan.changes_files:  # a skipped file carries nothing
@@ -214,7 +227,8 @@ def _journal_rows(item: WorkItem, action: str) -> list[Row]:
     heading = tuple(replace(companion, outcome=Outcome(Status.STARTED, companion_name(
         companion.path, item.prediction.candidate.path, destination))) for companion in item.companions
         if destination is not None)
-    return rows_for(Result(item.prediction, item.label, Outcome(status, destination), heading, item.cat), action)
+    return rows_for(Result(item.prediction, item.label, Outcome(status, destination), heading, item.cat, item.guesses),
+                    action)
 
 
 def _journal(items: list[WorkItem], report: ReportWriter, action: str) -> None:
@@ -403,7 +417,9 @@ def _sort_batch(decided: list[Decided], settings: SortSettings, report: ReportWr
     """One work item per file, through plan -> journal -> execute -> report."""
     action = settings.action_name
     run = run_key(report.path) if report.path is not None else ""
-    items = [WorkItem(prediction, label, cat) for prediction, label, cat in decided]
+    card = settings.classify.card
+    items = [WorkItem(prediction, label, cat, guesses(card, prediction) if label is Label.CAT else {})
+             for prediction, label, cat in decided]
     reserved: set[Path] = set()
     for item in items:
         _plan(settings, item, reserved, digest_of, run, unwritable)
@@ -416,6 +432,12 @@ def _sort_batch(decided: list[Decided], settings: SortSettings, report: ReportWr
         if settings.remove_emptied_folders:
             _remove_emptied_folders(results, report)
     return results
+
+
+def guesses(card: ModelCard, prediction: Prediction) -> dict[Trait, Guess]:
+    """A cat photo's breed and mood as the card's rules name them (the breed only where confident)."""
+    return {trait: card.attributes[trait].guess(probabilities) for trait, probabilities in prediction.attributes.items()
+            if trait in card.attributes}
 
 
 def _is_empty_folder(folder: Path) -> bool:

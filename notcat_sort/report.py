@@ -23,6 +23,8 @@ from typing import IO, TYPE_CHECKING
 
 from platformdirs import user_data_dir
 
+from notcat_sort.model import Trait
+
 if TYPE_CHECKING:
     from notcat_sort.pipeline import Result
 
@@ -58,9 +60,17 @@ class Row:
     sha256: str = ""
     cat_id: str = ""  # --group-cats: which cat (or `unknown`)
     source: str = ""  # which input decided: `thumbnail` (EXIF), `preview` (a RAW's JPEG) or `image`
+    # A cat photo's breed and mood, from a model that outputs them (empty otherwise): `breed` is empty
+    # where no breed is confident (or the top one is `domestic`), `breed_p` the top breed's p all the same.
+    breed: str = ""
+    breed_p: str = ""
+    mood: str = ""
+    mood_p: str = ""
 
 
 FIELDS = [field.name for field in fields(Row)]
+# The columns of reports written by earlier versions, each read with the later columns empty.
+EARLIER_FIELDS = (FIELDS[:FIELDS.index("source")], FIELDS[:FIELDS.index("breed")])
 
 
 def _open(path: Path, mode: str = "r") -> IO[str]:
@@ -91,7 +101,17 @@ def image_row(result: Result, action: str) -> Row:
         sha256=prediction.sha256 or "",
         cat_id=result.cat,
         source=prediction.source.value if prediction.source else "",
+        **_guessed(result),
     )
+
+
+def _guessed(result: Result) -> dict[str, str]:
+    """The breed and mood columns of a result (empty for an attribute it has not)."""
+    columns = {}
+    for trait, name in ((Trait.BREED, "breed"), (Trait.MOOD, "mood")):
+        guess = result.guesses.get(trait)
+        columns[name], columns[f"{name}_p"] = ("", "") if guess is None else (guess.name, format_p(guess.p))
+    return columns
 
 
 def rows_for(result: Result, action: str) -> list[Row]:

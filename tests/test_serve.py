@@ -502,7 +502,8 @@ def test_the_list_is_filtered_ordered_and_paged_on_the_server(make_client, wide_
     assert [entry["folder"] + "/" + Path(entry["path"]).name for entry in by_path["entries"]] == \
         sorted(row["path"] for row in rows.values())
     assert {item["name"]: item["kind"] for item in everything["filters"]} == \
-        {"label": "choice", "run_label": "choice", "p_cat": "range", "folder": "text", "cat": "choice"}
+        {"label": "choice", "run_label": "choice", "p_cat": "range", "folder": "text", "cat": "choice", "breed": "choice",
+         "mood": "choice"}
     ids = client.get("/api/review/ids", params={"token": TOKEN, "label": "cat"}).json()["ids"]
     assert ids == [entry["id"] for entry in _listing(client, label="cat")["entries"]]
     for bad in ({"p_cat_min": "lots"}, {"order": "random"}, {"offset": "-1"}, {"limit": "ten"}):

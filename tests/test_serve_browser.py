@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from prerequisites import unavailable
+from prerequisites import need_module, unavailable
 from serve_support import environment, large_library, library, read_rows, run_cli, start_server, tree
 from shared_data import need
 
@@ -289,3 +289,46 @@ def test_the_classify_page_shows_every_format_it_classifies_in_order_at_1280_and
     finally:
         server.stop()
     _copy_to_docs("serve-classify.png", "serve-classify-420.png")
+
+
+def test_the_classify_page_shows_a_cats_top_five_breeds_and_its_mood(browser, tmp_path: Path, shared: Path):
+    """From a model with breed and mood heads (the shipped one, or it given heads: tests/attribute_models.py),
+    each cat's card lists the five likeliest breeds with their probabilities, as the API gives them, and
+    the mood marked as a guess; a photo of no cat lists none."""
+    from selenium.webdriver.common.by import By
+
+    from notcat_sort.model import default_model_path, load_card
+
+    model = default_model_path()
+    if not load_card(model).attributes:
+        need_module("onnx", "the train extra: pip install '.[train]'")
+        from attribute_models import with_heads
+
+        model = with_heads(model, tmp_path / "heads" / model.name, confident=0.7)
+    env = environment(tmp_path)
+    breeds = need(shared / "datasets" / "breeds")
+    picked = [sorted((breeds / breed).glob("*.jpg"))[0] for breed in ("Siamese", "Maine_Coon")]
+    picked.append(sorted((shared / "datasets" / "catnotcat" / "not-cat").iterdir())[0])
+    server = start_server("--model", model, env=env)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with server.client() as client:
+            answers = [client.post("/api/classify", content=photo.read_bytes()).json() for photo in picked]
+        browser.set_window_size(1280, 1000)
+        browser.get(f"{server.base}/?token={server.token}")
+        browser.find_element(By.ID, "pick").send_keys("\n".join(str(photo) for photo in picked))
+        _wait(browser, lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#results .card[data-label]")) == 3)
+        for card, answer in zip(browser.find_elements(By.CSS_SELECTOR, "#results .card"), answers, strict=True):
+            items = card.find_elements(By.CSS_SELECTOR, ".breeds li")
+            if answer["label"] == "not-cat":
+                assert not items and "mood" not in card.text
+                continue
+            shown = [(item.find_element(By.CSS_SELECTOR, ".breed").text, item.find_element(By.CSS_SELECTOR, ".p").text)
+                     for item in items]
+            assert shown == [(breed["name"], f"{breed['p']:.2f}") for breed in answer["breeds"]], card.text
+            assert f"mood: {answer['mood']['name']}" in card.text and "a guess" in card.text
+        assert {answer["label"] for answer in answers} >= {"cat", "not-cat"}
+        browser.save_screenshot(str(SCREENSHOTS / "serve-classify-breeds.png"))
+    finally:
+        server.stop()
+    _copy_to_docs("serve-classify-breeds.png")

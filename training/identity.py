@@ -74,8 +74,8 @@ def load(data: Path, model: Path) -> Photos:
     embeddings, mirrored = [], []
     for start in range(0, len(images), 32):
         batch = np.stack(images[start:start + 32])
-        embeddings.append(classifier.scores(batch)[1])
-        mirrored.append(classifier.scores(np.ascontiguousarray(batch[:, :, ::-1]))[1])
+        embeddings.append(classifier.scores(batch, attributes=False).embedding)
+        mirrored.append(classifier.scores(np.ascontiguousarray(batch[:, :, ::-1]), attributes=False).embedding)
     embeddings_array = np.concatenate(embeddings)
     cats_array = np.array(cats)
     return Photos(paths, cats_array, [folder.name for folder in folders], embeddings_array,

@@ -1,7 +1,9 @@
 """Tag: leave the image where it is and record its label in its XMP sidecar.
 
 The label goes into `dc:subject` (the keywords digiKam, darktable and Lightroom read) beside any
-keywords already there; the probability, the model and the keyword this tool added go into the
+keywords already there; a cat's breed and mood (from a model that outputs them) go there as
+`cat/breed/Siamese` and `cat/mood/happy`, and also into `lr:hierarchicalSubject` as `cat|breed|Siamese`
+(Lightroom's hierarchy, `|` between levels, which digiKam reads too); the probability, the model and the keyword this tool added go into the
 project's own namespace. An existing sidecar is merged, never clobbered; a label from an earlier
 run is replaced, but a keyword the user had already is never removed. Sidecars are written
 atomically (temporary file, fsync, rename).
@@ -23,20 +25,26 @@ import json
 import os
 import shutil
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from platformdirs import user_data_dir
 
 from notcat_sort.actions.common import Outcome, fsync_dir, rename_noreplace
+from notcat_sort.model import Guess, Trait
 from notcat_sort.report import Status, format_p
 
 NOTCAT_NS = "https://notcat-sort.dev/ns/1.0/"
 RDF_NS = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 DC_NS = "http://purl.org/dc/elements/1.1/"
 X_NS = "adobe:ns:meta/"
-_PREFIXES = {"x": X_NS, "rdf": RDF_NS, "dc": DC_NS, "notcat": NOTCAT_NS}
-_PROPERTIES = ("label", "pCat", "model", "keyword", "catKeyword")
+LR_NS = "http://ns.adobe.com/lightroom/1.0/"
+_PREFIXES = {"x": X_NS, "rdf": RDF_NS, "dc": DC_NS, "lr": LR_NS, "notcat": NOTCAT_NS}
+_PROPERTIES = ("label", "pCat", "model", "keyword", "catKeyword", "breedKeyword", "moodKeyword", "breedHierarchy",
+               "moodHierarchy")
+_HIERARCHY_SEPARATOR = "|"  # between the levels of an lr:hierarchicalSubject keyword
+_ATTRIBUTE_FOLDERS = {Trait.BREED: "breed", Trait.MOOD: "mood"}  # cat/breed/..., cat/mood/...
 _XPACKET_BEGIN = "<?xpacket begin=\"\ufeff\" id=\"W5M0MpCehiHzreSzNTczkc9d\"?>\n"
 _XPACKET_END = "\n<?xpacket end=\"w\"?>\n"
 _EMPTY_XMP = (
@@ -68,10 +76,29 @@ class Note:
     # --group-cats: the hierarchical keyword `cat/<cat-id>` this tool added ("" when the user had it);
     # None without --group-cats, and then not written at all.
     cat_keyword: str | None = None
+    # A cat's breed and mood keywords this tool added, flat in dc:subject (`cat/breed/Siamese`) and in
+    # lr:hierarchicalSubject (`cat|breed|Siamese`); "" when the user had it, None when there is none.
+    breed_keyword: str | None = None
+    mood_keyword: str | None = None
+    breed_hierarchy: str | None = None
+    mood_hierarchy: str | None = None
 
     @property
     def claimed(self) -> tuple[str, ...]:
-        return tuple(keyword for keyword in (self.keyword, self.cat_keyword) if keyword)
+        """The dc:subject keywords this tool added."""
+        return tuple(keyword for keyword in (self.keyword, self.cat_keyword, self.breed_keyword, self.mood_keyword)
+                     if keyword)
+
+    @property
+    def claimed_hierarchy(self) -> tuple[str, ...]:
+        """The lr:hierarchicalSubject keywords this tool added."""
+        return tuple(keyword for keyword in (self.breed_hierarchy, self.mood_hierarchy) if keyword)
+
+    @property
+    def values(self) -> tuple[str | None, ...]:
+        """The properties' values in `_PROPERTIES` order."""
+        return (self.label, self.p_cat, self.model, self.keyword, self.cat_keyword, self.breed_keyword,
+                self.mood_keyword, self.breed_hierarchy, self.mood_hierarchy)
 
 
 # --- the XMP document ---------------------------------------------------------------------
@@ -134,6 +161,25 @@ def keywords(root: ET.Element) -> list[str]:
     return [] if bag is None else [item.text or "" for item in bag.findall(_q(RDF_NS, "li"))]
 
 
+def _hierarchy_bag(root: ET.Element) -> ET.Element:
+    """The lr:hierarchicalSubject bag, wherever the sidecar has it; made beside dc:subject if it has none."""
+    for description in _descriptions(root):
+        subject = description.find(_q(LR_NS, "hierarchicalSubject"))
+        if subject is not None:
+            bag = subject.find(_q(RDF_NS, "Bag"))
+            return bag if bag is not None else ET.SubElement(subject, _q(RDF_NS, "Bag"))
+    subject = ET.SubElement(_description(root), _q(LR_NS, "hierarchicalSubject"))
+    return ET.SubElement(subject, _q(RDF_NS, "Bag"))
+
+
+def hierarchical_keywords(root: ET.Element) -> list[str]:
+    for description in _descriptions(root):
+        bag = description.find(f"{_q(LR_NS, 'hierarchicalSubject')}/{_q(RDF_NS, 'Bag')}")
+        if bag is not None:
+            return [item.text or "" for item in bag.findall(_q(RDF_NS, "li"))]
+    return []
+
+
 def read_note(root: ET.Element) -> Note | None:
     values = dict.fromkeys(_PROPERTIES, "")
     for description in _descriptions(root):
@@ -143,14 +189,18 @@ def read_note(root: ET.Element) -> Note | None:
             values[name] = value or values[name]
     if not values["label"]:
         return None
-    return Note(values["label"], values["pCat"], values["model"], values["keyword"], values["catKeyword"])
+    return Note(*(values[name] for name in _PROPERTIES))
 
 
-def _remove_keyword(root: ET.Element, keyword: str) -> None:
-    bag = _keyword_bag(_description(root))
+def _remove_keyword(bag: ET.Element, keyword: str) -> None:
     for item in bag.findall(_q(RDF_NS, "li")):
         if item.text == keyword:
             bag.remove(item)
+
+
+def _add_keyword(bag: ET.Element, keyword: str) -> None:
+    if keyword not in (item.text for item in bag.findall(_q(RDF_NS, "li"))):
+        ET.SubElement(bag, _q(RDF_NS, "li")).text = keyword
 
 
 def _write_note(root: ET.Element, note: Note | None) -> None:
@@ -159,7 +209,10 @@ def _write_note(root: ET.Element, note: Note | None) -> None:
     old = read_note(root)
     for keyword in old.claimed if old is not None else ():
         if note is None or keyword not in note.claimed:
-            _remove_keyword(root, keyword)
+            _remove_keyword(_keyword_bag(description), keyword)
+    for keyword in old.claimed_hierarchy if old is not None else ():
+        if note is None or keyword not in note.claimed_hierarchy:
+            _remove_keyword(_hierarchy_bag(root), keyword)
     for holder in _descriptions(root):
         for name in _PROPERTIES:
             holder.attrib.pop(_q(NOTCAT_NS, name), None)
@@ -168,31 +221,50 @@ def _write_note(root: ET.Element, note: Note | None) -> None:
     if note is None:
         return
     for keyword in note.claimed:
-        if keyword not in keywords(root):
-            ET.SubElement(_keyword_bag(description), _q(RDF_NS, "li")).text = keyword
-    for name, value in zip(_PROPERTIES, (note.label, note.p_cat, note.model, note.keyword, note.cat_keyword), strict=True):
+        _add_keyword(_keyword_bag(description), keyword)
+    for keyword in note.claimed_hierarchy:
+        _add_keyword(_hierarchy_bag(root), keyword)
+    for name, value in zip(_PROPERTIES, note.values, strict=True):
         if value is not None:
             ET.SubElement(description, _q(NOTCAT_NS, name)).text = value
 
 
-def tagged(document: bytes | None, label: str, p_cat: str, model: str, cat: str = "") -> bytes:
-    """The sidecar `document` (None: none yet) with `label` as its notcat label and keyword, and
-    with --group-cats `cat/<cat>` as a hierarchical keyword (digiKam and Lightroom show cat > <cat>)."""
+def attribute_keywords(label: str, guesses: Mapping[Trait, Guess]) -> dict[Trait, str]:
+    """The keyword of each attribute that names something (`cat/breed/Siamese`, `cat/mood/happy`);
+    none for a breed that is not confident."""
+    return {trait: f"{label}/{_ATTRIBUTE_FOLDERS[trait]}/{guess.name}" for trait, guess in guesses.items()
+            if guess.name and trait in _ATTRIBUTE_FOLDERS}
+
+
+def tagged(document: bytes | None, label: str, p_cat: str, model: str, cat: str = "",
+           guesses: Mapping[Trait, Guess] | None = None) -> bytes:
+    """The sidecar `document` (None: none yet) with `label` as its notcat label and keyword, with
+    --group-cats `cat/<cat>` as a hierarchical keyword (digiKam and Lightroom show cat > <cat>), and
+    a cat's breed and mood keywords (see `attribute_keywords`), flat and in lr:hierarchicalSubject."""
     root = _parse(document)
     old = read_note(root)
     claimed = old.claimed if old is not None else ()
+    claimed_hierarchy = old.claimed_hierarchy if old is not None else ()
 
     def ours(keyword: str) -> str:
         """`keyword` to add and claim, or "" when the user has it already."""
         return "" if keyword in keywords(root) and keyword not in claimed else keyword
 
-    _write_note(root, Note(label, p_cat, model, ours(label), ours(f"{label}/{cat}") if cat else None))
+    def ours_hierarchy(keyword: str) -> str:
+        keyword = keyword.replace("/", _HIERARCHY_SEPARATOR)
+        return "" if keyword in hierarchical_keywords(root) and keyword not in claimed_hierarchy else keyword
+
+    found = attribute_keywords(label, guesses or {})
+    breed, mood = found.get(Trait.BREED), found.get(Trait.MOOD)
+    _write_note(root, Note(label, p_cat, model, ours(label), ours(f"{label}/{cat}") if cat else None,
+                           None if breed is None else ours(breed), None if mood is None else ours(mood),
+                           None if breed is None else ours_hierarchy(breed), None if mood is None else ours_hierarchy(mood)))
     return _serialize(root)
 
 
-def _state(document: bytes) -> tuple[Note | None, list[str]]:
+def _state(document: bytes) -> tuple[Note | None, list[str], list[str]]:
     root = _parse(document)
-    return read_note(root), keywords(root)
+    return read_note(root), keywords(root), hierarchical_keywords(root)
 
 
 def _serialize(root: ET.Element) -> bytes:
@@ -273,6 +345,7 @@ class Tagging:
     model: str
     run: str
     cat: str = ""  # with --group-cats: the cat's id, also written as a keyword
+    guesses: Mapping[Trait, Guess] = field(default_factory=dict)  # a cat's breed and mood, written as keywords
 
 
 def tag(destination: Path, tagging: Tagging, dry_run: bool) -> Outcome:
@@ -280,7 +353,7 @@ def tag(destination: Path, tagging: Tagging, dry_run: bool) -> Outcome:
     whether it would change."""
     before = _read(destination)
     try:
-        after = tagged(before, tagging.label, format_p(tagging.p_cat), tagging.model, tagging.cat)
+        after = tagged(before, tagging.label, format_p(tagging.p_cat), tagging.model, tagging.cat, tagging.guesses)
     except SidecarError as error:
         return Outcome(Status.ERROR, destination, f"{error}: {destination}")
     if before is not None and _state(before) == _state(after):

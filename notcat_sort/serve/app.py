@@ -209,6 +209,9 @@ def create_app(config: ServeConfig) -> Starlette:
         return JSONResponse({"label": verdict.label.value, "p_cat": verdict.p_cat,
                              "threshold": config.policy.threshold, "model": model_name, "sha256": verdict.sha256,
                              "source": verdict.source.value,
+                             "breeds": [{"name": guess.name, "p": guess.p} for guess in verdict.breeds],
+                             "breed": None if verdict.breed is None else verdict.breed.name,
+                             "mood": None if verdict.mood is None else {"name": verdict.mood.name, "p": verdict.mood.p},
                              "thumbnail": "data:image/jpeg;base64," + base64.b64encode(verdict.thumbnail).decode()})
 
     def the_listing() -> Listing:

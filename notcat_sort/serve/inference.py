@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,13 @@ from notcat_sort.classify import Picture, picture, preview_picture
 from notcat_sort.decide import Label, Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, decode
 from notcat_sort.embedded import Source
-from notcat_sort.model import Classifier, ModelCard
+from notcat_sort.model import Classifier, Guess, ModelCard, Trait
 from notcat_sort.scan import looks_like_image
 from notcat_sort.serve.thumbnails import draw
 from notcat_sort.sidecars import RAW_SUFFIXES
 
 THUMBNAIL_SIZE = 320  # px, the longer side of the thumbnail an answer carries
+TOP_BREEDS = 5  # the breeds an answer lists, the most likely first
 
 
 class NotAnImage(ValueError):
@@ -44,6 +46,19 @@ class Verdict:
     sha256: str
     source: Source  # what decided: the image, or a RAW file's preview
     thumbnail: bytes  # JPEG, upright, of what was classified
+    # From a model with the heads (else empty and None): the most likely breeds, the one the card's rule
+    # names ("" where none is confident) and the mood, all from the same inference as p_cat.
+    breeds: list[Guess] = field(default_factory=list)
+    breed: Guess | None = None
+    mood: Guess | None = None
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """One image's share of a model call."""
+
+    p_cat: float
+    attributes: Mapping[Trait, np.ndarray]
 
 
 @dataclass
@@ -52,7 +67,7 @@ class BatchStats:
     images: int = 0
 
 
-_Job = tuple[np.ndarray, "Future[float]"]
+_Job = tuple[np.ndarray, "Future[_Scored]"]
 
 
 class BatchedClassifier:
@@ -76,11 +91,17 @@ class BatchedClassifier:
         Raises NotAnImage for bytes of no image format, DecodeError for a damaged image."""
         shown = _picture(upload, name)
         image = decode(shown.data, self.card.input_size, self.max_pixels, shown.orientation)
-        done: Future[float] = Future()
+        done: Future[_Scored] = Future()
         self._jobs.put((image, done))
         thumbnail = draw(shown.data, THUMBNAIL_SIZE, shown.orientation)
-        p_cat = done.result()
-        return Verdict(self.policy.decide(p_cat), p_cat, hashlib.sha256(upload).hexdigest(), shown.source, thumbnail)
+        scored = done.result()
+        breeds, mood = (self.card.attributes.get(trait) for trait in (Trait.BREED, Trait.MOOD))
+        found_breeds, found_mood = (scored.attributes.get(trait) for trait in (Trait.BREED, Trait.MOOD))
+        return Verdict(self.policy.decide(scored.p_cat), scored.p_cat, hashlib.sha256(upload).hexdigest(), shown.source,
+                       thumbnail,
+                       breeds.ranked(found_breeds, TOP_BREEDS) if breeds and found_breeds is not None else [],
+                       breeds.guess(found_breeds) if breeds and found_breeds is not None else None,
+                       mood.guess(found_mood) if mood and found_mood is not None else None)
 
     def close(self) -> None:
         for _ in self._workers:
@@ -106,7 +127,7 @@ class BatchedClassifier:
 
     def _run(self, batch: list[_Job]) -> None:
         try:
-            probabilities = self._model.p_cat(np.stack([image for image, _ in batch]))
+            scores = self._model.scores(np.stack([image for image, _ in batch]), embedding=False)
         except Exception as error:  # noqa: BLE001 - each waiting request gets the failure, the worker lives on
             for _, done in batch:
                 done.set_exception(error)
@@ -114,8 +135,8 @@ class BatchedClassifier:
         with self._stats_lock:
             self.stats.calls += 1
             self.stats.images += len(batch)
-        for (_, done), p_cat in zip(batch, probabilities, strict=True):
-            done.set_result(float(p_cat))
+        for n, (_, done) in enumerate(batch):
+            done.set_result(_Scored(float(scores.p_cat[n]), scores.of(n)))
 
 
 def _picture(upload: bytes, name: str) -> Picture:

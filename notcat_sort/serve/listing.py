@@ -2,7 +2,7 @@
 tens of thousands of photos asks only for what it shows.
 
 A query's filters come from the URL, one parameter per filter (`label=cat&label=unsure`,
-`p_cat_min=0.2&p_cat_max=0.8`, `folder=2020`, `cat=Tom`). The photos that match, in order, are
+`p_cat_min=0.2&p_cat_max=0.8`, `folder=2020`, `cat=Tom`, `breed=Siamese`, `mood=happy`). The photos that match, in order, are
 kept as a *view* with an id: the pages of one view stay the same while photos are corrected
 (a photo corrected out of the filter stays where it was, showing its new label, until the
 filter is asked for again), so paging never skips or repeats one. Counts are always as of now.
@@ -89,6 +89,8 @@ FILTERS: tuple[Filter, ...] = (
     Filter("p_cat", Kind.RANGE, lambda entry: entry.p_cat, "p(cat)"),
     Filter("folder", Kind.TEXT, lambda entry: entry.folder),
     Filter("cat", Kind.CHOICE, lambda entry: entry.known or entry.cat),
+    Filter("breed", Kind.CHOICE, lambda entry: entry.breed),
+    Filter("mood", Kind.CHOICE, column("mood"), "mood (a guess)"),
 )
 
 

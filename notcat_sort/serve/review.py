@@ -30,7 +30,8 @@ from notcat_sort.actions import PLACING_ACTIONS, Action, Kind, OnConflict, Outco
 from notcat_sort.cats import UNKNOWN
 from notcat_sort.content import sha256_file
 from notcat_sort.decide import SORTED_LABELS, Label
-from notcat_sort.report import FIELDS, ReportWriter, Row, Status, read_report
+from notcat_sort.model import DOMESTIC
+from notcat_sort.report import EARLIER_FIELDS, FIELDS, ReportWriter, Row, Status, read_report
 from notcat_sort.serve.corrections import Correction, CorrectionsFolder
 from notcat_sort.serve.known import KnownCatsFolder
 from notcat_sort.sidecars import RAW_SUFFIXES, companion_name, companions
@@ -101,12 +102,17 @@ class Entry:
     def p_cat(self) -> float | None:
         return float(self.row.p_cat) if self.row.p_cat else None
 
+    @cached_property
+    def breed(self) -> str:
+        """The breed the run named for a cat photo, `domestic` for a cat of no confident breed, "" for none."""
+        return self.row.breed or (DOMESTIC if self.row.breed_p else "")
+
     def as_json(self) -> dict[str, object]:
         return {
             "id": self.id, "name": os.path.basename(self.at), "path": self.at, "folder": self.folder,
             "label": self.label.value, "p_cat": self.p_cat, "action": self.row.action, "status": self.row.status,
             "error": self.row.error, "run_label": self.run_label.value, "cat": self.cat, "known": self.known,
-            "undo": len(self.undo),
+            "undo": len(self.undo), "breed": self.breed, "mood": self.row.mood,
         }
 
 
@@ -125,7 +131,7 @@ def check_report(path: Path) -> None:
             header = next(csv.reader(handle), [])
     except (OSError, csv.Error) as error:
         raise ReportError(f"cannot read the report {path}: {getattr(error, 'strerror', None) or error}") from None
-    if header in (FIELDS, FIELDS[:-1]):  # without the cat_id column: a report from before --group-cats
+    if header == FIELDS or header in EARLIER_FIELDS:  # an earlier report: read with the later columns empty
         return
     if header[:2] == FIELDS[:2]:
         raise ReportError(f"{path} was written by another version of notcat-sort: its columns are "
@@ -172,6 +178,13 @@ def _moved(row: Row) -> bool:
     return row.status != Status.SKIPPED and not os.path.lexists(row.path) and os.path.lexists(row.destination)
 
 
+def _sorted_by_breed(entries: list[Entry]) -> bool:
+    """Whether the run was a --breed-folders one: every cat photo it placed lies in its breed's folder under cat/."""
+    placed = [entry for entry in entries if entry.placed and entry.run_label is Label.CAT and entry.breed]
+    return bool(placed) and all(f"{os.sep}{Label.CAT.value}{os.sep}{entry.breed}{os.sep}" in entry.row.destination
+                                for entry in placed)
+
+
 class Review:
     def __init__(self, report: Path, corrections: CorrectionsFolder, known: KnownCatsFolder | None = None) -> None:
         check_report(report)
@@ -183,6 +196,7 @@ class Review:
         if known is not None:
             self.remember_names(known)
         self.grouped = any(entry.cat for entry in self.entries)  # a --group-cats run: cat photos go under cat/<id>/
+        self.by_breed = not self.grouped and _sorted_by_breed(self.entries)  # a --breed-folders run: cat/<breed>/
         self.version = 0  # counts the changes, so that what is worked out from the entries can be kept until the next
         self._counts: tuple[int, dict[str, int]] = (-1, {})
 
@@ -333,6 +347,11 @@ class Review:
             return ""
         return entry.run_cat or UNKNOWN
 
+    def _folder_of(self, entry: Entry) -> str:
+        """The folder under cat/ that a cat photo is in: its cat's, or in a --breed-folders run its breed's
+        (where a correction has not taken it out since: `other_label_path` then finds none)."""
+        return entry.cat or (entry.breed if self.by_breed and entry.label is Label.CAT else "")
+
     def _check(self, entry: Entry) -> None:
         if entry.row.action == Action.TAG:
             raise Refused("this run tagged sidecars; run `notcat-sort --tag` again to change a tag. Nothing was changed")
@@ -352,12 +371,12 @@ class Review:
         under the label's folder), or for a photo not placed record the new label in the report."""
         if not entry.placed:
             destination = entry.row.destination and other_label_path(entry.source, Path(entry.row.destination),
-                                                                     entry.label, label, entry.cat, cat)
+                                                                     entry.label, label, self._folder_of(entry), cat)
             row = replace(entry.row, label=label.value, destination=str(destination or ""), cat_id=cat)
             self._journal([row])
             entry.row, entry.label, entry.cat = row, label, cat
             return
-        target = target or other_label_path(entry.source, entry.location, entry.label, label, entry.cat, cat)
+        target = target or other_label_path(entry.source, entry.location, entry.label, label, self._folder_of(entry), cat)
         if target is None:
             raise Refused(f"cannot tell which folder above {entry.location} is its {entry.label.value}/ folder. "
                           "Nothing was changed")

@@ -47,6 +47,46 @@ async function classify(file, {card, img, verdict}) {
   p.textContent = `p(cat) = ${answer.p_cat.toFixed(3)}`;
   verdict.append(badge(answer.label), p);
   card.dataset.label = answer.label;
+  if (answer.label !== "not-cat") card.append(...attributes(answer));
+}
+
+// A cat's five likeliest breeds as bars, and its mood: only from a model with breed and mood heads.
+function attributes(answer) {
+  const parts = [];
+  if (answer.breeds.length) {
+    const list = document.createElement("ol");
+    list.className = "breeds";
+    list.setAttribute("aria-label", "the five likeliest breeds");
+    for (const breed of answer.breeds) {
+      const item = document.createElement("li");
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.style.width = `${Math.round(breed.p * 100)}%`;
+      const name = document.createElement("span");
+      name.className = "breed";
+      name.textContent = breed.name;
+      const p = document.createElement("span");
+      p.className = "p";
+      p.textContent = breed.p.toFixed(2);
+      item.append(bar, name, p);
+      list.append(item);
+    }
+    const said = document.createElement("div");
+    said.className = "said";
+    said.textContent = answer.breed ? `breed: ${answer.breed}` : "breed: none sure (a domestic cat?)";
+    parts.push(said, list);
+  }
+  if (answer.mood) {
+    const mood = document.createElement("div");
+    mood.className = "said mood";
+    mood.textContent = `mood: ${answer.mood.name} ${answer.mood.p.toFixed(2)} `;
+    const guess = document.createElement("span");
+    guess.className = "guess";
+    guess.textContent = "(a guess from one photo)";
+    mood.append(guess);
+    parts.push(mood);
+  }
+  return parts;
 }
 
 function classifyAll(files) {

@@ -328,7 +328,8 @@ function paint(card, entry) {
   const folder = entry.folder.split("/").slice(-2).join("/");
   meta.textContent = "";
   if (entry.known) meta.append(Object.assign(document.createElement("span"), {className: "known", textContent: entry.known}), " · ");
-  meta.append(entry.label === "error" ? entry.error : [entry.known ? "" : entry.cat, `…/${folder}`].filter(Boolean).join(" · "));
+  const guessed = entry.label === "cat" ? [entry.breed, entry.mood && `${entry.mood}?`] : [];
+  meta.append(entry.label === "error" ? entry.error : [entry.known ? "" : entry.cat, ...guessed, `…/${folder}`].filter(Boolean).join(" · "));
   meta.title = entry.label === "error" ? entry.error : entry.folder;
   card.classList.toggle("changed", state.label !== "all" && entry.label !== state.label);
   card.querySelector(".tick").checked = state.selected.has(entry.id);
