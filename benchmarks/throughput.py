@@ -1,6 +1,6 @@
 """End-to-end throughput benchmark of `notcat-sort` against a naive baseline.
 
-    python benchmarks/throughput.py [--quick] [--profile] [--only-fast-path | --only-group-cats]
+    python benchmarks/throughput.py [--quick] [--profile] [--only-fast-path | --only-group-cats | --only-heads]
 
 The corpus is made from the photos in ../shared and kept in tmp/benchmarks between runs:
 
@@ -18,6 +18,9 @@ The corpus is made from the photos in ../shared and kept in tmp/benchmarks betwe
   and with --full-decode, the share of photos the thumbnail decided, and the agreement of the
   two runs' labels on every file. The fast path needs a `thumbnail` band in the model card
   (`python -m training thumbnails`); pass --model for a model whose card has one.
+* the same web-sized cat photos, report only, with the model (its breed and mood heads, computed in
+  the same call as p_cat) and with that model stripped of the heads' outputs (onnxruntime then
+  prunes the heads' nodes): the heads' cost, as the ratio of the two rates within each repeat.
 * small-file trees (the labelled catnotcat images, 32-512 px, likewise made unique) for the
   memory and cached re-run measurements.
 
@@ -67,6 +70,7 @@ TARGET_VS_BASELINE = 3.0
 TARGET_PEAK_RSS = 1 << 30  # bytes
 TARGET_CACHED_SPEEDUP = 20.0
 TARGET_GROUP_CATS_SLOWDOWN = 0.05  # --group-cats at most this much slower
+TARGET_HEADS_SLOWDOWN = 0.03  # the breed and mood heads: sorting at most this much slower (issue 26)
 TARGET_FAST_PATH = 150.0  # images/s on 12 MP camera JPEGs with EXIF thumbnails
 TARGET_FAST_AGREEMENT = 0.999
 PROFILE_FILES = 60  # per size, for --profile
@@ -433,6 +437,39 @@ def group_cats_section(folder: Path, count: int, jobs: int, repeats: int, work: 
     return [ok]
 
 
+def heads_section(folder: Path, count: int, jobs: int, repeats: int, work: Path, model: Path) -> list[bool]:
+    """Report-only runs with `model` (which has breed and mood heads) and with the same model without
+    their outputs, interleaved; the slowdown is the median of the ratios within each repeat."""
+    sys.path.insert(0, str(REPO / "tests"))  # the helper that strips the heads, shared with the tests (needs onnx)
+    from attribute_models import without_heads
+
+    if not load_card(model).attributes:
+        sys.exit(f"{model}'s card lists no attributes (breeds, mood): pass --model for a model with heads")
+    plain = without_heads(model, work / "without-heads" / model.name)
+    files = sorted(folder.glob("*.jpg"))[:count]
+    view = work / f"{folder.name}-heads-view"
+    view.mkdir()
+    for path in files:
+        os.link(path, view / path.name)
+    print(f"\nbreed and mood heads: {len(files)} files of {folder.name}, report only, --no-cache, median of {repeats}")
+    runs: dict[str, list[Run]] = {"with heads": [], "without heads": []}
+    for repeat in range(repeats):
+        for name, chosen in (("without heads", plain), ("with heads", model)):
+            runs[name].append(run_process([str(CLI), str(view), "--no-cache", "-j", str(jobs), "--model", str(chosen),
+                                           "--report", str(work / f"h-{repeat}-{len(name)}.csv"), "--quiet"],
+                                          len(files), work / "unused-cache"))
+    ratio = statistics.median(heads.rate / bare.rate
+                              for heads, bare in zip(runs["with heads"], runs["without heads"], strict=True))
+    for name, found in runs.items():
+        run = _median_run(found)
+        print(f"  {name:27s} {run.rate:7.1f} images/s  ({run.seconds:.1f} s, {run.cpu_ms_per_image:.1f} CPU ms/image)"
+              f"   runs: {', '.join(f'{r.rate:.1f}' for r in found)}")
+    ok = 1 - ratio < TARGET_HEADS_SLOWDOWN
+    print(f"  with / without heads        {ratio:7.3f}     slowdown {100 * (1 - ratio):.1f} %, "
+          f"target < {100 * TARGET_HEADS_SLOWDOWN:.0f} %: {verdict(ok)}")
+    return [ok]
+
+
 def _labels(report: Path) -> dict[str, tuple[str, str]]:
     with open(report, newline="", encoding="utf-8") as handle:
         return {row["path"]: (row["label"], row["source"]) for row in csv.DictReader(handle)}
@@ -510,6 +547,8 @@ def main() -> None:
                         help="12 MP JPEGs with EXIF thumbnails (a card's worth: start-up is printed apart)")
     parser.add_argument("--only-fast-path", action="store_true", help="measure only the EXIF-thumbnail fast path")
     parser.add_argument("--only-group-cats", action="store_true", help="measure only --copy with and without --group-cats")
+    parser.add_argument("--only-heads", action="store_true",
+                        help="measure only the breed and mood heads: the model with them against it without them")
     parser.add_argument("--library-files", type=int, default=20_000,
                         help="small files in the memory / cached re-run tree")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each throughput measurement (median printed)")
@@ -532,10 +571,13 @@ def main() -> None:
         sys.exit(f"notcat-sort is not installed beside {sys.executable}")
 
     print(f"building/reusing the corpus in {CORPUS} ...", flush=True)
-    if args.only_group_cats:
+    model = (args.model or default_model_path()).resolve()
+    if args.only_group_cats or args.only_heads:
         web_cats = photo_corpus("web-1mp-cats", (1200, 900), 48 if not args.quick else 12, args.web_files, cats=True)
         with tempfile.TemporaryDirectory(prefix="notcat-bench-") as temporary:
-            checks = group_cats_section(web_cats, args.web_files, args.jobs, args.repeats, Path(temporary))
+            checks = (group_cats_section(web_cats, args.web_files, args.jobs, args.repeats, Path(temporary))
+                      if args.only_group_cats else
+                      heads_section(web_cats, args.web_files, args.jobs, args.repeats, Path(temporary), model))
         print(f"\n{sum(checks)} of {len(checks)} targets met" + ("" if all(checks) else " (see FAIL above)"))
         return
     pictures = 48 if not args.quick else 6  # distinct ones: how many the band's edges can fall between
@@ -564,6 +606,8 @@ def main() -> None:
         checks += throughput_section("web JPEGs, 1200x900 (1 MP)", web, args.web_files, args.jobs,
                                      args.baseline_model, args.repeats, TARGET_1MP, work)
         checks += group_cats_section(web_cats, args.web_files, args.jobs, args.repeats, work)
+        if load_card(model).attributes:
+            checks += heads_section(web_cats, args.web_files, args.jobs, args.repeats, work, model)
         checks += library_section(args.library_files, args.jobs, work)
         if args.profile:
             print("\nwhere the time goes (cProfile)")
