@@ -441,7 +441,7 @@ def _runtime_rule(vectors: np.ndarray, examples: list[np.ndarray], asked: np.nda
     from notcat_sort.known_cats import fit
 
     fitted = fit([str(number) for number, rows in enumerate(examples) for _ in rows], np.concatenate([vectors[rows] for rows in examples]))
-    scores = vectors[asked] @ fitted.weights.T + fitted.offsets
+    scores = fitted.scores(vectors[asked])
     order = np.argsort(-scores, axis=1)[:, :2]
     rows = np.arange(len(asked))
     best = np.array([int(fitted.names[cat]) for cat in order[:, 0]])

@@ -300,16 +300,22 @@ def test_known_cats_usage_errors(run_cli, library: Path, tmp_path: Path) -> None
 
 
 def test_a_photo_is_named_only_well_past_the_boundary_between_two_cats() -> None:
-    from notcat_sort.known_cats import NAME_MARGIN, choose, fit
+    """Points placed in the space the discriminants see (`features`: a signed square root more):
+    on the boundary, short of NAME_MARGIN of the way to a cat's mean, and well past it."""
+    from notcat_sort.known_cats import NAME_MARGIN, choose, features, fit
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(2, 16))
     vectors = np.concatenate([centres[cat] + 0.05 * rng.normal(size=(5, 16)) for cat in (0, 1)])
     fitted = fit(["Tom"] * 5 + ["Mia"] * 5, vectors)
+    seen = features(vectors)
+    tom, mia = seen[:5].mean(axis=0), seen[5:].mean(axis=0)
+    middle = (tom + mia) / 2  # on the boundary; the share of the way grows (nearly) linearly towards each mean
+    points = np.stack([tom, mia, middle, middle + 0.5 * NAME_MARGIN * (tom - middle), middle + 2 * NAME_MARGIN * (tom - middle),
+                       middle + 2 * NAME_MARGIN * (mia - middle)])
+    given = np.sign(points) * points ** 2  # what `features` turns into `points` (up to length)
+    assert choose(fitted, given) == ["Tom", "Mia", None, None, "Tom", "Mia"]
+    assert choose(fitted, given, margin=0.0)[2:4] != [None, None]  # the margin is what leaves them out
     tom, mia = vectors[:5].mean(axis=0), vectors[5:].mean(axis=0)
-    middle = (tom + mia) / 2  # on the boundary; the share of the way grows linearly towards each mean
-    points = [tom, mia, middle, middle + 0.9 * NAME_MARGIN * (tom - middle), middle + 1.1 * NAME_MARGIN * (tom - middle),
-              middle + 1.1 * NAME_MARGIN * (mia - middle)]
-    assert choose(fitted, np.stack(points)) == ["Tom", "Mia", None, None, "Tom", "Mia"]
     alone = fit(["Tom"] * 5, vectors[:5])
     assert choose(alone, np.stack([tom / np.linalg.norm(tom), mia / np.linalg.norm(mia)]), alone=0.9) == ["Tom", None]
