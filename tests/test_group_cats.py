@@ -150,8 +150,12 @@ def test_tag_adds_a_cat_keyword_and_undo_takes_it_out(run_cli, library: Path, mo
     rows = tagged.rows()
     for row in rows:
         subjects = _subjects(Path(row["destination"]))
-        if row["label"] == "cat":
-            assert subjects == ["cat", f"cat/{row['cat_id']}"]
+        if row["label"] == "cat":  # with a model that has the heads, its breed and mood keywords besides
+            attributes = [s for s in subjects if s.startswith(("cat/breed/", "cat|breed|", "cat/mood/", "cat|mood|"))]
+            assert [s for s in subjects if s not in attributes] == ["cat", f"cat/{row['cat_id']}"]
+            named = [("mood", row["mood"]), ("breed", row["breed"])]
+            assert sorted(attributes) == sorted(f"cat{sep}{trait}{sep}{name}" for trait, name in named if name
+                                                for sep in "/|")
         else:
             assert subjects == [row["label"]]
     assert any(row["cat_id"] not in ("", UNKNOWN) for row in rows)
