@@ -45,14 +45,18 @@ def photos() -> np.ndarray:
 
 
 def _outputs(model: onnx.ModelProto, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Every output of `model`, and the global pool the heads read, in one run."""
+    """Every output of `model`, and every pooling the heads may read, in one run."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    pooled = attributes.pooled_tensor(probe.graph)
-    probe.graph.output.append(onnx.helper.make_tensor_value_info(pooled, onnx.TensorProto.FLOAT, None))
+    nodes: list[onnx.NodeProto] = []
+    poolings = attributes.add_poolings(probe.graph, nodes)
+    probe.graph.node.extend(nodes)
+    known = {output.name for output in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)
+                              for tensor in poolings.values() if tensor not in known)
     names = [output.name for output in probe.graph.output]
-    values = runtime.session(probe.SerializeToString()).run(names, {"image": images})
-    return {("pooled" if name == pooled else name): value for name, value in zip(names, values, strict=True)}
+    values = dict(zip(names, runtime.session(probe.SerializeToString()).run(names, {"image": images}), strict=True))
+    return {**values, **{pooling: values[tensor] for pooling, tensor in poolings.items()}}
 
 
 def _head(model: onnx.ModelProto, output: str, card: dict) -> heads.Head:

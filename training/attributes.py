@@ -5,9 +5,11 @@ cats (catnotcat's petimages-cat and campus-cats) as the `domestic` class: most c
 have no pedigree, and a 12-way head would name one for every tabby. Moods: ../shared/datasets/mood.
 
 Features are read from the shipped int8 graph itself (the heads run on what it computes): the
-cat-weighted `embedding` output and the global average pool the ImageNet classifier reads, each
-for the photo and for its mirror image (a training-time augmentation: the runtime runs each photo
-once). They are cached under the workdir, keyed by the model's sha256 and the photos.
+cat-weighted `embedding` output, the global average pool the ImageNet classifier reads, and the
+global average pool of stage 5's output (192 channels at 1/32 of the input: coat pattern and face
+shape before the last stage turns them into ImageNet's classes), each for the photo and for its
+mirror image (a training-time augmentation: the runtime runs each photo once). They are cached
+under the workdir, keyed by the model's sha256 and the photos.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ DATASETS = Path("../shared/datasets")
 DOMESTIC = "domestic"
 NON_PEDIGREE_GROUPS = ("petimages-cat", "campus-cats")
 NON_PEDIGREE_PHOTOS = 2000  # PetImages' 6,198 cats are sampled to this (campus-cats' 219 all kept)
-POOLINGS = ("embedding", "pooled")  # the cat-weighted pooling (an output) and the global average pool
+POOLINGS = ("embedding", "pooled", "stage5")  # the cat-weighted pooling (an output), the global pool, stage 5's pool
 BATCH = 32
 
 
@@ -79,27 +81,46 @@ def pooled_tensor(graph: onnx.GraphProto) -> str:
     return flatten.output[0]
 
 
-def _with_pooled_output(model: Path) -> bytes:
-    """The model with its global pool as an extra output, for reading features only."""
+def stage5_tensor(graph: onnx.GraphProto) -> str:
+    """Stage 5's output (N, 192, H/32, W/32): what stage 6's first convolution reads (in the int8 graph,
+    the dequantized tensor)."""
+    return next(node for node in graph.node if node.op_type == "Conv" and node.name.startswith("/blocks/blocks.6/")).input[0]
+
+
+def add_poolings(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> dict[str, str]:
+    """The tensor of each of POOLINGS, (N, C), appending to `nodes` what computes those the graph lacks
+    (stage 5's global average pool, unless heads already read it)."""
+    stage5 = stage5_tensor(graph)
+    if not any("heads/stage5/pooled" in node.output for node in graph.node):  # (a graph with heads has it)
+        nodes += [onnx.helper.make_node("GlobalAveragePool", [stage5], ["heads/stage5/pool"], name="heads/stage5/pool"),
+                  onnx.helper.make_node("Flatten", ["heads/stage5/pool"], ["heads/stage5/pooled"],
+                                        name="heads/stage5/flatten")]
+    return {"embedding": "embedding", "pooled": pooled_tensor(graph), "stage5": "heads/stage5/pooled"}
+
+
+def _with_pooling_outputs(model: Path) -> tuple[bytes, list[str]]:
+    """The model with every one of POOLINGS as an output (for reading features only), and their names."""
     proto = onnx.load(str(model))
-    proto.graph.output.append(onnx.helper.make_tensor_value_info(pooled_tensor(proto.graph), onnx.TensorProto.FLOAT,
-                                                                 None))
-    return proto.SerializeToString()
+    nodes: list[onnx.NodeProto] = []
+    names = add_poolings(proto.graph, nodes)
+    proto.graph.node.extend(nodes)
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(names[name], onnx.TensorProto.FLOAT, None)
+                              for name in POOLINGS if name != "embedding")
+    return proto.SerializeToString(), [names[name] for name in POOLINGS]
 
 
 def features(model: Path, photos: list[Photo], workdir: Path, size: int) -> dict[str, np.ndarray]:
-    """Per photo, in order, float32 (N, 1280) each: `embedding`, `pooled`, and the same of the mirror image
-    (`embedding-flip`, `pooled-flip`). Each photo is decoded once, as the CLI decodes it, at `size` px."""
-    digest = hashlib.sha256(f"{sha256_file(model)}|{size}|v1".encode())
+    """Per photo, in order, float32 (N, C) each: every one of POOLINGS, and the same of the mirror image
+    (`embedding-flip`...). Each photo is decoded once, as the CLI decodes it, at `size` px."""
+    digest = hashlib.sha256(f"{sha256_file(model)}|{size}|{','.join(POOLINGS)}|v1".encode())
     for photo in photos:
         digest.update(str(photo.path).encode() + b"\0")
     folder = Path(workdir) / "features"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"attributes-{digest.hexdigest()[:16]}.npz"
     if not path.exists():
-        graph = _with_pooled_output(model)
+        graph, names = _with_pooling_outputs(model)
         session = runtime.session(graph)
-        names = ["embedding", pooled_tensor(onnx.load_from_string(graph).graph)]
         parts: dict[str, list[np.ndarray]] = {key: [] for key in _keys()}
         for start in range(0, len(photos), BATCH):
             images = np.stack([decode(photo.path, size) for photo in photos[start:start + BATCH]])

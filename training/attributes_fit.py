@@ -28,12 +28,15 @@ from training import attributes, heads
 from training import card as card_module
 
 NEAR_DUPLICATE = 0.95  # cosine of the normalised [embedding, pooled]; see the module docstring
+NEAR_DUPLICATE_READS = ("embedding", "pooled")
 FOLDS = 5
 SEED = 0
 # The candidates each head is chosen from (out of fold). Measured before on the same folds: the mirror
 # images as extra training examples (or averaged with the photo) change breed and mood top-1 by less
-# than 0.005 either way, at twice the fitting time; C=30..300 do no better than 10.
-CANDIDATES = {"breeds": (("embedding", "pooled"), ("pooled",)), "mood": (("pooled",), ("embedding", "pooled"))}
+# than 0.005 either way, at twice the fitting time; C=30..300 do no better than 10; stage 4's and
+# stage 6's pools, and the last map's max pool, no better for mood than stage 5's.
+CANDIDATES = {"breeds": (("embedding", "pooled", "stage5"), ("embedding", "pooled")),
+              "mood": (("pooled", "stage5"), ("pooled",))}
 C_GRID = (3.0, 10.0)
 FLIPS = (False,)
 CONFIDENT_KEEP = 0.98  # the cut on the top breed's p may cost this little of the pedigree photos named right
@@ -87,7 +90,7 @@ def _limited(photos: list[attributes.Photo], limit: int | None) -> list[attribut
 
 def near_duplicate_groups(photos: list[attributes.Photo], features: dict[str, np.ndarray]) -> np.ndarray:
     """A group id per photo: one source, or features near-identical to another photo's, share it."""
-    x = heads.normalised([features[name] for name in attributes.POOLINGS]) / np.sqrt(len(attributes.POOLINGS))
+    x = heads.normalised([features[name] for name in NEAR_DUPLICATE_READS]) / np.sqrt(len(NEAR_DUPLICATE_READS))
     parent = np.arange(len(photos))
 
     def root(i: int) -> int:

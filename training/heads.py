@@ -1,8 +1,9 @@
 """Linear softmax heads on the backbone's pooled features, and their surgery onto an exported graph.
 
-A head reads one or more poolings of the last feature map (`embedding`, the cat-weighted pooling
-the graph already outputs, and `pooled`, the global average pool its ImageNet classifier reads),
-each signed-square-rooted and L2-normalised, concatenated, then `softmax(x @ weights + bias)`.
+A head reads one or more poolings (`embedding`, the last feature map's cat-weighted pooling the
+graph already outputs; `pooled`, its global average pool, which the ImageNet classifier reads;
+`stage5`, the global average pool of stage 5's output), each signed-square-rooted and
+L2-normalised, concatenated, then `softmax(x @ weights + bias)`.
 
 The heads are appended to the already exported and quantized graphs as new outputs, after the
 tensors they read: every node that computes `probabilities` stays as it is, so the cat
@@ -74,15 +75,17 @@ def stored_weights(head: Head, int8: bool) -> np.ndarray:
 
 def append(model: onnx.ModelProto, heads: list[Head], int8: bool) -> onnx.ModelProto:
     """A copy of `model` with each head as an extra float32 (N, K) output. The poolings read are found by
-    name: `embedding` (an output) and `pooled` (the flattened global average pool)."""
-    from training.attributes import pooled_tensor
+    name: `embedding` (an output), `pooled` (the flattened global average pool) and `stage5` (stage 5's
+    output, pooled by nodes appended here)."""
+    from training.attributes import add_poolings
+    from training.export import _drop_unused
 
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
     existing = {output.name for output in graph.output}
-    sources = {"embedding": "embedding", "pooled": pooled_tensor(graph)}
     nodes: list[onnx.NodeProto] = []
+    sources = add_poolings(graph, nodes)
     constants: list[onnx.TensorProto] = [numpy_helper.from_array(np.array(EPSILON, np.float32), "heads/epsilon")]
     normal: dict[str, str] = {}
     for head in heads:
@@ -114,6 +117,7 @@ def append(model: onnx.ModelProto, heads: list[Head], int8: bool) -> onnx.ModelP
         graph.output.append(helper.make_tensor_value_info(head.output, TensorProto.FLOAT, ["batch", len(head.labels)]))
     graph.initializer.extend(constants)
     graph.node.extend(nodes)
+    _drop_unused(graph)  # stage 5's pool where no head reads it
     onnx.checker.check_model(result, full_check=True)
     return result
 
