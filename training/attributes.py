@@ -45,8 +45,10 @@ class Photo:
 
 
 def _manifest(root: Path, column: str) -> list[Photo]:
+    """The folder's photos, labelled as people write the name (manifest.csv's `Maine_Coon`: `Maine Coon`),
+    since the label is what a user reads: the report, the keywords, the breed folders, the web page."""
     with open(root / "manifest.csv", newline="", encoding="utf-8") as handle:
-        return [Photo(root / row["path"], row[column], row["path"]) for row in csv.DictReader(handle)]
+        return [Photo(root / row["path"], row[column].replace("_", " "), row["path"]) for row in csv.DictReader(handle)]
 
 
 def breed_photos(root: Path) -> list[Photo]:
