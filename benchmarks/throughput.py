@@ -411,14 +411,19 @@ def throughput_section(title: str, folder: Path, count: int, jobs: int, baseline
     return [classify_only.rate >= target, copy.rate >= target, ratio >= TARGET_VS_BASELINE]
 
 
-def group_cats_section(folder: Path, count: int, jobs: int, repeats: int, work: Path) -> list[bool]:
-    """--copy with and without --group-cats over the same 1 MP cat photos (every one embedded and
-    grouped: the worst case), interleaved; the slowdown is the median of the ratios within each repeat."""
+def _linked_view(folder: Path, count: int, view: Path) -> tuple[list[Path], Path]:
+    """The first `count` photos of `folder`, hard-linked into the new folder `view`: a run over exactly those."""
     files = sorted(folder.glob("*.jpg"))[:count]
-    view = work / f"{folder.name}-group-view"
     view.mkdir()
     for path in files:
         os.link(path, view / path.name)
+    return files, view
+
+
+def group_cats_section(folder: Path, count: int, jobs: int, repeats: int, work: Path) -> list[bool]:
+    """--copy with and without --group-cats over the same 1 MP cat photos (every one embedded and
+    grouped: the worst case), interleaved; the slowdown is the median of the ratios within each repeat."""
+    files, view = _linked_view(folder, count, work / f"{folder.name}-group-view")
     print(f"\n--group-cats: {len(files)} files of {folder.name}, --copy --no-cache, median of {repeats}")
     plain: list[Run] = []
     grouped: list[Run] = []
@@ -446,11 +451,7 @@ def heads_section(folder: Path, count: int, jobs: int, repeats: int, work: Path,
     if not load_card(model).attributes:
         sys.exit(f"{model}'s card lists no attributes (breeds, mood): pass --model for a model with heads")
     plain = without_heads(model, work / "without-heads" / model.name)
-    files = sorted(folder.glob("*.jpg"))[:count]
-    view = work / f"{folder.name}-heads-view"
-    view.mkdir()
-    for path in files:
-        os.link(path, view / path.name)
+    files, view = _linked_view(folder, count, work / f"{folder.name}-heads-view")
     print(f"\nbreed and mood heads: {len(files)} files of {folder.name}, report only, --no-cache, median of {repeats}")
     runs: dict[str, list[Run]] = {"with heads": [], "without heads": []}
     for repeat in range(repeats):
