@@ -61,9 +61,12 @@ class Attribute:
         return [Guess(self.labels[i], float(probabilities[i])) for i in order]
 
     def guess(self, probabilities: np.ndarray) -> Guess:
-        """The top label, or "" with its p where it is below `confident` or is `domestic`."""
-        best = self.ranked(probabilities, 1)[0]
-        named = best.p >= self.confident and best.name != DOMESTIC
+        """The likeliest label other than `domestic` with its p, named only where it is the top label and
+        reaches `confident`: a house cat's row says "no breed, and the best breed had p 0.004", not the
+        p of `domestic`, which would read as a confident breed left blank."""
+        ranked = self.ranked(probabilities, len(self.labels))
+        best = next(guess for guess in ranked if guess.name != DOMESTIC)
+        named = best is ranked[0] and best.p >= self.confident
         return best if named else Guess("", best.p)
 
 

@@ -61,7 +61,7 @@ class Row:
     cat_id: str = ""  # --group-cats: which cat (or `unknown`)
     source: str = ""  # which input decided: `thumbnail` (EXIF), `preview` (a RAW's JPEG) or `image`
     # A cat photo's breed and mood, from a model that outputs them (empty otherwise): `breed` is empty
-    # where no breed is confident (or the top one is `domestic`), `breed_p` the top breed's p all the same.
+    # where no breed is confident (or the top one is `domestic`), `breed_p` the likeliest breed's p all the same (never `domestic`'s).
     breed: str = ""
     breed_p: str = ""
     mood: str = ""
