@@ -233,12 +233,10 @@ class Classifier:
 
     def scores(self, images: np.ndarray, embedding: bool = True, attributes: bool = True) -> Scores:
         """Cat probabilities and, where the model has them, embeddings and attributes, from one call."""
-        extra = ([EMBEDDING_OUTPUT] if embedding and self.has_embedding else []) + \
-            (list(self.attributes.values()) if attributes else [])
-        outputs = dict(zip([self._probabilities, *extra], self._session.run([self._probabilities, *extra],
-                                                                            {self._input: images}), strict=True))
-        found = outputs.get(EMBEDDING_OUTPUT) if embedding else None
+        wanted = [self._probabilities, *([EMBEDDING_OUTPUT] if embedding and self.has_embedding else []),
+                  *(self.attributes.values() if attributes else ())]
+        outputs = dict(zip(wanted, self._session.run(wanted, {self._input: images}), strict=True))
+        found = outputs.get(EMBEDDING_OUTPUT)
         return Scores(outputs[self._probabilities][:, self.card.cat_index].astype(np.float64),
                       None if found is None else found.astype(np.float32),
-                      {trait: outputs[name].astype(np.float32) for trait, name in self.attributes.items()
-                       if attributes})
+                      {trait: outputs[name].astype(np.float32) for trait, name in self.attributes.items() if name in outputs})

@@ -26,7 +26,7 @@ import os
 import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 from platformdirs import user_data_dir
@@ -93,12 +93,6 @@ class Note:
     def claimed_hierarchy(self) -> tuple[str, ...]:
         """The lr:hierarchicalSubject keywords this tool added."""
         return tuple(keyword for keyword in (self.breed_hierarchy, self.mood_hierarchy) if keyword)
-
-    @property
-    def values(self) -> tuple[str | None, ...]:
-        """The properties' values in `_PROPERTIES` order."""
-        return (self.label, self.p_cat, self.model, self.keyword, self.cat_keyword, self.breed_keyword,
-                self.mood_keyword, self.breed_hierarchy, self.mood_hierarchy)
 
 
 # --- the XMP document ---------------------------------------------------------------------
@@ -224,7 +218,7 @@ def _write_note(root: ET.Element, note: Note | None) -> None:
         _add_keyword(_keyword_bag(description), keyword)
     for keyword in note.claimed_hierarchy:
         _add_keyword(_hierarchy_bag(root), keyword)
-    for name, value in zip(_PROPERTIES, note.values, strict=True):
+    for name, value in zip(_PROPERTIES, astuple(note), strict=True):  # the fields are in _PROPERTIES' order
         if value is not None:
             ET.SubElement(description, _q(NOTCAT_NS, name)).text = value
 
