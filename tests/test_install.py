@@ -82,6 +82,6 @@ def test_readme_install_command_works_in_a_fresh_venv_without_torch(tmp_path: Pa
     # The training CLI's help from the checkout, without the train extra: it lists its commands.
     training_help = in_venv(str(venv / "bin" / "python"), "-m", "training", "--help", cwd=REPO)
     assert training_help.returncode == 0 and "Traceback" not in training_help.stderr, training_help.stderr
-    assert "{fit,attributes,evaluate,identity,thumbnails,uncertain}" in training_help.stdout
+    assert "{fit,attributes,evaluate,identity,thumbnails,uncertain,small-cats}" in training_help.stdout
     fit_help = in_venv(str(venv / "bin" / "python"), "-m", "training", "fit", "--help", cwd=REPO)
     assert fit_help.returncode == 1 and "needs the train extra" in fit_help.stderr and "Traceback" not in fit_help.stderr

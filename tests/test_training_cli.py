@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("fit", "attributes", "evaluate", "identity", "thumbnails", "uncertain")
+COMMANDS = ("fit", "attributes", "evaluate", "identity", "thumbnails", "uncertain", "small-cats")
 NEED_TRAIN_FOR_HELP = ("fit", "attributes")  # their options' defaults come from the train extra's side
 # What `pip install .` lacks (the train extra's modules): made unimportable, as they are there.
 TRAIN_ONLY = ("torch", "torchvision", "timm", "sklearn", "onnx", "onnxscript", "matplotlib")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +137,35 @@ def evaluate(model: Path, roots: list[Path], split: str, out: Path | None, thres
     return result
 
 
+def fit_folds(model: Path, items: list[data.Item]) -> tuple[list[data.Item], np.ndarray]:
+    """The items fit saw (`items`, the dataset the model was fitted on, with the same limit and synthetic
+    renders) and each one's fold, recomputed from the card (same data, seed and fold count)."""
+    details = json.loads(card_path(model).read_text(encoding="utf-8"))
+    validation, config = details["validation"], details["training"]["config"]
+    items = data.limit(items, config["limit"], config["seed"])
+    items += [data.synthetic.item(i) for i in range(data.synthetic_count(config["synthetic"], config["limit"]))]
+    return items, splits.folds(items, validation["seed"], validation["folds"])
+
+
+@dataclass(frozen=True)
+class FoldHeads:
+    """The heads fit fitted without each fold (the card's fold probes), which output of the model they
+    read and the temperature: each image's prediction from the head that never saw its source."""
+
+    reads: str
+    probes: list[probe.Probe]
+    temperature: float
+
+    @classmethod
+    def of(cls, model: Path) -> FoldHeads:
+        details = json.loads(card_path(model).read_text(encoding="utf-8"))
+        return cls(details["head"]["reads"], [probe.Probe.from_json(raw) for raw in details["validation"]["fold_probes"]],
+                   details["head"]["temperature"])
+
+    def p_cat(self, head_input: np.ndarray, fold: np.ndarray) -> np.ndarray:
+        return out_of_fold_p(head_input, fold, self.probes, self.temperature)
+
+
 def split_predictions(model: Path, items: list[data.Item], split: str,
                       limit: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(labels, p_cat, groups) of the `split` ("out-of-source" or "in-source") of `items` (the dataset
@@ -144,21 +173,15 @@ def split_predictions(model: Path, items: list[data.Item], split: str,
     each image given the prediction of the head fitted without its fold, read from the int8 model's
     own head input. `limit`: only that many of the split's images, a seeded sample (tiny runs)."""
     card = load_card(model)
-    details = json.loads(card_path(model).read_text(encoding="utf-8"))
-    validation, head = details["validation"], details["head"]
-    config = details["training"]["config"]
-    items = data.limit(items, config["limit"], config["seed"])
-    items += [data.synthetic.item(i) for i in range(data.synthetic_count(config["synthetic"], config["limit"]))]
-    fold = splits.folds(items, validation["seed"], validation["folds"])
+    items, fold = fit_folds(model, items)
     outside = np.array([splits.is_out_of_source(item) for item in items])
     rows = np.flatnonzero(outside if split == "out-of-source" else ~outside)
     if limit is not None and limit < len(rows):
         rows = np.sort(np.random.default_rng(0).choice(rows, limit, replace=False))
     chosen = [items[row] for row in rows]
     images = data.runtime_batch(chosen, card.input_size)
-    head_input = runtime.run(model, images, (head["reads"],))[head["reads"]]
-    probes = [probe.Probe.from_json(raw) for raw in validation["fold_probes"]]
-    p_cat = out_of_fold_p(head_input, fold[rows], probes, head["temperature"])
+    heads = FoldHeads.of(model)
+    p_cat = heads.p_cat(runtime.run(model, images, (heads.reads,))[heads.reads], fold[rows])
     return np.array([item.target for item in chosen]), p_cat, [item.group for item in chosen]
 
 
