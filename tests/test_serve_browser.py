@@ -1,7 +1,8 @@
 """The pages in a real browser: Debian's headless chromium, driven by selenium through the
 system's chromedriver (nothing downloads a browser). Classify a photo on the first page, correct
 one photo on the review page, check the file on disk and the report; on the review of a
-30,000-photo library, go to the last photo, correct a selection and undo it; and save a
+30,000-photo library, go to the last photo, correct a selection and undo it; open a view from its
+address and keep a changed filter there; and save a
 screenshot of each page (to $NOTCAT_SORT_SCREENSHOTS, default tmp/screenshots/ in the checkout;
 docs/ holds copies for the README). Skips where chromium is missing, except under CI, where it fails (prerequisites.py)."""
 
@@ -175,6 +176,48 @@ def test_a_library_of_30000_photos_in_a_browser(browser, tmp_path: Path, shared:
     finally:
         server.stop()
     _copy_to_docs("serve-review-library.png")
+
+
+def test_the_review_page_keeps_its_view_in_its_address(browser, tmp_path: Path, shared: Path):
+    """A link to /review?label=cat&folder=...&order=path opens that view with its controls set; a filter
+    changed on the page goes into the address at once, so a reload (or a bookmark) shows the same photos."""
+    from selenium.webdriver.common.by import By
+
+    _, report = large_library(shared, tmp_path, 1200)
+    server = start_server("--report", report, "--corrections", tmp_path / "fixes", env=environment(tmp_path))
+
+    def shown() -> str:
+        return browser.find_element(By.ID, "selected-count").text
+
+    def total(**query: str) -> int:
+        return server.client().get("/api/review", params={"token": server.token, **query}).json()["total"]
+
+    try:
+        asked = {"label": "cat", "folder": "2015/02", "order": "path"}
+        expected = total(**asked)
+        assert 0 < expected < total(label="cat")
+        browser.get(f"{server.base}/review?token={server.token}&label=cat&folder=2015/02&order=path")
+        _wait(browser, lambda driver: driver.find_element(By.CSS_SELECTOR, "body[data-ready]"))
+        assert shown() == f"{expected:,} shown, none selected"
+        assert "on" in browser.find_element(By.CSS_SELECTOR, "#labels [data-label=cat]").get_attribute("class")
+        assert browser.find_element(By.CSS_SELECTOR, "input[name=folder]").get_attribute("value") == "2015/02"
+        assert browser.find_element(By.ID, "order").get_attribute("value") == "path"
+        names = [card.find_element(By.CSS_SELECTOR, ".name").get_attribute("title")
+                 for card in browser.find_elements(By.CSS_SELECTOR, ".card[data-entry]")]
+        assert names and all("/cat/2015/02/" in name for name in names) and names == sorted(names)
+
+        low = browser.find_element(By.CSS_SELECTOR, "input[name=p_cat_min]")
+        low.send_keys("0.95")
+        browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", low)
+        narrower = total(**asked, p_cat_min="0.95")
+        _wait(browser, lambda driver: "p_cat_min=0.95" in driver.current_url and shown().startswith(f"{narrower:,} shown"))
+        browser.refresh()
+        _wait(browser, lambda driver: driver.find_element(By.CSS_SELECTOR, "body[data-ready]"))
+        assert shown() == f"{narrower:,} shown, none selected"
+        assert browser.find_element(By.CSS_SELECTOR, "input[name=p_cat_min]").get_attribute("value") == "0.95"
+        assert f"token={server.token}" in browser.current_url  # the page still works after the reload
+    finally:
+        server.stop()
 
 
 def test_name_a_cat_and_the_next_run_sorts_its_photos_under_the_name(browser, tmp_path: Path, shared: Path):

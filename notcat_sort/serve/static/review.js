@@ -51,6 +51,17 @@ async function postJson(path, body) {
 
 // --- what is asked for ---------------------------------------------------------------------------
 
+// The view is in the page's own address (/review?label=cat&breed=Siamese&order=path): a link, a
+// bookmark or a reload shows the same photos. Every parameter but these is a filter.
+const NOT_FILTERS = new Set(["token", "label", "order", "view", "offset", "limit"]);
+
+function viewFromAddress() {
+  const params = new URLSearchParams(location.search);
+  state.label = SHOWN_LABELS.includes(params.get("label")) ? params.get("label") : "all";
+  state.order = params.get("order") || state.order;
+  for (const [name, value] of params) if (!NOT_FILTERS.has(name)) state.filters[name] = value;
+}
+
 function filterQuery() {
   const query = new URLSearchParams({order: state.order});
   if (state.label !== "all") query.append("label", state.label);
@@ -119,6 +130,7 @@ async function reload() {
     if (generation !== state.generation) return;
     state.view = answer.view;
     state.total = answer.total;
+    history.replaceState(null, "", withToken("/review", filterQuery()));
     document.getElementById("report").textContent = answer.report;
     document.getElementById("report").title = `corrections go to ${answer.corrections}`;
     buildFilters(answer.filters);
@@ -180,22 +192,24 @@ function buildFilters(described) {
     const label = document.createElement("label");
     label.append(filter.label, " ");
     if (filter.kind === "choice") {
-      if (!Object.keys(filter.values).length) continue;
+      if (!Object.keys(filter.values).length && !state.filters[filter.name]) continue;
       const select = document.createElement("select");
       select.name = filter.name;
-      fillChoices(select, filter.values, "");
+      fillChoices(select, filter.values, state.filters[filter.name] || "");
       select.addEventListener("change", () => { state.filters[filter.name] = select.value; reload(); });
       label.append(select);
     } else if (filter.kind === "range") {
       for (const end of ["min", "max"]) {
         const input = Object.assign(document.createElement("input"), {type: "number", min: 0, max: 1, step: 0.05, placeholder: end});
         input.name = `${filter.name}_${end}`;
+        input.value = state.filters[input.name] || "";
         input.addEventListener("change", () => { state.filters[input.name] = input.value; reload(); });
         label.append(input, end === "min" ? "–" : "");
       }
     } else {
       const input = Object.assign(document.createElement("input"), {type: "search", placeholder: "any"});
       input.name = filter.name;
+      input.value = state.filters[filter.name] || "";
       let waiting = 0;
       input.addEventListener("input", () => {
         clearTimeout(waiting);
@@ -211,6 +225,7 @@ function fillChoices(select, values, chosen) {
   select.textContent = "";
   select.append(new Option("any", ""));
   for (const [value, count] of Object.entries(values)) select.append(new Option(`${value} (${count.toLocaleString()})`, value));
+  if (chosen && !(chosen in values)) select.append(new Option(`${chosen} (0)`, chosen)); // asked for by the address
   select.value = chosen;
 }
 
@@ -555,4 +570,6 @@ window.addEventListener("scroll", () => {
   requestAnimationFrame(() => { scheduled = false; render(); });
 }, {passive: true});
 window.addEventListener("resize", () => { if (grid.clientWidth !== state.width) layout(); else render(); });
+viewFromAddress();
+document.getElementById("order").value = state.order;
 reload().then(() => { const first = state.cards.get(0); if (first) first.focus({preventScroll: true}); });
