@@ -4,7 +4,8 @@ The decisions are kept apart from the observer plumbing so they can be tested on
 `Scope` says which paths are ours to sort (not temporary names, not the output folders),
 `Settler` says when a file is complete (its size and mtime unchanged for the settle time and
 no process holding it open for writing), `Journal` says what the report already records as
-handled, and `should_flush` keeps batches large. `watch()` wires them to a watchdog observer
+handled, `Retries` says when to try again a file that found its destination full, and
+`should_flush` keeps batches large. `watch()` wires them to a watchdog observer
 and feeds batches through the same `pipeline.sort_files` as a one-off run; the model session
 is loaded once and kept across those calls.
 """
@@ -51,6 +52,9 @@ TEMPORARY_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", "
 WATCHED_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
                   DirCreatedEvent, DirMovedEvent]
 POLL_INTERVAL = 1.0  # seconds between snapshots with --polling
+# A file whose action failed while the file itself is fine (a full or read-only destination) is tried
+# again after this many settle times (60 s at the default 3 s), then twice as long each time, up to the second.
+RETRY_SETTLES = (20.0, 200.0)
 IDLE_WAKE = 0.5  # seconds: how often an idle watcher checks for a stop request
 
 
@@ -191,6 +195,59 @@ def should_flush(waiting: int, oldest_wait: float, settling: int, flush_size: in
     return waiting > 0 and (settling == 0 or waiting >= flush_size or oldest_wait >= max_wait)
 
 
+class Retries:
+    """Files whose action failed for a reason outside them (the destination full or read-only), and
+    when to try them again while the watch goes on: a disk that had no room may have some later.
+
+    One file goes first, as a probe, after the wait; while it fails the wait doubles (to a limit),
+    and once it goes through all the others follow at once. So a disk that stays full adds one
+    report row per wait, not one per file, and a freed one is used within a wait."""
+
+    def __init__(self, first: float, most: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._first, self._most, self._clock = first, most, clock
+        self._paths: dict[str, None] = {}  # in the order they failed
+        self._wait = first
+        self._due: float | None = None  # when the next probe goes; None while one is out or none is kept
+        self._probe: str | None = None
+        self._all_due = False
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def failed(self, path: str) -> None:
+        self._paths[path] = None
+        if path == self._probe:  # still no room: wait longer
+            self._probe, self._wait = None, min(self._most, 2 * self._wait)
+            self._all_due = False
+        if self._probe is None and self._due is None:
+            self._due = self._clock() + self._wait
+
+    def handled(self, path: str) -> None:
+        """`path` went through (or is gone, or the file itself failed): not to be tried again."""
+        self._paths.pop(path, None)
+        if path == self._probe:  # the destination takes files again: all the others now
+            self._probe, self._wait, self._all_due = None, self._first, True
+        if not self._paths:
+            self._due, self._all_due = None, False
+
+    def seconds_to_next(self) -> float | None:
+        if self._all_due and self._paths:
+            return 0.0
+        return None if self._due is None else max(0.0, self._due - self._clock())
+
+    def due(self) -> list[str]:
+        """Remove and return the files to try now."""
+        if self._all_due:
+            paths, self._paths, self._all_due, self._due = list(self._paths), {}, False, None
+            return paths
+        if self._due is None or self._clock() < self._due or not self._paths:
+            return []
+        self._probe = next(iter(self._paths))
+        del self._paths[self._probe]
+        self._due = None
+        return [self._probe]
+
+
 @dataclass(frozen=True)
 class _Entry:
     status: str
@@ -229,13 +286,15 @@ class Journal:
         reports = [] if report is None else [report, undo_report_path(report)]
         return cls(action, itertools.chain.from_iterable(final_rows(path) for path in reports if path.exists()))
 
-    def record(self, result: Result) -> None:
+    def record(self, result: Result) -> bool:
+        """Note `result`; True when its action failed with the file itself fine (to be tried again)."""
         prediction = result.prediction
         row = image_row(result, self.action)
         if self._final(row) and prediction.sha256:
             self._entries[row.path] = _Entry(row.status, row.action, prediction.sha256, prediction.file_key)
-        else:
-            self._entries.pop(row.path, None)
+            return False
+        self._entries.pop(row.path, None)
+        return row.status == Status.ERROR and result.label is not Label.ERROR
 
     def handled(self, path: str, signature: FileKey) -> bool:
         entry = self._entries.get(path)
@@ -311,14 +370,16 @@ def watch(
     observer.schedule(inbox, str(root), recursive=True, event_filter=WATCHED_EVENTS)
     observer.start()  # before the first scan, so nothing that lands meanwhile is missed
     settler = Settler(settle)
+    retries = Retries(RETRY_SETTLES[0] * settle, RETRY_SETTLES[1] * settle)
     waiting: dict[str, float] = {}  # complete files not yet sorted -> when they became complete
     flush_size = 4 * settings.classify.jobs * settings.classify.batch_size
     inbox.put("folder", str(root))
     try:
         while not stop():
-            pause = settler.seconds_to_next()
+            pauses = [pause for pause in (settler.seconds_to_next(), retries.seconds_to_next()) if pause is not None]
             if waiting:
-                pause = min(pause if pause is not None else settle, settle)
+                pauses.append(settle)
+            pause = min(pauses, default=None)
             for kind, path in inbox.drain(min(IDLE_WAKE, pause) if pause is not None else IDLE_WAKE):
                 if kind == "folder":
                     if scope.enters(path) and os.path.isdir(path):
@@ -329,18 +390,28 @@ def watch(
                 waiting.pop(path, None)
                 if kind == "gone":
                     settler.forget(path)
+                    retries.handled(path)
                 elif scope.accepts(path):
                     settler.observe(path)
             now = time.monotonic()
-            for path in settler.ready():
+            for path in itertools.chain(settler.ready(), retries.due()):
                 waiting.setdefault(path, now)
             oldest = now - min(waiting.values()) if waiting else 0.0
             if not should_flush(len(waiting), oldest, len(settler), flush_size, settle):
                 continue
-            batch = [found for path in waiting if (found := _candidate(path, root, journal)) is not None]
+            batch = []
+            for path in waiting:
+                if (found := _candidate(path, root, journal)) is not None:
+                    batch.append(found)
+                else:  # gone, or handled meanwhile
+                    retries.handled(path)
             waiting.clear()
             for result in sort_files(itertools.takewhile(lambda _: not stop(), batch), settings, report):
-                journal.record(result)
+                path = str(result.prediction.candidate.path)
+                if journal.record(result):
+                    retries.failed(path)
+                else:
+                    retries.handled(path)
                 yield result
     finally:
         observer.stop()

@@ -178,6 +178,44 @@ def test_label_folders_on_a_read_only_filesystem_fail_each_file_once(run_cli, tm
     shutil.rmtree(out, ignore_errors=True)
 
 
+class _Watcher:
+    """The installed CLI watching in a subprocess, stopped as systemd stops it (SIGTERM) on leaving."""
+
+    def __init__(self, command: list[str], env: dict[str, str], report: Path) -> None:
+        self.report = report
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def until(self, wanted: Callable[[list[dict[str, str]]], bool], seconds: float = 120) -> list[dict[str, str]]:
+        """The report's rows (in order) once `wanted` holds for them."""
+        deadline = time.monotonic() + seconds
+        while not (self.report.exists() and wanted(rows := read_csv(self.report.read_text()))):
+            assert self.process.poll() is None and time.monotonic() < deadline, "the watcher did not get there"
+            time.sleep(0.05)
+        return rows
+
+    def __enter__(self) -> _Watcher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        _, stderr = self.process.communicate(timeout=120)
+        assert "Traceback" not in stderr, stderr
+
+
+def _all_tried(rows: list[dict[str, str]]) -> bool:
+    final = _final(rows)
+    return len(final) == 4 and all(row["status"] != "started" for row in final.values())
+
+
+def _all_done(rows: list[dict[str, str]]) -> bool:
+    return {row["status"] for row in _final(rows).values()} == {"done"}
+
+
+def _watch_command(cli: Path, inbox: Path, out: Path, report: Path, settle: float) -> list[str]:
+    return [str(cli), "--watch", str(inbox), "--copy", "--out", str(out), "--settle", str(settle), "-j", "1",
+            "--report", str(report)]
+
+
 def test_a_watcher_tries_files_that_found_the_disk_full_again_at_its_next_start(cli: Path, cli_env: dict[str, str],
                                                                                tmp_path: Path) -> None:
     inbox = _library(tmp_path / "inbox", 4)
@@ -185,24 +223,35 @@ def test_a_watcher_tries_files_that_found_the_disk_full_again_at_its_next_start(
     with tmpfs(tmp_path / "small", "1m") as small:
         fill(small, leave=0)
         report = tmp_path / "watch.csv"
-        command = [str(cli), "--watch", str(inbox), "--copy", "--out", str(small), "--settle", "0.5", "-j", "1",
-                   "--report", str(report)]
-
-        def watch_until(rows_wanted: Callable[[dict[str, dict[str, str]]], bool]) -> dict[str, dict[str, str]]:
-            watcher = subprocess.Popen(command, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
-                deadline = time.monotonic() + 120
-                while not (report.exists() and rows_wanted(rows := _final(read_csv(report.read_text())))):
-                    assert watcher.poll() is None and time.monotonic() < deadline, "the watcher did not get there"
-                    time.sleep(0.1)
-            finally:
-                watcher.send_signal(signal.SIGTERM)
-                _, stderr = watcher.communicate(timeout=120)
-            assert "Traceback" not in stderr, stderr
-            return rows
-
-        full = watch_until(lambda rows: len(rows) == 4 and all(row["status"] != "started" for row in rows.values()))
+        command = _watch_command(cli, inbox, small, report, settle=0.5)
+        with _Watcher(command, cli_env, report) as watcher:
+            full = _final(watcher.until(_all_tried))
         assert all(FULL.search(row["error"]) for row in full.values()), full
         (small / "filler").unlink()  # room again
-        done = watch_until(lambda rows: {row["status"] for row in rows.values()} == {"done"})
-        assert len(done) == 4 and sorted(inventory(small).values()) == sorted(before.values())
+        with _Watcher(command, cli_env, report) as watcher:
+            watcher.until(_all_done)
+        assert sorted(inventory(small).values()) == sorted(before.values())
+
+
+def test_a_running_watcher_sorts_the_files_that_found_the_disk_full_once_there_is_room(
+        cli: Path, cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Without a restart: one file is tried again after a wait (20 settle times, then twice as long
+    each time), and once it goes through, all the others; a disk that stays full gets one try per wait."""
+    inbox = _library(tmp_path / "inbox", 4)
+    before = inventory(inbox)
+    with tmpfs(tmp_path / "small", "1m") as small:
+        fill(small, leave=0)
+        report = tmp_path / "watch.csv"
+
+        def errors(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+            return [row for row in rows if row["status"] == "error"]
+
+        with _Watcher(_watch_command(cli, inbox, small, report, settle=0.1), cli_env, report) as watcher:
+            first = errors(watcher.until(_all_tried))
+            assert len(first) == 4 and all(FULL.search(row["error"]) for row in first), first
+            tried_again = errors(watcher.until(lambda rows: len(errors(rows)) >= 6))
+            assert len(tried_again) == 6, "still full: one file is tried per wait, not all of them"
+            assert all(FULL.search(row["error"]) for row in tried_again)
+            (small / "filler").unlink()  # room again, while it watches
+            watcher.until(_all_done, seconds=60)
+        assert sorted(inventory(small).values()) == sorted(before.values())

@@ -20,7 +20,7 @@ from prerequisites import requires
 from notcat_sort.cache import FileKey
 from notcat_sort.pipeline import StopFlag
 from notcat_sort.report import Row, Status, read_report
-from notcat_sort.watch import Journal, Scope, Settler, open_for_writing, should_flush
+from notcat_sort.watch import Journal, Retries, Scope, Settler, open_for_writing, should_flush
 
 CLI = Path(sys.executable).parent / "notcat-sort"
 SETTLE = 0.5
@@ -91,6 +91,36 @@ def test_should_flush_keeps_bursts_together():
     assert not should_flush(3, 0.1, 200, 64, SETTLE)  # a burst is still settling: wait for more
     assert should_flush(64, 0.1, 200, 64, SETTLE)  # enough for a large batch
     assert should_flush(3, SETTLE, 200, 64, SETTLE)  # but never hold a file back for long
+
+
+def test_retries_send_one_probe_per_wait_then_all_once_it_goes_through():
+    now = [0.0]
+    retries = Retries(10.0, 40.0, clock=lambda: now[0])
+    assert retries.seconds_to_next() is None and retries.due() == []
+    for path in ("a", "b", "c"):
+        retries.failed(path)  # the destination was full for all three
+    assert retries.seconds_to_next() == 10.0 and retries.due() == []
+    now[0] = 10.0
+    assert retries.due() == ["a"] and retries.due() == []  # one probe, nothing more while it is out
+    assert retries.seconds_to_next() is None
+    retries.failed("a")  # still full: twice the wait, then the limit
+    assert retries.seconds_to_next() == 20.0
+    now[0] = 30.0
+    assert retries.due() == ["b"]
+    retries.failed("b")
+    now[0] = 70.0
+    assert retries.due() == ["c"]
+    retries.failed("c")
+    assert retries.seconds_to_next() == 40.0  # the limit, not 80
+    now[0] = 110.0
+    [probe] = retries.due()
+    retries.handled(probe)  # it went through: the others at once, and the wait starts over
+    assert retries.seconds_to_next() == 0.0 and sorted(retries.due()) == sorted({"a", "b", "c"} - {probe})
+    assert len(retries) == 0 and retries.seconds_to_next() is None
+    retries.failed("d")
+    assert retries.seconds_to_next() == 10.0
+    retries.handled("d")  # gone from the folder: nothing left to try
+    assert retries.seconds_to_next() is None and retries.due() == []
 
 
 def test_journal_skips_only_unchanged_files_with_a_final_row_for_the_same_action(tmp_path):
