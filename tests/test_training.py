@@ -78,6 +78,8 @@ def test_tiny_fit_end_to_end(tmp_path: Path, capsys) -> None:
     inside = raw["metrics"]["in_source"]["int8"]["overall"]["n"]
     assert outside > 0 and inside > 0 and outside + inside == raw["training"]["images"]
     assert (out / "notcat-lite0-eval" / "confusion.png").stat().st_size > 0
+    looks = [row["variant"] for row in raw["small_cats"]["variants"]]  # each look on small, far-away cats
+    assert len(looks) == 3 and all(look in first for look in looks) and "small-cat R" in first
     assert not list(out.glob(".fit-*"))  # the staging folder is gone
 
     session = Classifier(card)._session

@@ -83,14 +83,19 @@ def _run_fit(args: argparse.Namespace, argv: list[str]) -> None:
                     distillation=args.distillation)
     command = "python -m training " + shlex.join(argv)
     run_fit(config, command)
+    model = Path(args.out) / DEFAULT_MODEL.name
     if (args.attributes / "breeds").is_dir():
         from training.attributes_fit import run as run_attributes
 
-        model = Path(args.out) / DEFAULT_MODEL.name
         run_attributes(model, args.attributes, Path(args.workdir), fp32=Path(args.workdir) / f"{model.stem}-fp32.onnx",
                        limit=args.limit and max(5, args.limit // 40), command=command)
     else:
         print(f"no {args.attributes / 'breeds'}: the model has no breed and mood heads")
+    from training.small_cats import COMPOSITES_PER_FOLD
+    from training.small_cats import run as run_small_cats
+
+    # The looks compared on small, far-away cats, as `small-cats` prints them (a --limit fit: its own few photos).
+    run_small_cats(model, args.data, None, COMPOSITES_PER_FOLD if args.limit is None else 2, command)
 
 
 def _model_option(parser: argparse.ArgumentParser) -> None:
@@ -240,7 +245,8 @@ COMMANDS = {
         "Run the frozen ImageNet Lite0 over every image once (cached in --workdir), compare candidate heads, on "
         "the frozen network and on one tuned with LP-FT and ImageNet distillation, on leave-sources-out folds, "
         "fit the winner's temperature and threshold out of source, and write the int8 model, its card (with the "
-        "thumbnail and --uncertain bands) and plots to --out. About 50 minutes on 2 cores from scratch, 30 with "
+        "thumbnail and --uncertain bands, the breed and mood heads, and each look's figures on small, far-away "
+        "cats as `small-cats` gives them) and plots to --out. About 50 minutes on 2 cores from scratch, 30 with "
         "the cache. Needs the train extra.", _fit_options, _run_fit),
     "attributes": _Command(
         "fit the breed and mood heads and append them to the model",
