@@ -67,7 +67,7 @@ def _head(model: onnx.ModelProto, output: str, card: dict) -> heads.Head:
         weights = stored[prefix + "_int8"].astype(np.float32) * stored[prefix + "_scale"]
     section = card["attributes"][output]
     return heads.Head(output, tuple(section["labels"]), tuple(section["reads"]), weights.astype(np.float64),
-                      stored[f"heads/{output}/bias"].astype(np.float64))
+                      stored[f"heads/{output}/bias"].astype(np.float64), section["power"])
 
 
 def test_the_card_names_the_heads_outputs() -> None:

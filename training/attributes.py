@@ -5,9 +5,11 @@ cats (catnotcat's petimages-cat and campus-cats) as the `domestic` class: most c
 have no pedigree, and a 12-way head would name one for every tabby. Moods: ../shared/datasets/mood.
 
 Features are read from the shipped int8 graph itself (the heads run on what it computes): the
-cat-weighted `embedding` output, the global average pool the ImageNet classifier reads, and the
+cat-weighted `embedding` output, the global average pool the ImageNet classifier reads, the
 global average pool of stage 5's output (192 channels at 1/32 of the input: coat pattern and face
-shape before the last stage turns them into ImageNet's classes), each for the photo and for its
+shape before the last stage turns them into ImageNet's classes), and stage 5's output pooled with
+the `embedding`'s own weights over the places (the same 1/32 grid: the cat's face and coat rather
+than the room it sits in), each for the photo and for its
 mirror image (a training-time augmentation: the runtime runs each photo once). They are cached
 under the workdir, keyed by the model's sha256 and the photos.
 """
@@ -31,7 +33,8 @@ DATASETS = Path("../shared/datasets")
 DOMESTIC = "domestic"
 NON_PEDIGREE_GROUPS = ("petimages-cat", "campus-cats")
 NON_PEDIGREE_PHOTOS = 2000  # PetImages' 6,198 cats are sampled to this (campus-cats' 219 all kept)
-POOLINGS = ("embedding", "pooled", "stage5")  # the cat-weighted pooling (an output), the global pool, stage 5's pool
+POOLINGS = ("embedding", "pooled", "stage5", "stage5_cat")  # the cat-weighted pooling (an output), the global pool,
+# stage 5's global pool, stage 5 pooled with the cat-weighted pooling's weights
 BATCH = 32
 
 
@@ -89,15 +92,32 @@ def stage5_tensor(graph: onnx.GraphProto) -> str:
     return next(node for node in graph.node if node.op_type == "Conv" and node.name.startswith("/blocks/blocks.6/")).input[0]
 
 
+def cat_weights(graph: onnx.GraphProto) -> str:
+    """The `embedding` output's weights over the places of the last feature map, (N, 1, H/32, W/32): the
+    softmax of where the ImageNet classifier sees a domestic cat (training.model.CatPooling)."""
+    pool = next(node for node in graph.node if node.output[0] == "embedding")
+    weighted = next(node for node in graph.node if node.output[0] == pool.input[0])
+    last_map = next(node for node in graph.node if node.op_type == "GlobalAveragePool").input[0]
+    return next(name for name in weighted.input if name != last_map)
+
+
 def add_poolings(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> dict[str, str]:
     """The tensor of each of POOLINGS, (N, C), appending to `nodes` what computes those the graph lacks
-    (stage 5's global average pool, unless heads already read it)."""
+    (stage 5's global and cat-weighted pools, unless heads already read them)."""
     stage5 = stage5_tensor(graph)
-    if not any("heads/stage5/pooled" in node.output for node in graph.node):  # (a graph with heads has it)
+    computed = {output for node in graph.node for output in node.output}  # (a graph with heads has them)
+    if "heads/stage5/pooled" not in computed:
         nodes += [onnx.helper.make_node("GlobalAveragePool", [stage5], ["heads/stage5/pool"], name="heads/stage5/pool"),
                   onnx.helper.make_node("Flatten", ["heads/stage5/pool"], ["heads/stage5/pooled"],
                                         name="heads/stage5/flatten")]
-    return {"embedding": "embedding", "pooled": pooled_tensor(graph), "stage5": "heads/stage5/pooled"}
+    if "heads/stage5_cat/pooled" not in computed:
+        embedding = next(node for node in graph.node if node.output[0] == "embedding")  # its axes (2, 3), as input
+        nodes += [onnx.helper.make_node("Mul", [stage5, cat_weights(graph)], ["heads/stage5_cat/weighted"],
+                                        name="heads/stage5_cat/weighted"),
+                  onnx.helper.make_node("ReduceSum", ["heads/stage5_cat/weighted", embedding.input[1]],
+                                        ["heads/stage5_cat/pooled"], keepdims=0, name="heads/stage5_cat/pooled")]
+    return {"embedding": "embedding", "pooled": pooled_tensor(graph), "stage5": "heads/stage5/pooled",
+            "stage5_cat": "heads/stage5_cat/pooled"}
 
 
 def _with_pooling_outputs(model: Path) -> tuple[bytes, list[str]]:

@@ -9,7 +9,8 @@ from pathlib import Path
 from notcat_sort.content import sha256_file
 
 NAME = "notcat-lite0"
-VERSION = "2.2.0"  # 2.2: the breeds and mood outputs (training.attributes_fit)
+# 2.2: the breeds and mood outputs (training.attributes_fit); 2.3: they also read stage 5 pooled over the cat, mood at the power 0.75
+VERSION = "2.3.0"
 DATA_SOURCES = [
     {"name": "Kaggle Dogs vs Cats (Microsoft PetImages)", "groups": "petimages-cat, petimages-dog",
      "licence": "research use (Microsoft Research / Kaggle competition terms)"},

@@ -2,8 +2,10 @@
 
 A head reads one or more poolings (`embedding`, the last feature map's cat-weighted pooling the
 graph already outputs; `pooled`, its global average pool, which the ImageNet classifier reads;
-`stage5`, the global average pool of stage 5's output), each signed-square-rooted and
-L2-normalised, concatenated, then `softmax(x @ weights + bias)`.
+`stage5`, the global average pool of stage 5's output; `stage5_cat`, stage 5's output pooled with
+`embedding`'s weights over the places), each raised to a signed power (the square root, or the
+head's `power`: mood reads its features at 0.75) and L2-normalised, concatenated, then
+`softmax(x @ weights + bias)`.
 
 The heads are appended to the already exported and quantized graphs as new outputs, after the
 tensors they read: every node that computes `probabilities` stays as it is, so the cat
@@ -25,35 +27,37 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 EPSILON = 1e-12  # below any real feature vector's norm; keeps an all-zero one finite
+ROOT = 0.5  # the power the features are raised to unless a head says otherwise: the signed square root
 
 
 @dataclass(frozen=True)
 class Head:
-    """softmax(normalised(features of `reads`) @ weights + bias) over `labels`, output as `output`."""
+    """softmax(normalised(features of `reads`, `power`) @ weights + bias) over `labels`, output as `output`."""
 
     output: str
     labels: tuple[str, ...]
     reads: tuple[str, ...]
     weights: np.ndarray  # (D, K)
     bias: np.ndarray  # (K,)
+    power: float = ROOT
 
     def probabilities(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """The reference in numpy (float64) of what the appended graph computes."""
-        logits = normalised([features[name] for name in self.reads]) @ self.weights + self.bias
+        logits = normalised([features[name] for name in self.reads], self.power) @ self.weights + self.bias
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
 
     def to_json(self) -> dict:
-        return {"output": self.output, "labels": list(self.labels), "reads": list(self.reads),
+        return {"output": self.output, "labels": list(self.labels), "reads": list(self.reads), "power": self.power,
                 "weights": self.weights.tolist(), "bias": self.bias.tolist()}
 
 
-def normalised(blocks: list[np.ndarray]) -> np.ndarray:
-    """Each block signed-square-rooted and L2-normalised per row, the blocks side by side (float64)."""
+def normalised(blocks: list[np.ndarray], power: float = ROOT) -> np.ndarray:
+    """Each block raised to the signed `power` and L2-normalised per row, the blocks side by side (float64)."""
     parts = []
     for block in blocks:
-        rooted = np.sign(block) * np.sqrt(np.abs(np.asarray(block, np.float64)))
+        rooted = np.sign(block) * np.abs(np.asarray(block, np.float64)) ** power
         parts.append(rooted / np.maximum(np.linalg.norm(rooted, axis=1, keepdims=True), EPSILON))
     return np.concatenate(parts, axis=1)
 
@@ -75,8 +79,8 @@ def stored_weights(head: Head, int8: bool) -> np.ndarray:
 
 def append(model: onnx.ModelProto, heads: list[Head], int8: bool) -> onnx.ModelProto:
     """A copy of `model` with each head as an extra float32 (N, K) output. The poolings read are found by
-    name: `embedding` (an output), `pooled` (the flattened global average pool) and `stage5` (stage 5's
-    output, pooled by nodes appended here)."""
+    name: `embedding` (an output), `pooled` (the flattened global average pool), and `stage5` and
+    `stage5_cat` (stage 5's output, pooled by nodes appended here)."""
     from training.attributes import add_poolings
     from training.export import _drop_unused
 
@@ -87,18 +91,18 @@ def append(model: onnx.ModelProto, heads: list[Head], int8: bool) -> onnx.ModelP
     nodes: list[onnx.NodeProto] = []
     sources = add_poolings(graph, nodes)
     constants: list[onnx.TensorProto] = [numpy_helper.from_array(np.array(EPSILON, np.float32), "heads/epsilon")]
-    normal: dict[str, str] = {}
+    normal: dict[tuple[str, float], str] = {}  # one normalisation per pooling and power, shared by the heads
     for head in heads:
         if head.output in existing:
             raise ValueError(f"the model already has an output named {head.output}")
         for name in head.reads:
-            if name not in normal:
-                normal[name] = _normalise(nodes, sources[name], f"heads/{name}")
+            if (name, head.power) not in normal:
+                normal[name, head.power] = _normalise(nodes, constants, sources[name], name, head.power)
         prefix = f"heads/{head.output}"
-        features = normal[head.reads[0]]
+        features = normal[head.reads[0], head.power]
         if len(head.reads) > 1:
             features = f"{prefix}/features"
-            nodes.append(helper.make_node("Concat", [normal[name] for name in head.reads], [features], axis=1,
+            nodes.append(helper.make_node("Concat", [normal[name, head.power] for name in head.reads], [features], axis=1,
                                           name=features))
         weights = f"{prefix}/weights"
         if int8:
@@ -117,15 +121,23 @@ def append(model: onnx.ModelProto, heads: list[Head], int8: bool) -> onnx.ModelP
         graph.output.append(helper.make_tensor_value_info(head.output, TensorProto.FLOAT, ["batch", len(head.labels)]))
     graph.initializer.extend(constants)
     graph.node.extend(nodes)
-    _drop_unused(graph)  # stage 5's pool where no head reads it
+    _drop_unused(graph)  # stage 5's pools where no head reads them
     onnx.checker.check_model(result, full_check=True)
     return result
 
 
-def _normalise(nodes: list[onnx.NodeProto], source: str, prefix: str) -> str:
-    """Nodes for sign(x) sqrt(|x|) / max(||.||2, EPSILON) per row; returns the result's name."""
-    steps = [("Abs", [source], "abs"), ("Sqrt", [f"{prefix}/abs"], "sqrt"), ("Sign", [source], "sign"),
-             ("Mul", [f"{prefix}/sign", f"{prefix}/sqrt"], "rooted")]
+def _normalise(nodes: list[onnx.NodeProto], constants: list[onnx.TensorProto], source: str, pooling: str,
+               power: float) -> str:
+    """Nodes for sign(x) |x|^power / max(||.||2, EPSILON) per row (the square root as Sqrt, named
+    heads/<pooling>/...; another power as Pow, heads/<pooling>^<power>/...); returns the result's name."""
+    prefix = f"heads/{pooling}"
+    raised: tuple[str, list[str], str] = ("Sqrt", [f"{prefix}/abs"], "sqrt")
+    if power != ROOT:
+        prefix += f"^{power:g}"
+        constants.append(numpy_helper.from_array(np.array(power, np.float32), f"{prefix}/power"))
+        raised = ("Pow", [f"{prefix}/abs", f"{prefix}/power"], "raised")
+    steps = [("Abs", [source], "abs"), raised, ("Sign", [source], "sign"),
+             ("Mul", [f"{prefix}/sign", f"{prefix}/{raised[2]}"], "rooted")]
     for op, inputs, name in steps:
         nodes.append(helper.make_node(op, inputs, [f"{prefix}/{name}"], name=f"{prefix}/{name}"))
     nodes += [helper.make_node("ReduceL2", [f"{prefix}/rooted"], [f"{prefix}/norm"], axes=[1], keepdims=1,
