@@ -13,7 +13,7 @@ lists (`breeds`, `mood`): computed in the same call too, so they cost no second 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -55,10 +55,11 @@ class Attribute:
     labels: tuple[str, ...]
     confident: float = 0.0  # the breeds' rule; the mood has none (every mood is a guess)
 
-    def ranked(self, probabilities: np.ndarray, top: int) -> list[Guess]:
-        """The `top` labels by probability, the most likely first (names as the card has them)."""
-        order = np.argsort(-probabilities, kind="stable")[:top]
-        return [Guess(self.labels[i], float(probabilities[i])) for i in order]
+    def ranked(self, probabilities: np.ndarray, top: int, leave_out: Collection[str] = ()) -> list[Guess]:
+        """The `top` labels by probability, the most likely first (names as the card has them), but those
+        in `leave_out` (`domestic` from a list of breeds: it is none)."""
+        order = np.argsort(-probabilities, kind="stable")
+        return [Guess(self.labels[i], float(probabilities[i])) for i in order if self.labels[i] not in leave_out][:top]
 
     def guess(self, probabilities: np.ndarray) -> Guess:
         """The likeliest label other than `domestic` with its p, named only where it is the top label and

@@ -164,19 +164,21 @@ def out_of_fold(task: Task, features: dict[str, np.ndarray], fold: np.ndarray, r
 
 
 def scores(task: Task, p: np.ndarray, confident: float | None = None) -> dict:
-    """Over the photos of the task's own labels (not `domestic`): top-1 and macro F1 of the top breed or
-    mood (for breeds, `domestic` set aside), top-5 over every output label, the confusion matrix of the
-    top output label; for breeds also what the naming rule does with pedigree and non-pedigree photos."""
+    """Over the photos of the task's own labels (not `domestic`): top-1, top-5 and macro F1 of the top breeds
+    or moods (for breeds, `domestic` set aside, as serve lists the five likeliest breeds), the confusion
+    matrix of the top output label; for breeds also what the naming rule does with pedigree and non-pedigree
+    photos."""
     from sklearn.metrics import f1_score
 
     y = task.targets
     domestic = task.labels.index(attributes.DOMESTIC) if attributes.DOMESTIC in task.labels else None
     own = y != domestic if domestic is not None else np.ones(len(y), bool)
     labelled = [i for i in range(len(task.labels)) if i != domestic]
-    first = np.array(labelled)[np.argmax(p[:, labelled], axis=1)]  # the top breed, whatever p(domestic) is
-    ranked = np.argsort(-p, axis=1)  # top-5 over every output, as a page listing the output's top 5 shows it
+    listed = np.array(labelled)[np.argsort(-p[:, labelled], axis=1)]  # the labels in order, whatever p(domestic) is
+    first = listed[:, 0]
+    ranked = np.argsort(-p, axis=1)
     result = {"n": int(own.sum()), "top1": float(np.mean(first[own] == y[own])),
-              f"top{TOP}": float(np.mean((ranked[own, :TOP] == y[own, None]).any(axis=1))),
+              f"top{TOP}": float(np.mean((listed[own, :TOP] == y[own, None]).any(axis=1))),
               "macro_f1": float(f1_score(y[own], first[own], labels=labelled, average="macro", zero_division=0)),
               "confusion": _confusion(y[own], ranked[own, 0], len(task.labels)).tolist()}
     if domestic is not None and confident is not None:

@@ -26,13 +26,13 @@ from notcat_sort.classify import Picture, picture, preview_picture
 from notcat_sort.decide import Label, Policy
 from notcat_sort.decode import DEFAULT_MAX_PIXELS, DecodeError, decode
 from notcat_sort.embedded import Source
-from notcat_sort.model import Classifier, Guess, ModelCard, Trait
+from notcat_sort.model import DOMESTIC, Classifier, Guess, ModelCard, Trait
 from notcat_sort.scan import looks_like_image
 from notcat_sort.serve.thumbnails import draw
 from notcat_sort.sidecars import RAW_SUFFIXES
 
 THUMBNAIL_SIZE = 320  # px, the longer side of the thumbnail an answer carries
-TOP_BREEDS = 5  # the breeds an answer lists, the most likely first
+TOP_BREEDS = 5  # the breeds an answer lists, the most likely first (`domestic` is no breed: not listed)
 
 
 class NotAnImage(ValueError):
@@ -99,7 +99,7 @@ class BatchedClassifier:
         found_breeds, found_mood = (scored.attributes.get(trait) for trait in (Trait.BREED, Trait.MOOD))
         return Verdict(self.policy.decide(scored.p_cat), scored.p_cat, hashlib.sha256(upload).hexdigest(), shown.source,
                        thumbnail,
-                       breeds.ranked(found_breeds, TOP_BREEDS) if breeds and found_breeds is not None else [],
+                       breeds.ranked(found_breeds, TOP_BREEDS, leave_out=(DOMESTIC,)) if breeds and found_breeds is not None else [],
                        breeds.guess(found_breeds) if breeds and found_breeds is not None else None,
                        mood.guess(found_mood) if mood and found_mood is not None else None)
 
