@@ -304,7 +304,8 @@ def run_cli(arguments: list[str], files: int, cache_home: Path) -> Run:
 
 
 def run_baseline(folder: Path, files: int, model: Path, cache_home: Path) -> Run:
-    return run_process([sys.executable, str(BASELINE), str(model), str(folder)], files, cache_home)
+    size = load_card(default_model_path()).input_size  # what the CLI feeds the model
+    return run_process([sys.executable, str(BASELINE), str(model), str(folder), str(size)], files, cache_home)
 
 
 def profile_pipeline(files: list[Path], out: Path, model: Path | None, copy: bool = True) -> None:
