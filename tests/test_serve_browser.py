@@ -2,7 +2,7 @@
 system's chromedriver (nothing downloads a browser). Classify a photo on the first page, correct
 one photo on the review page, check the file on disk and the report; on the review of a
 30,000-photo library, go to the last photo, correct a selection and undo it; open a view from its
-address and keep a changed filter there; and save a
+address and keep a changed filter there; fold the filters on a phone's width; and save a
 screenshot of each page (to $NOTCAT_SORT_SCREENSHOTS, default tmp/screenshots/ in the checkout;
 docs/ holds copies for the README). Skips where chromium is missing, except under CI, where it fails (prerequisites.py)."""
 
@@ -216,6 +216,39 @@ def test_the_review_page_keeps_its_view_in_its_address(browser, tmp_path: Path, 
         assert shown() == f"{narrower:,} shown, none selected"
         assert browser.find_element(By.CSS_SELECTOR, "input[name=p_cat_min]").get_attribute("value") == "0.95"
         assert f"token={server.token}" in browser.current_url  # the page still works after the reload
+    finally:
+        server.stop()
+
+
+def test_the_review_toolbar_folds_its_filters_on_a_phone(browser, tmp_path: Path, shared: Path):
+    """At 420 px the filters but the label, and the order, fold behind one button that counts those in use,
+    so the toolbar leaves most of the screen to the photos; at 1280 px they are all in view."""
+    from selenium.webdriver.common.by import By
+
+    _, report = large_library(shared, tmp_path, 600)
+    server = start_server("--report", report, "--corrections", tmp_path / "fixes", env=environment(tmp_path))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        browser.set_window_size(420, 900)
+        browser.get(f"{server.base}/review?token={server.token}&folder=2015")
+        _wait(browser, lambda driver: driver.find_element(By.CSS_SELECTOR, "body[data-ready]"))
+        _all_thumbnails_drawn(browser)
+        folder = browser.find_element(By.CSS_SELECTOR, "input[name=folder]")
+        button = browser.find_element(By.ID, "filters-button")
+        assert not folder.is_displayed() and button.text == "filters (1)"
+        toolbar, screen = browser.execute_script(
+            "return [document.getElementById('toolbar').getBoundingClientRect().height, window.innerHeight]")
+        browser.save_screenshot(str(SCREENSHOTS / "serve-review-420.png"))
+        assert toolbar < 0.25 * screen, (toolbar, screen)
+        button.click()
+        _wait(browser, lambda driver: folder.is_displayed())
+        assert folder.get_attribute("value") == "2015" and button.get_attribute("aria-expanded") == "true"
+        assert browser.find_element(By.ID, "order").is_displayed()
+        button.click()  # folded again, and then on a wide screen: every filter in view, no button
+        _wait(browser, lambda driver: not folder.is_displayed())
+        browser.set_window_size(1280, 900)
+        _wait(browser, lambda driver: folder.is_displayed() and not button.is_displayed())
+        assert browser.find_element(By.ID, "order").is_displayed()
     finally:
         server.stop()
 

@@ -131,6 +131,8 @@ async function reload() {
     state.view = answer.view;
     state.total = answer.total;
     history.replaceState(null, "", withToken("/review", filterQuery()));
+    const inUse = Object.values(state.filters).filter((value) => value !== "").length;
+    document.getElementById("filters-button").textContent = inUse ? `filters (${inUse})` : "filters";
     document.getElementById("report").textContent = answer.report;
     document.getElementById("report").title = `corrections go to ${answer.corrections}`;
     buildFilters(answer.filters);
@@ -557,6 +559,10 @@ document.getElementById("select-all").addEventListener("click", selectAll);
 document.getElementById("select-none").addEventListener("click", clearSelection);
 document.getElementById("undo").addEventListener("click", undo);
 document.getElementById("order").addEventListener("change", (event) => { state.order = event.target.value; reload(); });
+document.getElementById("filters-button").addEventListener("click", (event) => {
+  const open = document.getElementById("filters").classList.toggle("open");
+  event.target.setAttribute("aria-expanded", String(open));
+});
 document.getElementById("keys-button").addEventListener("click", (event) => {
   const keys = document.getElementById("keys");
   keys.hidden = !keys.hidden;
