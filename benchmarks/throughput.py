@@ -446,7 +446,9 @@ def group_cats_section(folder: Path, count: int, jobs: int, repeats: int, work: 
 def heads_section(folder: Path, count: int, jobs: int, repeats: int, work: Path, model: Path) -> list[bool]:
     """Report-only runs with `model` (which has breed and mood heads) and with the same model without
     their outputs, interleaved; the slowdown is the median of the ratios within each repeat."""
-    sys.path.insert(0, str(REPO / "tests"))  # the helper that strips the heads, shared with the tests (needs onnx)
+    # The helper that strips the heads, shared with the tests; it uses the training package's own graph surgery
+    # (needs onnx, the train extra).
+    sys.path[:0] = [str(REPO / "tests"), str(REPO)]
     from attribute_models import without_heads
 
     if not load_card(model).attributes:

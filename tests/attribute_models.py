@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,20 +57,15 @@ def with_heads(source: Path, model: Path, confident: float = 0.5, seed: int = 26
 
 
 def without_heads(source: Path, model: Path) -> Path:
-    """`source` without the `breeds` and `mood` outputs and its card without `attributes`: what a model
-    from before the heads looks like to the runtime (the heads' nodes go unused)."""
+    """`source` without the `breeds` and `mood` outputs (and the nodes only they used) and its card without
+    `attributes`: what a model from before the heads looks like to the runtime. The graph surgery is the
+    training package's own (`training.attributes_fit.without_heads`, which a refit of the heads uses)."""
     import onnx
 
-    graph = onnx.load(str(source))
-    kept = [output for output in graph.graph.output if output.name not in ("breeds", "mood")]
-    if len(kept) == len(graph.graph.output):
-        model.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, model)
-    else:
-        del graph.graph.output[:]
-        graph.graph.output.extend(kept)
-        model.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(graph, str(model))
+    from training.attributes_fit import without_heads as strip
+
+    model.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(strip(onnx.load(str(source))), str(model))
     card = json.loads(source.with_suffix(".json").read_text(encoding="utf-8"))
     card.pop("attributes", None)
     _write_card(model, card)

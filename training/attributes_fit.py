@@ -278,13 +278,11 @@ def fp32_twin(model: Path) -> Path:
 
 def without_heads(model: onnx.ModelProto, outputs: tuple[str, ...] = ("breeds", "mood")) -> onnx.ModelProto:
     """`model` as it was before heads named `outputs` were appended (a refit replaces them)."""
-    from training.export import _drop_unused
-
     result = onnx.ModelProto()
     result.CopyFrom(model)
     for output in [entry for entry in result.graph.output if entry.name in outputs]:
         result.graph.output.remove(output)
-    _drop_unused(result.graph)
+    heads.drop_unused(result.graph)
     return result
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from training import runtime
+from training.heads import drop_unused
 from training.model import PIXEL_STEP, PIXEL_ZERO
 
 OPSET = 17
@@ -192,24 +193,8 @@ def _read_pixels_directly(model: onnx.ModelProto, normalised: str) -> onnx.Model
     pixels = node.input[0]
     for consumer in graph.node:
         consumer.input[:] = [pixels if name == quantized.output[0] else name for name in consumer.input]
-    _drop_unused(graph)
+    drop_unused(graph)
     return model
-
-
-def _drop_unused(graph: onnx.GraphProto) -> None:
-    """Remove the nodes, constants and shape annotations nothing leads from any more."""
-    needed = {output.name for output in graph.output}
-    kept = []
-    for node in reversed(graph.node):  # the graph is topologically sorted
-        if any(name in needed for name in node.output):
-            kept.append(node)
-            needed.update(node.input)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    for field in (graph.initializer, graph.value_info):
-        unused = [entry for entry in field if entry.name not in needed]
-        for entry in unused:
-            field.remove(entry)
 
 
 def channel_means(model: onnx.ModelProto, tensors: list[str], images: np.ndarray) -> dict[str, np.ndarray]:

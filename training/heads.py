@@ -82,7 +82,6 @@ def append(model: onnx.ModelProto, heads: list[Head], int8: bool) -> onnx.ModelP
     name: `embedding` (an output), `pooled` (the flattened global average pool), and `stage5` and
     `stage5_cat` (stage 5's output, pooled by nodes appended here)."""
     from training.attributes import add_poolings
-    from training.export import _drop_unused
 
     result = onnx.ModelProto()
     result.CopyFrom(model)
@@ -121,7 +120,7 @@ def append(model: onnx.ModelProto, heads: list[Head], int8: bool) -> onnx.ModelP
         graph.output.append(helper.make_tensor_value_info(head.output, TensorProto.FLOAT, ["batch", len(head.labels)]))
     graph.initializer.extend(constants)
     graph.node.extend(nodes)
-    _drop_unused(graph)  # stage 5's pools where no head reads them
+    drop_unused(graph)  # stage 5's pools where no head reads them
     onnx.checker.check_model(result, full_check=True)
     return result
 
@@ -146,3 +145,19 @@ def _normalise(nodes: list[onnx.NodeProto], constants: list[onnx.TensorProto], s
               helper.make_node("Div", [f"{prefix}/rooted", f"{prefix}/floor"], [f"{prefix}/normalised"],
                                name=f"{prefix}/normalised")]
     return f"{prefix}/normalised"
+
+
+def drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove the nodes, constants and shape annotations nothing leads from any more."""
+    needed = {output.name for output in graph.output}
+    kept = []
+    for node in reversed(graph.node):  # the graph is topologically sorted
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    for field in (graph.initializer, graph.value_info):
+        unused = [entry for entry in field if entry.name not in needed]
+        for entry in unused:
+            field.remove(entry)
