@@ -3,7 +3,8 @@ the test-only hooks in tests/fault_hooks) ends that run, but never makes a libra
 the rerun decodes the files that were in flight in a child process, one at a time; the one that
 kills its child becomes an error row and is not decoded again until it changes; the others,
 innocent, come out classified. The same holds for a watcher restarted after the crash and for a
-cluster whose worker the crash kills."""
+cluster whose worker the crash kills; serve decodes uploads in child processes, so such an upload
+ends neither the server nor the uploads sent beside it."""
 
 from __future__ import annotations
 
@@ -162,3 +163,31 @@ def test_a_cluster_worker_killed_by_the_decoder_does_not_stop_the_run(cli: Path,
     assert CRASHED in rows["crash.jpg"]["error"], rows["crash.jpg"]
     assert Counter(row["status"] for name, row in rows.items() if name != "crash.jpg") == {"done": 6}
     assert os.path.exists(photos_folder / "crash.jpg")
+
+
+def test_an_upload_that_crashes_the_decoder_does_not_end_the_server(tmp_path: Path) -> None:
+    """serve decodes uploads in child processes: the crashing upload gets an error that says so, the uploads
+    sent beside it come back classified, and the server goes on answering."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    need_module("starlette", "the serve extra: pip install '.[serve]'")
+    from serve_support import environment, start_server
+
+    server = start_server(env=with_faults(environment(tmp_path), NOTCAT_TEST_DECODER_CRASH=CRASH))
+    crashing = photo_bytes(1000) + CRASH.encode()
+    innocent = [photo.read_bytes() for photo in photos(3)]
+
+    def classify(data: bytes) -> tuple[int, dict]:
+        with server.client() as client:
+            answer = client.post("/api/classify", content=data)
+            return answer.status_code, answer.json()
+
+    try:
+        with ThreadPoolExecutor(4) as pool:  # at once, so that the innocent ones are in the child that dies
+            (status, crashed), *others = list(pool.map(classify, [crashing, *innocent]))
+        assert status == 422 and "the image decoder crashed on this file" in crashed["error"], crashed
+        assert [code for code, _ in others] == [200, 200, 200], others
+        assert server.process.poll() is None
+        assert classify(innocent[0])[0] == 200 and classify(crashing)[0] == 422  # and again, from a new child
+    finally:
+        server.stop()

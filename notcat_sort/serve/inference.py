@@ -5,7 +5,10 @@ when it comes without one) from its embedded preview, anything else as the image
 answer carries a JPEG thumbnail of what was classified, which any browser can show (a HEIC or a
 RAW file it could not).
 
-One onnxruntime session (`notcat_sort.model.Classifier`) is shared by a few worker threads.
+Uploads are decoded in a child process (`Decoder`): a file that crashes a native decoder (a bug in
+a codec, a crafted file) kills that child, not the server; its request gets an error and the next
+ones a new child. One onnxruntime session (`notcat_sort.model.Classifier`) is shared by a few
+worker threads.
 Each worker takes every image waiting in the queue (up to `batch_size`) into one model call, so
 a lone request is never held back waiting for company, while concurrent requests share calls.
 """
@@ -13,10 +16,12 @@ a lone request is never held back waiting for company, while concurrent requests
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import queue
 import threading
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,12 +75,77 @@ class BatchStats:
 _Job = tuple[np.ndarray, "Future[_Scored]"]
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """What the child sends back for an upload: the model input, a thumbnail of it, and what decided."""
+
+    image: np.ndarray
+    thumbnail: bytes
+    source: Source
+
+
+def _prepare(upload: bytes, name: str, size: int, max_pixels: int) -> _Prepared:
+    """Decode an upload as the CLI decodes a file, and draw its thumbnail (in the child)."""
+    shown = _picture(upload, name)
+    image = decode(shown.data, size, max_pixels, shown.orientation)
+    return _Prepared(image, draw(shown.data, THUMBNAIL_SIZE, shown.orientation), shown.source)
+
+
+class Decoder:
+    """Decodes uploads in child processes, so that one that crashes the decoder cannot end the server.
+
+    When a child dies, every upload it had in hand fails with BrokenProcessPool; each is decoded
+    again alone in a child of its own, which tells the file that crashed it (DecodeError) from the
+    innocent ones (decoded), and later uploads go to a new pool."""
+
+    def __init__(self, size: int, max_pixels: int, workers: int) -> None:
+        self._size, self._max_pixels, self._workers = size, max_pixels, workers
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def prepare(self, upload: bytes, name: str) -> _Prepared:
+        pool = self._current()
+        try:
+            return pool.submit(_prepare, upload, name, self._size, self._max_pixels).result()
+        except BrokenProcessPool:
+            self._replace(pool)
+        with ProcessPoolExecutor(1, mp_context=_CONTEXT) as alone:
+            try:
+                return alone.submit(_prepare, upload, name, self._size, self._max_pixels).result()
+            except BrokenProcessPool:
+                raise DecodeError(CRASHED) from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+                self._pool = None
+
+    def _current(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(self._workers, mp_context=_CONTEXT)
+            return self._pool
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is broken:
+                self._pool = None
+        broken.shutdown(wait=False, cancel_futures=True)
+
+
+# A fresh interpreter per child: forking a server that runs threads could copy a held lock.
+_CONTEXT = multiprocessing.get_context("spawn")
+CRASHED = "the image decoder crashed on this file (its child process died); the server goes on"
+
+
 class BatchedClassifier:
     def __init__(self, card: ModelCard, policy: Policy, workers: int, batch_size: int = 16,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.card, self.policy, self.max_pixels = card, policy, max_pixels
         self.stats = BatchStats()
         self._model = Classifier(card)
+        self._decoder = Decoder(card.input_size, max_pixels, workers)
         self._batch_size = batch_size
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._stats_lock = threading.Lock()
@@ -89,16 +159,14 @@ class BatchedClassifier:
         until its batch has run.
 
         Raises NotAnImage for bytes of no image format, DecodeError for a damaged image."""
-        shown = _picture(upload, name)
-        image = decode(shown.data, self.card.input_size, self.max_pixels, shown.orientation)
+        prepared = self._decoder.prepare(upload, name)
         done: Future[_Scored] = Future()
-        self._jobs.put((image, done))
-        thumbnail = draw(shown.data, THUMBNAIL_SIZE, shown.orientation)
+        self._jobs.put((prepared.image, done))
         scored = done.result()
         breeds, mood = (self.card.attributes.get(trait) for trait in (Trait.BREED, Trait.MOOD))
         found_breeds, found_mood = (scored.attributes.get(trait) for trait in (Trait.BREED, Trait.MOOD))
-        return Verdict(self.policy.decide(scored.p_cat), scored.p_cat, hashlib.sha256(upload).hexdigest(), shown.source,
-                       thumbnail,
+        return Verdict(self.policy.decide(scored.p_cat), scored.p_cat, hashlib.sha256(upload).hexdigest(), prepared.source,
+                       prepared.thumbnail,
                        breeds.ranked(found_breeds, TOP_BREEDS, leave_out=(DOMESTIC,)) if breeds and found_breeds is not None else [],
                        breeds.guess(found_breeds) if breeds and found_breeds is not None else None,
                        mood.guess(found_mood) if mood and found_mood is not None else None)
@@ -108,6 +176,7 @@ class BatchedClassifier:
             self._jobs.put(None)
         for worker in self._workers:
             worker.join()
+        self._decoder.close()
 
     def _work(self) -> None:
         while (first := self._jobs.get()) is not None:
