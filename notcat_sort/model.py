@@ -65,9 +65,8 @@ class Attribute:
         """The likeliest label other than `domestic` with its p, named only where it is the top label and
         reaches `confident`: a house cat's row says "no breed, and the best breed had p 0.004", not the
         p of `domestic`, which would read as a confident breed left blank."""
-        ranked = self.ranked(probabilities, len(self.labels))
-        best = next(guess for guess in ranked if guess.name != DOMESTIC)
-        named = best is ranked[0] and best.p >= self.confident
+        best = self.ranked(probabilities, 1, leave_out=(DOMESTIC,))[0]
+        named = best.p >= max(self.confident, float(probabilities.max()))  # the top label, and sure enough
         return best if named else Guess("", best.p)
 
 
