@@ -148,10 +148,11 @@ def table(entry: dict) -> str:
     """The variants as the card and fit print them."""
     lines = [f"{'variant':<45} {'acc':>6} {'P':>6} {'R':>6} {'F1':>6} {'false/1k':>8} {'campus R':>8} "
              f"{'small-cat R':>11} {'animals/1k':>10} {'ms':>6}"]
-    for row in entry["variants"]:
-        def num(value: float | None, width: int, digits: int = 4) -> str:
-            return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
 
+    def num(value: float | None, width: int, digits: int = 4) -> str:
+        return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+    for row in entry["variants"]:
         lines.append(f"{row['variant']:<45} {num(row['accuracy'], 6)} {num(row['precision'], 6)} "
                      f"{num(row['recall'], 6)} {num(row['f1'], 6)} {num(row['false_cats_per_1000'], 8, 1)} "
                      f"{num(row['campus_cats_recall'], 8, 3)} {num(row['small_cat_recall'], 11, 3)} "
