@@ -93,6 +93,9 @@ class DecoderGuard:
         self._crashed = folder / "crashed"
         self._lock = threading.Lock()  # the slots and the file that holds them
         self._isolating = threading.Lock()  # one child at a time
+        # One refresh at a time: a thread that found a dead process's file locked by another thread's
+        # take-over would otherwise read the suspects before that take-over wrote them, and decode one here.
+        self._refreshing = threading.Lock()
         self._log: int | None = None
         self._log_path: Path | None = None
         self._unusable = False  # the folder cannot be written: decode unguarded
@@ -105,15 +108,16 @@ class DecoderGuard:
 
     def refresh(self) -> None:
         """Take over the in-flight files of processes that died, and read the suspects and crashes."""
-        try:
-            entries = list(os.scandir(self.folder))
-        except OSError:  # no folder yet: nothing ever crashed here
-            return
-        for entry in entries:
-            if entry.name.startswith(_LOG_PREFIX) and entry.path != str(self._log_path):
-                self._take_over(Path(entry.path))
-        self._known_suspects = self._names(self._suspects)
-        self._known_crashed = self._names(self._crashed)
+        with self._refreshing:
+            try:
+                entries = list(os.scandir(self.folder))
+            except OSError:  # no folder yet: nothing ever crashed here
+                return
+            for entry in entries:
+                if entry.name.startswith(_LOG_PREFIX) and entry.path != str(self._log_path):
+                    self._take_over(Path(entry.path))
+            self._known_suspects = self._names(self._suspects)
+            self._known_crashed = self._names(self._crashed)
 
     @staticmethod
     def _names(folder: Path) -> set[str]:

@@ -12,6 +12,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +24,7 @@ from fault_support import with_faults
 from photos import photo_bytes, photos
 from prerequisites import need_module, requires
 
+from notcat_sort.decoder_guard import DecoderGuard
 from notcat_sort.report import Status, read_report
 
 CRASH = "NOTCAT-TEST-DECODER-CRASH"
@@ -191,3 +194,31 @@ def test_an_upload_that_crashes_the_decoder_does_not_end_the_server(tmp_path: Pa
         assert classify(innocent[0])[0] == 200 and classify(crashing)[0] == 422  # and again, from a new child
     finally:
         server.stop()
+
+
+def test_threads_that_refresh_at_once_all_see_what_a_dead_process_had_in_flight(tmp_path: Path) -> None:
+    """Each pool thread refreshes the guard before its batch: one that finds the dead process's in-flight
+    file locked by another thread's take-over must still see the suspect once its refresh returns (else
+    it decodes the file in this process, and the crash ends this run too: a flake of the test above)."""
+    for attempt in range(20):
+        folder = tmp_path / str(attempt)
+        died = subprocess.run([sys.executable, "-c",
+                               "import os, signal, sys; from pathlib import Path\n"
+                               "from notcat_sort.decoder_guard import DecoderGuard\n"
+                               "with DecoderGuard(Path(sys.argv[1])).in_flight('key', '/photos/crash.jpg'):\n"
+                               "    os.kill(os.getpid(), signal.SIGKILL)", str(folder)], check=False)
+        assert died.returncode == -signal.SIGKILL
+        guard, start, seen = DecoderGuard(folder), threading.Barrier(4), []
+        threads = [threading.Thread(target=_refresh_then_look, args=(guard, start, seen)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert seen == [True] * 4, (attempt, seen)
+
+
+def _refresh_then_look(guard: DecoderGuard, start: threading.Barrier, seen: list[bool]) -> None:
+    """A pool thread's start of a batch: refresh the guard (all at once), then ask about the file."""
+    start.wait()
+    guard.refresh()
+    seen.append(guard.suspect("key"))
